@@ -1,0 +1,63 @@
+# fusion-worker — every target does its own set-up, from a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA := deploy/kafka-dev/kafka.sh
+export KAFKA_PORT ?= 9092
+PYTEST_ARGS ?=
+
+.PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.venv: $(VENV)/.installed  ## create the virtualenv with the package and its dev extra
+venv: .venv
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is required ($(PYTHON) not found)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+kafka-up:  ## start the local Kafka broker (fetched from Maven Central once)
+	$(KAFKA) up
+
+kafka-down:  ## stop the local Kafka broker
+	$(KAFKA) down
+
+kafka-status:
+	$(KAFKA) status
+
+lint: .venv  ## ruff (lint and format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: .venv  ## mypy, strict on worker/
+	$(BIN)/mypy
+
+promtool:
+	bash scripts/install-promtool.sh
+
+test: .venv promtool  ## lint, types and the whole test suite against a real local broker
+	$(KAFKA) up
+	status=0; \
+	  $(MAKE) --no-print-directory lint types && \
+	  $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; \
+	  $(KAFKA) down; \
+	  exit $$status
+
+demo: .venv kafka-up  ## the whole loop: simulated models -> worker -> fused results, and the metrics URL
+	$(BIN)/fusion-worker demo
+
+bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
+	$(BIN)/python bench/bench_fusion.py
+
+clean:  ## remove the virtualenv and caches (the broker's jar cache too)
+	-$(KAFKA) down
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis
