@@ -1,0 +1,346 @@
+"""Prometheus metrics of the worker: one ``Metrics`` object per worker, on a registry the
+caller owns, with batch helpers so the hot path makes a few client calls per batch
+rather than several per message.
+
+Names follow the Prometheus conventions (prefix ``fusion_``, base units, counters end in
+``_total``). Every label has a bounded set of values: configured models, strategies,
+statuses, outcomes, DLQ reason codes, topics and partitions; never a request id.
+Children known at start are created at 0, so rates and alert rules see a series before
+the first event. docs/metrics.md describes every metric and the alert built on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from worker._version import __version__
+from worker.events import FinishedRequest
+
+log = logging.getLogger(__name__)
+
+EVENT_OUTCOMES = ("accepted", "duplicate", "late", "invalid")
+STATUSES = ("complete", "partial", "insufficient")
+DLQ_REASONS = (
+    "json",
+    "schema",
+    "unknown_model",
+    "unknown_label",
+    "label_mismatch",
+    "non_finite",
+    "negative",
+    "not_normalised",
+    "too_large",
+)
+COMMIT_OUTCOMES = ("ok", "failed")
+TRANSACTION_OUTCOMES = ("committed", "aborted", "fenced")
+# The model label of invalid events and of names outside the configuration: a model
+# name read from a broken payload is untrusted and would make the label unbounded.
+UNKNOWN_MODEL = "unknown"
+
+# 1 ms .. 30 s: a complete request joins in milliseconds, a partial one at its deadline
+# (timeout_ms, 1 s by default); the top buckets catch a stalled loop.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Records per fetched batch: 1 .. fetch_max_records (10 000 by default).
+BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000)
+
+
+class Metrics:
+    """Every metric of one worker, registered on ``registry``.
+
+    ``registry`` defaults to a new ``CollectorRegistry`` (not the process-wide one), so
+    several workers or tests coexist; the runtime passes the registry its HTTP server
+    serves. ``models`` (the configured model names) and ``strategy`` (the configured
+    fusion strategy) fix the label children created at 0 on construction;
+    ``output_topics`` does the same for ``fusion_output_records_total``.
+    ``process_metrics`` adds the client's standard ``process_*`` (CPU, memory, file
+    descriptors) and ``python_*`` (GC, version) metrics to the registry.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        models: Sequence[str] = (),
+        strategy: str = "soft_vote",
+        output_topics: Sequence[str] = (),
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.models = tuple(models)
+        self.strategy = strategy
+        self._known_models = frozenset(self.models)
+        r = self.registry
+
+        self.events = Counter(
+            "fusion_events",
+            "Input events by model and outcome (accepted, duplicate, late, invalid); "
+            f"invalid events carry model={UNKNOWN_MODEL!r}.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.results = Counter(
+            "fusion_results",
+            "Fused results published, by strategy and status.",
+            ["strategy", "status"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "fusion_pending_requests", "Requests waiting for more models.", registry=r
+        )
+        self.pending_oldest_age = Gauge(
+            "fusion_pending_oldest_age_seconds",
+            "Age of the oldest pending request (0 when none is pending).",
+            registry=r,
+        )
+        self.join_latency = Histogram(
+            "fusion_join_latency_seconds",
+            "First event of a request to its fused result.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.arrival_delay = Histogram(
+            "fusion_model_arrival_delay_seconds",
+            "First event of a request to this model's event (event time).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.missing = Counter(
+            "fusion_model_missing",
+            "Results fused without this model (partial or insufficient).",
+            ["model"],
+            registry=r,
+        )
+        self.disagreement = Counter(
+            "fusion_model_disagreement",
+            "Results whose fused label differs from this model's label.",
+            ["model"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "fusion_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.lag = Gauge(
+            "fusion_consumer_lag",
+            "Records between the worker's position and the end of the partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commits = Counter(
+            "fusion_commits", "Offset commits by outcome (ok, failed).", ["outcome"], registry=r
+        )
+        self.transactions = Counter(
+            "fusion_transactions",
+            "Kafka transactions by outcome (committed, aborted, fenced); exactly-once only.",
+            ["outcome"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "fusion_rebalances", "Consumer group rebalances seen by this worker.", registry=r
+        )
+        self.batch_size = Histogram(
+            "fusion_batch_size",
+            "Records per fetched batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.output_records = Counter(
+            "fusion_output_records",
+            "Records produced, by topic (results, dead letters, late events).",
+            ["topic"],
+            registry=r,
+        )
+        self.fetch_paused = Gauge(
+            "fusion_fetch_paused",
+            "1 while fetching is paused because max_pending requests are pending.",
+            registry=r,
+        )
+        self.build = Info("fusion_build", "Version of the running worker.", registry=r)
+
+        self._initialise(output_topics)
+        self.build_info()
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    def _initialise(self, output_topics: Sequence[str]) -> None:
+        # Children at 0 so that rate() and the alert rules have a series from the start.
+        for model in self.models:
+            for outcome in EVENT_OUTCOMES[:-1]:
+                self.events.labels(model, outcome)
+            self.arrival_delay.labels(model)
+            self.missing.labels(model)
+            self.disagreement.labels(model)
+        self.events.labels(UNKNOWN_MODEL, "invalid")
+        for status in STATUSES:
+            self.results.labels(self.strategy, status)
+        for reason in DLQ_REASONS:
+            self.dead_letters.labels(reason)
+        for outcome in COMMIT_OUTCOMES:
+            self.commits.labels(outcome)
+        for outcome in TRANSACTION_OUTCOMES:
+            self.transactions.labels(outcome)
+        for topic in output_topics:
+            self.output_records.labels(topic)
+
+    # -- once ---------------------------------------------------------------------------
+
+    def build_info(self, version: str = __version__) -> None:
+        """Set ``fusion_build_info{version}``. Done on construction; call again only to
+        report another version."""
+        self.build.info({"version": version})
+
+    # -- per batch ----------------------------------------------------------------------
+
+    def batch(self, n: int) -> None:
+        """Record one fetched batch of ``n`` records. Call once per non-empty fetch."""
+        self.batch_size.observe(n)
+
+    def count_events(self, model: str, outcome: str, n: int = 1) -> None:
+        """Count ``n`` input events of ``model`` with ``outcome`` (accepted, duplicate,
+        late). Call once per (model, outcome) per batch, with the batch's tally.
+
+        Invalid events are counted by ``dlq()``, not here. A model outside the configured
+        ones is counted as ``unknown``.
+        """
+        if outcome not in EVENT_OUTCOMES:
+            raise ValueError(f"event outcome {outcome!r}: expected one of {EVENT_OUTCOMES}")
+        if self._known_models and model not in self._known_models:
+            model = UNKNOWN_MODEL
+        self.events.labels(model, outcome).inc(n)
+
+    def dlq(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` events sent to the dead-letter topic with ``reason`` (the stable
+        code of ``InvalidEvent``). Call once per reason per batch.
+
+        Also counts them in ``fusion_events_total{model="unknown", outcome="invalid"}``,
+        so that the events counter covers every record read.
+        """
+        self.dead_letters.labels(reason).inc(n)
+        self.events.labels(UNKNOWN_MODEL, "invalid").inc(n)
+
+    def output(self, topic: str, n: int = 1) -> None:
+        """Count ``n`` records produced to ``topic``. Call once per topic per batch, after
+        the records are queued."""
+        self.output_records.labels(topic).inc(n)
+
+    def observe_results(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Record a batch of fused results: results by strategy and status, missing
+        models, members that disagree with the fused label, join latency.
+
+        Call once per fused batch with the result dicts the fusion returned (keys used:
+        ``strategy``, ``status``, ``missing``, ``members`` {model: {label, ...}},
+        ``label``, ``latency_ms``). A result without a fused label (insufficient, or a
+        regression) counts no disagreement.
+        """
+        statuses: Tally[tuple[str, str]] = Tally()
+        missing: Tally[str] = Tally()
+        disagree: Tally[str] = Tally()
+        for r in results:
+            statuses[(r["strategy"], r["status"])] += 1
+            missing.update(r.get("missing", ()))
+            fused = r.get("label")
+            if fused is not None:
+                for model, member in r.get("members", {}).items():
+                    label = member.get("label")
+                    if label is not None and label != fused:
+                        disagree[model] += 1
+            latency_ms = r.get("latency_ms")
+            if latency_ms is not None:
+                self.join_latency.observe(max(0.0, latency_ms / 1000.0))
+        for (strategy, status), n in statuses.items():
+            self.results.labels(strategy, status).inc(n)
+        for model, n in missing.items():
+            self.missing.labels(self._model(model)).inc(n)
+        for model, n in disagree.items():
+            self.disagreement.labels(self._model(model)).inc(n)
+
+    def observe_arrivals(self, finished: Iterable[FinishedRequest]) -> None:
+        """Record, per member of each finished request, the delay from the request's first
+        event to this model's event, on event time (``ts``); the first model gets 0.
+
+        Call once per fused batch with the requests the join finished.
+        """
+        for request in finished:
+            first = request.first_ts
+            for model, event in request.members.items():
+                self.observe_arrival_delay(model, max(0, event.ts - first) / 1000.0)
+
+    def observe_arrival_delay(self, model: str, seconds: float) -> None:
+        """Record one arrival delay of ``model``, for a caller that measures it itself."""
+        self.arrival_delay.labels(self._model(model)).observe(seconds)
+
+    # -- periodic (every commit interval) -------------------------------------------------
+
+    def set_pending(self, n: int, oldest_age_s: float) -> None:
+        """Set the pending requests and the age of the oldest (0 when none is pending).
+        Call every commit interval."""
+        self.pending.set(n)
+        self.pending_oldest_age.set(oldest_age_s if n else 0.0)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Set the consumer lag (records) of one assigned partition. Call every commit
+        interval for each assigned partition whose end offset is known."""
+        self.lag.labels(topic, str(partition)).set(lag)
+
+    def set_paused(self, paused: bool) -> None:
+        """Say whether fetching is paused at max_pending. Call when it changes."""
+        self.fetch_paused.set(1 if paused else 0)
+
+    def commit(self, ok: bool) -> None:
+        """Count one offset commit attempt. Call after each commit, ok or failed."""
+        self.commits.labels("ok" if ok else "failed").inc()
+
+    def transaction(self, outcome: str) -> None:
+        """Count one transaction by outcome: committed, aborted or fenced."""
+        if outcome not in TRANSACTION_OUTCOMES:
+            raise ValueError(
+                f"transaction outcome {outcome!r}: expected one of {TRANSACTION_OUTCOMES}"
+            )
+        self.transactions.labels(outcome).inc()
+
+    # -- rebalances -----------------------------------------------------------------------
+
+    def rebalance(self) -> None:
+        """Count one rebalance. Call once per revocation (the start of a rebalance)."""
+        self.rebalances.inc()
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the lag series of a partition this worker no longer owns, so a stale lag
+        does not stay on the dashboard. Call for each revoked partition not reassigned."""
+        # remove() ignores a partition that never had a lag series.
+        self.lag.remove(topic, str(partition))
+
+    def _model(self, model: str) -> str:
+        if self._known_models and model not in self._known_models:
+            return UNKNOWN_MODEL
+        return model
