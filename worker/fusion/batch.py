@@ -1,0 +1,119 @@
+"""The batch form of the fusion: n finished requests as arrays, built once per batch.
+
+Every strategy works on these arrays, never on one request at a time. Building them
+is the only per-member Python loop of the fusion; it fills flat Python lists and hands
+them to numpy in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.errors import FusionError
+from worker.events import FinishedRequest
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The members' predictions of n requests in the configured model and label order.
+
+    probs : ndarray of shape (n, m, k)
+        Each member's probabilities; a member that sent only a ``label`` is a one-hot
+        vote; zeros where the member is missing. Shape (n, m, 0) for scores.
+    scores : ndarray of shape (n, m)
+        Each member's score (regression); zeros where missing. Shape (n, 0) when the
+        task is a classification.
+    present : ndarray of shape (n, m), bool
+        Which members reported.
+    """
+
+    probs: FloatArray
+    scores: FloatArray
+    present: BoolArray
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.present.shape[0])
+
+    @property
+    def member_labels(self) -> IntArray:
+        """ndarray of shape (n, m): each member's label index (its sent label, or the
+        argmax of its probs, lowest index on ties); -1 where missing."""
+        labels: IntArray = np.where(self.present, self.probs.argmax(axis=2), -1)
+        return labels
+
+    def take(self, rows: IntArray) -> Batch:
+        """The sub-batch of the given request rows."""
+        return Batch(self.probs[rows], self.scores[rows], self.present[rows])
+
+
+def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_labels: int) -> Batch:
+    """Arrange ``finished`` as a Batch: ``models`` in the configured order, ``n_labels``
+    labels (0 for scores). Events are trusted to be decoded (aligned and validated)."""
+    n, m = len(finished), len(models)
+    present: list[bool] = []
+    if n_labels == 0:
+        scores: list[float] = []
+        for req in finished:
+            get = req.members.get
+            for name in models:
+                ev = get(name)
+                if ev is None:
+                    scores.append(0.0)
+                    present.append(False)
+                elif ev.score is not None:
+                    scores.append(ev.score)
+                    present.append(True)
+                else:
+                    raise _kind_error(req, name, "a score")
+        return Batch(
+            np.empty((n, m, 0)),
+            np.array(scores, dtype=np.float64).reshape(n, m),
+            np.array(present, dtype=np.bool_).reshape(n, m),
+        )
+
+    zeros = (0.0,) * n_labels
+    one_hot = [tuple(float(i == hot) for i in range(n_labels)) for hot in range(n_labels)]
+    rows: list[Sequence[float]] = []
+    for req in finished:
+        get = req.members.get
+        for name in models:
+            ev = get(name)
+            if ev is None:
+                rows.append(zeros)
+                present.append(False)
+            elif ev.probs is not None:
+                if len(ev.probs) != n_labels:
+                    raise FusionError(
+                        f"request {req.request_id!r}: member {name!r} sent "
+                        f"{len(ev.probs)} probabilities, {n_labels} labels are configured"
+                    )
+                rows.append(ev.probs)
+                present.append(True)
+            elif ev.label is not None:
+                rows.append(one_hot[ev.label])
+                present.append(True)
+            else:
+                raise _kind_error(req, name, "probs or a label")
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=n * m * n_labels)
+    return Batch(
+        flat.reshape(n, m, n_labels),
+        np.empty((n, 0)),
+        np.array(present, dtype=np.bool_).reshape(n, m),
+    )
+
+
+def _kind_error(req: FinishedRequest, model: str, expected: str) -> FusionError:
+    return FusionError(
+        f"request {req.request_id!r}: member {model!r} sent no {expected} "
+        "(the prediction kind does not fit the configured task)"
+    )

@@ -1,0 +1,175 @@
+"""The fused result of each request as a JSON-ready dict (``schemas/fused.v1.json``).
+
+The numbers are computed for the whole batch as arrays; here they are turned into
+Python lists once (``tolist``: plain floats, never numpy scalars) and each request's dict
+is assembled with plain Python, the only per-request work of the fusion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worker.events import FinishedRequest
+from worker.fusion.batch import BoolArray, FloatArray, IntArray
+
+COMPLETE = "complete"
+PARTIAL = "partial"
+INSUFFICIENT = "insufficient"
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """What a strategy computed for n requests.
+
+    probs : ndarray of shape (n, k), or None for scores
+    labels : ndarray of shape (n,), the fused label index (classification)
+    scores : ndarray of shape (n,), the fused score (regression)
+    weights : ndarray of shape (n, m), the weight each member had (0 when missing)
+    answered : ndarray of shape (n,), bool; False: status ``insufficient``
+    fallback : ndarray of shape (n,), bool; True where the fallback strategy answered
+    """
+
+    probs: FloatArray | None
+    labels: IntArray | None
+    scores: FloatArray | None
+    weights: FloatArray
+    answered: BoolArray
+    fallback: BoolArray | None = None
+
+
+def _trace_id(req: FinishedRequest) -> str | None:
+    """The trace id of the first member to arrive that has one (members keep arrival order)."""
+    for ev in req.members.values():
+        if ev.trace_id is not None:
+            return ev.trace_id
+    return None
+
+
+def classification_results(
+    finished: Sequence[FinishedRequest],
+    models: Sequence[str],
+    labels: Sequence[str],
+    strategy: str,
+    fused: Fused,
+    member_probs: FloatArray,
+    member_labels: IntArray,
+    fallback: str | None = None,
+) -> list[dict[str, Any]]:
+    """One result per request, in input order. ``member_probs`` (n, m, k) and
+    ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members)."""
+    assert fused.probs is not None
+    assert fused.labels is not None
+    label_names = list(labels)
+    probs = fused.probs.tolist()
+    winner = fused.labels.tolist()
+    confidence = fused.probs.max(axis=1).tolist()
+    weights = fused.weights.tolist()
+    chosen = member_labels == fused.labels[:, None]
+    # Renormalised weights can sum to 1 + 1 ulp; a share is at most 1.
+    agreement = np.minimum((fused.weights * chosen).sum(axis=1), 1.0).tolist()
+    answered = fused.answered.tolist()
+    by_fallback = fused.fallback.tolist() if fused.fallback is not None else None
+    m_probs = member_probs.tolist()
+    m_labels = member_labels.tolist()
+    out: list[dict[str, Any]] = []
+    for i, req in enumerate(finished):
+        events = req.members
+        w, ml, mp = weights[i], m_labels[i], m_probs[i]
+        members: dict[str, Any] = {}
+        missing: list[str] = []
+        versions: dict[str, str] = {}
+        for j, name in enumerate(models):
+            ev = events.get(name)
+            if ev is None:
+                missing.append(name)
+                continue
+            member: dict[str, Any] = {"weight": w[j], "label": label_names[ml[j]]}
+            if ev.probs is not None:
+                member["probs"] = mp[j]
+            members[name] = member
+            if ev.model_version is not None:
+                versions[name] = ev.model_version
+        if answered[i]:
+            result = {
+                "request_id": req.request_id,
+                "strategy": strategy,
+                "status": PARTIAL if missing else COMPLETE,
+                "label": label_names[winner[i]],
+                "probs": probs[i],
+                "labels": label_names.copy(),
+                "confidence": confidence[i],
+                "agreement": agreement[i],
+            }
+        else:
+            result = {
+                "request_id": req.request_id,
+                "strategy": strategy,
+                "status": INSUFFICIENT,
+                "label": None,
+                "probs": None,
+                "labels": None,
+                "confidence": None,
+                "agreement": None,
+            }
+        result["members"] = members
+        result["missing"] = missing
+        result["first_ts"] = req.first_ts
+        result["fused_ts"] = req.closed_ms
+        result["latency_ms"] = req.closed_ms - req.opened_ms
+        result["model_versions"] = versions
+        result["trace_id"] = _trace_id(req)
+        if by_fallback is not None and by_fallback[i] and answered[i]:
+            result["fallback"] = fallback
+        out.append(result)
+    return out
+
+
+def regression_results(
+    finished: Sequence[FinishedRequest],
+    models: Sequence[str],
+    strategy: str,
+    fused: Fused,
+    member_scores: FloatArray,
+) -> list[dict[str, Any]]:
+    """One result per request, in input order; ``member_scores`` (n, m) is the batch's."""
+    assert fused.scores is not None
+    scores = fused.scores.tolist()
+    weights = fused.weights.tolist()
+    answered = fused.answered.tolist()
+    m_scores = member_scores.tolist()
+    out: list[dict[str, Any]] = []
+    for i, req in enumerate(finished):
+        events = req.members
+        w, ms = weights[i], m_scores[i]
+        members: dict[str, Any] = {}
+        missing: list[str] = []
+        versions: dict[str, str] = {}
+        for j, name in enumerate(models):
+            ev = events.get(name)
+            if ev is None:
+                missing.append(name)
+                continue
+            members[name] = {"weight": w[j], "score": ms[j]}
+            if ev.model_version is not None:
+                versions[name] = ev.model_version
+        result = {
+            "request_id": req.request_id,
+            "strategy": strategy,
+            "status": (PARTIAL if missing else COMPLETE) if answered[i] else INSUFFICIENT,
+            "score": scores[i] if answered[i] else None,
+            "confidence": None,
+            "agreement": None,
+            "members": members,
+            "missing": missing,
+            "first_ts": req.first_ts,
+            "fused_ts": req.closed_ms,
+            "latency_ms": req.closed_ms - req.opened_ms,
+            "model_versions": versions,
+            "trace_id": _trace_id(req),
+        }
+        out.append(result)
+    return out
