@@ -48,8 +48,9 @@ class KafkaConfig:
     max_event_bytes: int = 1_048_576
     fetch_max_records: int = 10_000
     fetch_timeout_ms: int = 100
-    # At-least-once commit interval; exactly-once commits a transaction this often.
-    commit_interval_ms: int = 1000
+    # How often offsets are committed (at-least-once) or a transaction is committed
+    # (exactly-once). 0: the mode's default, 1000 ms and 100 ms.
+    commit_interval_ms: int = 0
     transaction_timeout_ms: int = 60_000
     shutdown_timeout_ms: int = 10_000
     request_timeout_ms: int = 30_000
@@ -64,6 +65,16 @@ class KafkaConfig:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+
+    @property
+    def commit_every_ms(self) -> int:
+        if self.commit_interval_ms:
+            return self.commit_interval_ms
+        return 100 if self.delivery == "exactly-once" else 1000
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly-once"
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,14 +327,17 @@ def _validate(cfg: Config) -> None:
         "max_event_bytes",
         "fetch_max_records",
         "fetch_timeout_ms",
-        "commit_interval_ms",
         "transaction_timeout_ms",
         "shutdown_timeout_ms",
         "request_timeout_ms",
         "retry_backoff_ms",
     ):
         _positive(f"kafka.{key}", getattr(k, key))
-    if k.delivery == "exactly-once" and k.commit_interval_ms * 10 > k.transaction_timeout_ms:
+    if k.commit_interval_ms < 0:
+        raise ConfigError(
+            "kafka.commit_interval_ms", k.commit_interval_ms, "must be >= 0 (0: default)"
+        )
+    if k.delivery == "exactly-once" and k.commit_every_ms * 10 > k.transaction_timeout_ms:
         raise ConfigError(
             "kafka.commit_interval_ms",
             k.commit_interval_ms,

@@ -3,8 +3,9 @@
 # broker+controller on 127.0.0.1), assembled from Maven Central jars, so that
 # tests and the demo run against a real broker on machines without Docker.
 #
-#   kafka.sh up       fetch jars once, format storage, start, wait until ready
-#   kafka.sh down     stop the broker this script started (by its pid)
+#   kafka.sh up       fetch jars once, format storage (first time), start, wait until ready
+#   kafka.sh down     stop the broker this script started (by its pid); data is kept
+#   kafka.sh reset    stop it and delete its data
 #   kafka.sh status   say whether it runs
 #   kafka.sh logs     print the broker log
 #
@@ -41,7 +42,7 @@ fetch_jars() {
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
   echo "kafka.sh: fetching Kafka jars from Maven Central (once) ..."
   rm -rf "$libs"; mkdir -p "$libs"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$libs" \
     || die "Maven could not fetch the Kafka jars (see the output above)."
   echo "$want" > "$stamp"
@@ -100,7 +101,7 @@ cmd_up() {
   need_tools
   if running; then echo "kafka.sh: broker already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
   fetch_jars
-  rm -rf "$state"; mkdir -p "$state"
+  mkdir -p "$state"
   write_config
   local cp="$libs/*"
   local scram=()
@@ -111,10 +112,13 @@ cmd_up() {
       scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$password]")
     done
   fi
-  java -cp "$cp" kafka.tools.StorageTool format \
-      -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
-      -c "$state/server.properties" "${scram[@]}" >"$state/format.log" 2>&1 \
-    || { cat "$state/format.log" >&2; die "formatting KRaft storage failed"; }
+  # Format once: a restart (down, up) keeps the topics and offsets, as a real broker would.
+  if [[ ! -f "$state/data/meta.properties" ]]; then
+    java -cp "$cp" kafka.tools.StorageTool format \
+        -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
+        -c "$state/server.properties" "${scram[@]}" >"$state/format.log" 2>&1 \
+      || { cat "$state/format.log" >&2; die "formatting KRaft storage failed"; }
+  fi
   cat > "$state/log4j2.properties" <<'L4J'
 rootLogger.level=WARN
 rootLogger.appenderRef.stdout.ref=STDOUT
@@ -171,5 +175,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   logs) cat "$logfile" ;;
-  *) echo "usage: $0 up|down|status|logs" >&2; exit 2 ;;
+  reset) cmd_down; rm -rf "$state"; echo "kafka.sh: data of the broker on port $port deleted" ;;
+  *) echo "usage: $0 up|down|status|logs|reset" >&2; exit 2 ;;
 esac

@@ -1,0 +1,67 @@
+"""The broker goes away mid-stream and comes back: the worker waits, then loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import WorkerFactory
+from tests.integration.harness import (
+    PrivateBroker,
+    count_ids,
+    create_topics_on,
+    free_port,
+    make_events,
+    write_config,
+)
+from tests.kafka_fixtures import consume, decode_values, produce_json
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+@pytest.fixture
+def private_broker() -> Iterator[PrivateBroker]:
+    broker = PrivateBroker()
+    broker.run("up")
+    try:
+        yield broker
+    finally:
+        broker.run("reset")
+
+
+async def test_broker_down_for_10s_mid_stream_loses_nothing(
+    private_broker: PrivateBroker, spawn_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """The broker stops for 10 s while events stream; the worker keeps retrying, resumes
+    when it returns, and every request is fused."""
+    bootstrap = private_broker.bootstrap
+    await create_topics_on(bootstrap, ["in", "out", "dlq"], 2)
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "fusion.toml",
+        bootstrap=bootstrap,
+        inputs=["in"],
+        output="out",
+        dlq="dlq",
+        group="outage",
+        metrics_port=port,
+        join={"timeout_ms": 1000},
+    )
+    worker = spawn_worker(cfg, port)
+    worker.wait_ready()
+    events = make_events(2000, seed=9)
+
+    await produce_json(bootstrap, "in", events[:3000])
+    await asyncio.sleep(1.0)
+    private_broker.run("down")
+    await asyncio.sleep(10)
+    private_broker.run("up")
+    await produce_json(bootstrap, "in", events[3000:])
+    results = decode_values(await consume(bootstrap, "out", 2000, timeout_s=120, idle_s=3))
+
+    assert worker.proc is not None
+    assert worker.proc.poll() is None, worker.logs()
+    assert len(count_ids(results)) == 2000, worker.logs()

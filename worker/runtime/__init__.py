@@ -1,0 +1,1 @@
+"""The Kafka runtime: wires the pure join and fusion to aiokafka consumers and producers."""

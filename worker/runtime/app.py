@@ -1,0 +1,530 @@
+"""The streaming worker (`fusion-worker run`): consume, join, fuse, publish, commit.
+
+One asyncio loop: ``getmany`` a batch -> decode -> join tables (one per input partition
+number) -> fuse what finished -> queue the outputs -> every ``commit_interval_ms``
+wait for the outputs and commit, per partition, the offset of the oldest event of a
+still-pending request (at-least-once: a crash repeats results, never loses one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import CollectorRegistry
+
+from worker.config import Config
+from worker.decode import Decoder
+from worker.errors import FusionError, InvalidEvent, KafkaSetupError
+from worker.events import FinishedRequest
+from worker.fusion import Fuser
+from worker.health import Health, HealthServer
+from worker.join import JoinTable
+from worker.metrics import Metrics
+from worker.runtime.connect import client_options
+from worker.runtime.sink import OutRecord, Sink
+from worker.runtime.topics import check_topics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+# Resume fetching once pending requests fall below this share of max_pending, so the
+# consumer does not flap between paused and resumed on every request.
+RESUME_SHARE = 0.9
+
+
+def wall_clock_ms() -> float:
+    return time.time() * 1000.0
+
+
+class Worker:
+    """The at-least-once streaming worker. ``await start()``, ``await run()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        clock_ms: Clock = wall_clock_ms,
+    ) -> None:
+        self.config = config
+        self._clock_ms = clock_ms
+        self.registry = registry if registry is not None else CollectorRegistry()
+        k = config.kafka
+        self.metrics = Metrics(
+            self.registry,
+            models=config.model_names,
+            strategy=config.fusion.strategy,
+            output_topics=[t for t in (k.output_topic, k.dlq_topic, k.late_topic) if t],
+        )
+        self.health = Health(config.metrics.liveness_timeout_ms / 1000)
+        self._server: HealthServer | None = None
+        self._decoder = Decoder(config)
+        self._fuser = Fuser(config)
+        self.tables: dict[int, JoinTable] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._sink: Sink | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.assigned = asyncio.Event()  # set once partitions are assigned
+        self._paused = False
+        self._next_commit = 0.0
+        self._started = False
+        self._stopped = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (retrying while the broker is away), check the topics, subscribe."""
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config.kafka
+        if self.config.metrics.enabled:
+            self._server = HealthServer(
+                self.health, self.registry, self.config.metrics.host, self.config.metrics.port
+            )
+            self._server.start()
+        opts = client_options(cfg)
+        await self._retry_until_connected(lambda: self._check_cluster(opts))
+        self._consumer = AIOKafkaConsumer(
+            client_id=cfg.client_id,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_poll_records=cfg.fetch_max_records,
+            **self._consumer_options(),
+            **opts,
+        )
+        await self._start_producer(opts)
+        await self._retry_until_connected(self._consumer.start)
+        self._consumer.subscribe(list(cfg.input_topics), listener=_Listener(self))
+        self.health.set_connected(True)
+        log.info(
+            "started: group %s, inputs %s -> %s, strategy %s, %s",
+            cfg.group_id,
+            list(cfg.input_topics),
+            cfg.output_topic,
+            self.config.fusion.strategy,
+            cfg.delivery,
+        )
+
+    def _consumer_options(self) -> dict[str, Any]:
+        return {}
+
+    async def _start_producer(self, opts: dict[str, Any]) -> None:
+        """One idempotent producer for every output (the exactly-once worker has one
+        transactional producer per partition instead)."""
+        cfg = self.config.kafka
+        self._producer = AIOKafkaProducer(
+            client_id=cfg.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
+            **opts,
+        )
+        await self._retry_until_connected(self._producer.start)
+        self._sink = Sink(self._producer, cfg.retry_backoff_ms)
+
+    async def _check_cluster(self, opts: dict[str, Any]) -> None:
+        admin = AIOKafkaAdminClient(client_id=self.config.kafka.client_id, **opts)
+        await admin.start()
+        try:
+            await check_topics(admin, self.config.kafka)
+        finally:
+            await admin.close()
+
+    async def _retry_until_connected(self, connect: Callable[[], Any]) -> None:
+        """Keep trying while the broker is unreachable; configuration errors stop at once."""
+        backoff = self.config.kafka.retry_backoff_ms / 1000
+        while True:
+            self.health.beat(time.monotonic())
+            try:
+                await connect()
+                return
+            except FusionError:
+                raise
+            except KafkaError as exc:
+                if _is_fatal(exc):
+                    where = self.config.kafka.bootstrap_servers
+                    raise KafkaSetupError(
+                        f"cannot use {where}: {type(exc).__name__}: {exc}"
+                    ) from None
+                if self._stopping.is_set():
+                    raise KafkaSetupError(f"stopped while connecting: {exc}") from None
+                log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish: it stops fetching, flushes, commits and returns."""
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Flush outputs, commit, close the clients. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        budget = self.config.kafka.shutdown_timeout_ms / 1000
+        if self._consumer is not None:
+            try:
+                async with asyncio.timeout(budget * 0.8):
+                    async with self._lock:
+                        await self._commit()
+            except TimeoutError:
+                # Not committing is safe: what was not acknowledged is read again.
+                log.warning(
+                    "shutdown: outputs not acknowledged within %.1fs; not committing", budget
+                )
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    async with asyncio.timeout(budget * 0.2 + 1):
+                        await client.stop()
+        if self._server is not None:
+            self._server.stop()
+        pending = sum(len(t) for t in self.tables.values())
+        log.info("stopped; %d pending requests left to be read again after a restart", pending)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``request_stop()``; transient broker errors are retried, never fatal."""
+        assert self._consumer is not None
+        backoff = self.config.kafka.retry_backoff_ms / 1000
+        while not self._stopping.is_set():
+            self.health.beat(time.monotonic())
+            try:
+                batch = await self._consumer.getmany(
+                    timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
+                )
+                async with self._lock:
+                    await self._process(batch)
+                    if time.monotonic() >= self._next_commit:
+                        await self._periodic()
+                backoff = self.config.kafka.retry_backoff_ms / 1000
+            except KafkaError as exc:
+                if _is_fatal(exc):
+                    raise KafkaSetupError(f"{type(exc).__name__}: {exc}") from None
+                self.health.set_connected(False)
+                log.warning("kafka error in the loop (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _fetch_timeout_ms(self) -> int:
+        """Wait for records at most until the next request deadline, so a silent
+        model's request is fused on time even when nothing arrives."""
+        timeout = self.config.kafka.fetch_timeout_ms
+        deadlines = [d for t in self.tables.values() if (d := t.next_deadline_ms()) is not None]
+        if deadlines:
+            timeout = min(timeout, max(0, int(min(deadlines) - self._clock_ms()) + 1))
+        return timeout
+
+    def _max_records(self) -> int:
+        # Never fetch more than could open new requests up to max_pending.
+        room = self.config.join.max_pending - self.pending
+        return max(1, min(self.config.kafka.fetch_max_records, room))
+
+    @property
+    def pending(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        now = int(self._clock_ms())
+        outs: dict[int, list[OutRecord]] = {}
+        events: Counter[tuple[str, str]] = Counter()
+        dlq: Counter[str] = Counter()
+        cfg = self.config.kafka
+        n = 0
+        for tp, records in batch.items():
+            table = self.tables.get(tp.partition)
+            if table is None or not records:
+                continue
+            n += len(records)
+            out = outs.setdefault(tp.partition, [])
+            touched: list[str] = []
+            for r in records:
+                try:
+                    ev = self._decoder.decode(r.value, r.timestamp)
+                except InvalidEvent as exc:
+                    out.append(dead_letter(cfg.dlq_topic, r, exc))
+                    dlq[exc.reason] += 1
+                    continue
+                outcome = table.add(ev, now, tp.topic, r.offset)
+                events[(ev.model, outcome)] += 1
+                if outcome == "accepted":
+                    touched.append(ev.request_id)
+                elif outcome == "late" and cfg.late_topic:
+                    out.append(OutRecord(cfg.late_topic, r.key, r.value, list(r.headers)))
+            self._touched(tp.partition, touched)
+            self._positions[tp] = records[-1].offset + 1
+        await self._fuse_finished(now, outs)
+        sent: Counter[str] = Counter()
+        for p, recs in outs.items():
+            if recs:
+                await self._emit(p, recs)
+                sent.update(r.topic for r in recs)
+        for topic, count in sent.items():
+            self.metrics.output(topic, count)
+        if n:
+            self.metrics.batch(n)
+            self.health.set_connected(True)
+        for (model, kind), count in events.items():
+            self.metrics.count_events(model, kind, count)
+        for reason, count in dlq.items():
+            self.metrics.dlq(reason, count)
+        self._backpressure()
+
+    async def _fuse_finished(self, now: int, outs: dict[int, list[OutRecord]]) -> None:
+        """Close what is due, fuse all finished requests as one batch, route the results
+        to the partition they came from."""
+        finished: list[FinishedRequest] = []
+        spans: list[tuple[int, int]] = []
+        for p, table in self.tables.items():
+            table.expire(now)
+            done = table.drain()
+            if done:
+                spans.append((p, len(done)))
+                finished.extend(done)
+        if not finished:
+            return
+        results = self._fuser.fuse(finished)
+        topic = self.config.kafka.output_topic
+        i = 0
+        for p, count in spans:
+            chunk = results[i : i + count]
+            outs.setdefault(p, []).extend(
+                OutRecord(topic, r["request_id"].encode(), orjson.dumps(r)) for r in chunk
+            )
+            self._touched(p, [f.request_id for f in finished[i : i + count]])
+            i += count
+        self.metrics.observe_results(results)
+        self.metrics.observe_arrivals(finished)
+
+    # -- delivery hooks (the exactly-once worker overrides these) -----------------------
+
+    def _touched(self, partition: int, request_ids: list[str]) -> None:
+        """Requests whose pending state changed (opened, grew or finished)."""
+
+    async def _emit(self, partition: int, records: list[OutRecord]) -> None:
+        assert self._sink is not None
+        await self._sink.send_many(records)
+
+    def _backpressure(self) -> None:
+        """Pause every partition at max_pending; resume below RESUME_SHARE of it.
+        Requests still finish by their deadlines while paused, so nothing is dropped."""
+        assert self._consumer is not None
+        pending, limit = self.pending, self.config.join.max_pending
+        if not self._paused and pending >= limit:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+            self.metrics.set_paused(True)
+            log.info("paused fetching: %d pending requests (max_pending %d)", pending, limit)
+        elif self._paused and pending < limit * RESUME_SHARE:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+            self.metrics.set_paused(False)
+            log.info("resumed fetching: %d pending requests", pending)
+
+    async def _periodic(self) -> None:
+        self._next_commit = time.monotonic() + self.config.kafka.commit_every_ms / 1000
+        await self._commit()
+        self._observe_state()
+
+    def _observe_state(self) -> None:
+        assert self._consumer is not None
+        now = self._clock_ms()
+        opened = [o for t in self.tables.values() if (o := t.oldest_opened_ms()) is not None]
+        self.metrics.set_pending(self.pending, (now - min(opened)) / 1000 if opened else 0.0)
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            position = self._positions.get(tp)
+            if high is not None and position is not None:
+                self.metrics.set_lag(tp.topic, tp.partition, max(0, high - position))
+        coordinator_known = getattr(self._consumer._coordinator, "coordinator_id", None) is not None
+        self.health.set_connected(coordinator_known)
+
+    # -- offsets ----------------------------------------------------------------------
+
+    def _commit_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Per partition: the oldest offset of a still-pending request, else the position."""
+        oldest: dict[int, dict[str, int]] = {}
+        offsets: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            position = self._positions.get(tp)
+            if position is None:
+                continue
+            table = self.tables.get(tp.partition)
+            if table is not None and tp.partition not in oldest:
+                oldest[tp.partition] = table.oldest_offsets()
+            low = oldest.get(tp.partition, {}).get(tp.topic)
+            offset = position if low is None else min(low, position)
+            if self._committed.get(tp) != offset:
+                offsets[tp] = offset
+        return offsets
+
+    async def _commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Wait for every queued output, then commit. Callers hold ``self._lock``."""
+        assert self._consumer is not None
+        assert self._sink is not None
+        await self._sink.flush()
+        offsets = self._commit_offsets(
+            partitions if partitions is not None else list(self._positions)
+        )
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced under us; the new owner starts from the last commit.
+            self.metrics.commit(ok=False)
+            log.warning("commit failed, the group rebalanced: %s", exc)
+        except KafkaError as exc:
+            self.metrics.commit(ok=False)
+            log.warning("commit failed (%s); retried at the next interval", exc)
+        else:
+            self._committed.update(offsets)
+            self.metrics.commit(ok=True)
+
+    # -- rebalances ---------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before a rebalance: flush and commit what we own. Tables stay until we know
+        which partitions come back, so kept partitions continue without re-reading."""
+        async with self._lock:
+            await self._commit(revoked)
+        self.metrics.rebalance()
+        log.info("partitions revoked: %s", _fmt(revoked))
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        async with self._lock:
+            numbers = {tp.partition for tp in assigned}
+            for p in list(self.tables):
+                if p not in numbers:
+                    del self.tables[p]
+            for tp in list(self._positions):
+                if tp not in assigned:
+                    self._positions.pop(tp, None)
+                    self._committed.pop(tp, None)
+                    self.metrics.forget_partition(tp.topic, tp.partition)
+            j = self.config.join
+            for p in numbers:
+                if p not in self.tables:
+                    self.tables[p] = JoinTable(
+                        self.config.model_names,
+                        j.timeout_ms,
+                        j.fused_memory_effective_ms,
+                        j.fused_memory_count,
+                    )
+            for tp in assigned:
+                # A partition we kept: continue where we were, not from the commit
+                # (which sits below our pending requests and would re-fuse some).
+                if tp in self._positions:
+                    self._consumer.seek(tp, self._positions[tp])
+            if self._paused:
+                self._consumer.pause(*assigned)
+        self.health.set_assigned(bool(assigned))
+        if assigned:
+            self.assigned.set()
+        log.info("partitions assigned: %s", _fmt(assigned))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._worker.on_assigned(list(assigned))
+
+
+def dead_letter(topic: str, record: ConsumerRecord[Any, Any], exc: InvalidEvent) -> OutRecord:
+    """The original bytes, unchanged, with the reason and the source coordinates."""
+    headers = [
+        ("error", exc.reason.encode()),
+        ("error_detail", exc.detail.encode("utf-8", "replace")[:1000]),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    value = record.value if record.value is not None else b""
+    return OutRecord(topic, record.key, value, headers)
+
+
+def _fmt(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"
+
+
+_FATAL = (
+    "AuthenticationFailedError",
+    "SaslAuthenticationFailed",
+    "AuthenticationMethodNotSupported",
+    "UnsupportedSaslMechanismError",
+    "IllegalSaslStateError",
+    "TopicAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that waiting will not cure: credentials and permissions."""
+    return type(exc).__name__ in _FATAL
+
+
+def run(config: Config) -> int:
+    """The body of `fusion-worker run`."""
+    return asyncio.run(_main(config))
+
+
+def make_worker(config: Config, registry: CollectorRegistry | None = None) -> Worker:
+    """The worker for the configured delivery mode."""
+    if config.kafka.exactly_once:
+        from worker.runtime.exactly_once import ExactlyOnceWorker
+
+        return ExactlyOnceWorker(config, registry)
+    return Worker(config, registry)
+
+
+async def _main(config: Config) -> int:
+    worker = make_worker(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        await worker.start()
+        await worker.run()
+    except KafkaSetupError as exc:
+        log.error("%s", exc)
+        await worker.stop()
+        return 1
+    await worker.stop()
+    return 0

@@ -1,0 +1,37 @@
+"""`fusion-worker check`: the config is valid (it loaded), the broker answers, the
+topics exist and the inputs are co-partitioned."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from worker.config import Config
+from worker.errors import KafkaSetupError
+from worker.runtime.connect import client_options
+from worker.runtime.topics import check_topics
+
+
+async def _check(config: Config) -> int:
+    cfg = config.kafka
+    admin = AIOKafkaAdminClient(client_id=cfg.client_id, **client_options(cfg))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise KafkaSetupError(f"cannot connect to {cfg.bootstrap_servers}: {exc}") from None
+    try:
+        partitions = await check_topics(admin, cfg)
+    finally:
+        await admin.close()
+    models, strategy = len(config.models), config.fusion.strategy
+    print(f"config: {config.source}: ok ({models} models, strategy {strategy})")
+    print(f"broker: {cfg.bootstrap_servers}: ok")
+    inputs = list(cfg.input_topics)
+    print(f"topics: inputs {inputs} co-partitioned, {partitions} partitions; outputs exist")
+    return 0
+
+
+def run_check(config: Config) -> int:
+    return asyncio.run(_check(config))
