@@ -65,9 +65,14 @@ write_config() {
     listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
     protocol_map="$protocol_map,SASL_PLAINTEXT:SASL_PLAINTEXT"
     advertised="$advertised,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
-    sasl="sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+    local plain_users=""
+    for cred in ${KAFKA_SCRAM_USERS:-}; do
+      plain_users="$plain_users user_${cred%%:*}=\"${cred#*:}\""
+    done
+    sasl="listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain_users;"
   fi
   cat > "$state/server.properties" <<PROPS
 process.roles=broker,controller

@@ -21,8 +21,6 @@ from typing import Any
 
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from worker.decode import Decoder
-from worker.fusion import Fuser
 
 from tests.integration.harness import (
     WorkerProcess,
@@ -32,7 +30,9 @@ from tests.integration.harness import (
 )
 from tests.kafka_fixtures import consume, decode_values, produce, unique, wait_for_topics
 from worker.config import load_config
+from worker.decode import Decoder
 from worker.events import FinishedRequest
+from worker.fusion import Fuser
 
 
 @dataclass

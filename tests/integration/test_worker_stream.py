@@ -10,14 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
-from worker.decode import Decoder
-from worker.fusion import Fuser
 
 from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import MODELS, count_ids, make_events
 from tests.kafka_fixtures import consume, decode_values, produce, produce_json
 from worker.config import load_config
+from worker.decode import Decoder
 from worker.events import FinishedRequest
+from worker.fusion import Fuser
 
 pytestmark = pytest.mark.kafka
 

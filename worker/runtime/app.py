@@ -33,7 +33,7 @@ from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
-from worker.runtime.connect import client_options
+from worker.runtime.connect import client_options, probe_credentials
 from worker.runtime.sink import OutRecord, Sink
 from worker.runtime.topics import check_topics
 
@@ -144,6 +144,7 @@ class Worker:
         self._sink = Sink(self._producer, cfg.retry_backoff_ms)
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
+        await probe_credentials(self.config.kafka)
         admin = AIOKafkaAdminClient(client_id=self.config.kafka.client_id, **opts)
         await admin.start()
         try:

@@ -10,12 +10,13 @@ from aiokafka.errors import KafkaError
 
 from worker.config import Config
 from worker.errors import KafkaSetupError
-from worker.runtime.connect import client_options
+from worker.runtime.connect import client_options, probe_credentials
 from worker.runtime.topics import check_topics
 
 
 async def _check(config: Config) -> int:
     cfg = config.kafka
+    await probe_credentials(cfg)
     admin = AIOKafkaAdminClient(client_id=cfg.client_id, **client_options(cfg))
     try:
         await admin.start()

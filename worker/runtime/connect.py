@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from worker.config import KafkaConfig, sasl_password
+from worker.errors import KafkaSetupError
 
 
 def client_options(cfg: KafkaConfig) -> dict[str, Any]:
@@ -31,3 +35,42 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         opts["sasl_plain_username"] = cfg.sasl_username
         opts["sasl_plain_password"] = sasl_password(cfg)
     return opts
+
+
+async def probe_credentials(cfg: KafkaConfig) -> None:
+    """Fail fast on bad credentials: the clients report an authentication failure only
+    as "unable to bootstrap", which looks like an outage and would be retried forever.
+
+    Connects to the first bootstrap server that answers; an unreachable server is an
+    outage (the caller retries), a refused login raises KafkaSetupError at once.
+    """
+    if not cfg.security_protocol.startswith("SASL"):
+        return
+    opts = client_options(cfg)
+    for server in cfg.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=cfg.client_id,
+                request_timeout_ms=cfg.request_timeout_ms,
+                ssl_context=opts.get("ssl_context"),
+                security_protocol=cfg.security_protocol,
+                sasl_mechanism=cfg.sasl_mechanism,
+                sasl_plain_username=cfg.sasl_username,
+                sasl_plain_password=opts["sasl_plain_password"],
+            )
+        except KafkaError as exc:
+            if "Authentication" in type(exc).__name__ or "Sasl" in type(exc).__name__:
+                raise KafkaSetupError(
+                    f"authentication to {server.strip()} failed for user {cfg.sasl_username!r} "
+                    f"with {cfg.sasl_mechanism}: {exc}; check the username and the password "
+                    "(FUSION_KAFKA__SASL_PASSWORD or kafka.sasl_password_file)"
+                ) from None
+            continue
+        except (TimeoutError, OSError):
+            continue
+        with contextlib.suppress(Exception):
+            conn.close()
+        return
