@@ -471,7 +471,7 @@ def dead_letter(topic: str, record: ConsumerRecord[Any, Any], exc: InvalidEvent)
     """The original bytes, unchanged, with the reason and the source coordinates."""
     headers = [
         ("error", exc.reason.encode()),
-        ("error_detail", exc.detail.encode("utf-8", "replace")[:1000]),
+        ("error_detail", exc.detail[:1000].encode("utf-8", "replace")),
         ("source_topic", record.topic.encode()),
         ("source_partition", str(record.partition).encode()),
         ("source_offset", str(record.offset).encode()),

@@ -1,0 +1,276 @@
+"""The JSON Schemas (draft 2020-12) and the code agree.
+
+prediction.v1.json and the decoder: on the example table (tests/data/prediction_cases.json)
+and on generated events, a schema-valid event is accepted by the decoder or rejected only
+for a reason the schema cannot see (it depends on the configuration: ``CONFIG_REASONS``,
+or ``too_large``), and a schema-invalid one is always rejected, never for such a reason.
+The decoder rejects more than the schema by design:
+
+- configuration: a model or label that is not configured, probs of another length than
+  the configured labels, a prediction kind that does not fit the task, probs not summing
+  to 1, a value over ``kafka.max_event_bytes``;
+- probs and labels of different lengths (draft 2020-12 cannot compare two arrays);
+- text that is not strict JSON (NaN, Infinity, numbers overflowing a double): the schema
+  never sees it, since it is not JSON at all, so both count it invalid.
+
+dlq.v1.json: the headers the runtime writes on a dead-letter record match it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from worker.config import build_config
+from worker.decode import CONFIG_REASONS, REASONS, Decoder
+from worker.errors import InvalidEvent
+from worker.runtime.app import dead_letter
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = json.loads((REPO / "tests" / "data" / "prediction_cases.json").read_text("utf-8"))
+CONFIG = build_config(CASES["config"])
+DECODER = Decoder(CONFIG)
+RECORD_TS = 1  # every Kafka record has a timestamp; the decoder falls back to it
+LABELS = list(CONFIG.fusion.labels)
+
+
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((REPO / "schemas" / name).read_text("utf-8"))
+    return loaded
+
+
+PREDICTION = Draft202012Validator(schema("prediction.v1.json"))
+DLQ = Draft202012Validator(schema("dlq.v1.json"))
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{token} overflows a double")
+    return value
+
+
+def schema_says(value: bytes) -> bool:
+    """The schema's verdict on a value: strict JSON (RFC 8259) that validates."""
+    try:
+        doc = json.loads(value, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError:
+        return False
+    return bool(PREDICTION.is_valid(doc))
+
+
+def decoder_says(value: bytes) -> str:
+    """ "ok" or the decoder's reason."""
+    try:
+        DECODER.decode(value, RECORD_TS)
+    except InvalidEvent as exc:
+        return exc.reason
+    return "ok"
+
+
+def agree(value: bytes) -> None:
+    valid, verdict = schema_says(value), decoder_says(value)
+    if valid:
+        assert verdict == "ok" or verdict in CONFIG_REASONS | {"too_large"}, (value, verdict)
+    else:
+        assert verdict != "ok", (value, "the decoder accepts what the schema rejects")
+        assert verdict not in CONFIG_REASONS, (value, verdict)
+
+
+def case_value(case: dict[str, Any]) -> bytes:
+    if "raw" in case:
+        return str(case["raw"]).encode()
+    return orjson.dumps(case["event"])
+
+
+CASE_IDS = [c["case"] for c in CASES["cases"]]
+
+
+# -- the schemas themselves ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["prediction.v1.json", "dlq.v1.json"])
+def test_schema_is_valid_draft_2020_12(name: str) -> None:
+    """Each schema is itself a valid draft 2020-12 schema."""
+    doc = schema(name)
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(doc)
+
+
+@pytest.mark.parametrize("name", ["prediction.v1.json", "dlq.v1.json"])
+def test_schema_examples_validate(name: str) -> None:
+    """The examples a schema shows are valid under it."""
+    doc = schema(name)
+    for example in doc["examples"]:
+        Draft202012Validator(doc).validate(example)
+
+
+def test_the_prediction_examples_decode() -> None:
+    """The schema's examples are accepted by the decoder (their models configured)."""
+    models = {e["model"] for e in schema("prediction.v1.json")["examples"]}
+    cfg = build_config({**CASES["config"], "models": [{"name": m} for m in sorted(models)]})
+    for example in schema("prediction.v1.json")["examples"]:
+        Decoder(cfg).decode(orjson.dumps(example), RECORD_TS)
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=CASE_IDS)
+def test_schema_verdict_on_the_table(case: dict[str, Any]) -> None:
+    """The schema accepts or rejects each example as the table says."""
+    assert schema_says(case_value(case)) is case["schema"]
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=CASE_IDS)
+def test_decoder_verdict_on_the_table(case: dict[str, Any]) -> None:
+    """The decoder accepts each example or rejects it with the reason the table says."""
+    assert decoder_says(case_value(case)) == case["decoder"]
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=CASE_IDS)
+def test_schema_and_decoder_agree_on_the_table(case: dict[str, Any]) -> None:
+    """Schema-invalid -> rejected for a wire reason; schema-valid -> accepted or rejected
+    only for a configuration reason."""
+    agree(case_value(case))
+
+
+def test_the_table_covers_every_reason() -> None:
+    """Each reason code the decoder has appears in the table."""
+    assert {c["decoder"] for c in CASES["cases"]} - {"ok"} == set(REASONS)
+
+
+# -- every edge value of every field, one at a time -------------------------------------
+
+DROP = object()  # stands for "field removed"
+BASES: list[dict[str, Any]] = [
+    {"request_id": "r1", "model": "roberta", "ts": 5, "probs": [0.25, 0.25, 0.5]},
+    {"request_id": "r1", "model": "roberta", "probs": [0.5, 0.0, 0.5], "labels": LABELS},
+    {"request_id": "r1", "model": "bert-base", "ts": 5, "label": "neutral"},
+    {"request_id": "r1", "model": "bert-base", "ts": 5, "score": 0.5},
+]
+ODD = [None, True, 0, 1.5, "", "x", [], {}, [1], {"a": 1}]
+EDGES: dict[str, list[Any]] = {
+    "request_id": ["x" * 256, "x" * 257, "NaN", "ключ-鍵", *ODD],
+    "model": ["gpt-9", "roberta", *ODD],
+    "ts": [0, -1, 2**63 - 1, 2**63, 2**64, 5.0, 5.5, -0.0, 1.7e12, 1e19, *ODD],
+    "probs": [
+        [0.1, 0.2, 0.7],
+        [0, 1, 0],
+        [0.5, 0.5],
+        [0.25, 0.25, 0.25, 0.25],
+        [1.0],
+        [-0.1, 0.4, 0.7],
+        [0.2, 0.2, 0.2],
+        [True, 0, 0],
+        ["0.5", 0.5, 0],
+        [None, 0.5, 0.5],
+        *ODD,
+    ],
+    "labels": [
+        ["positive", "neutral", "negative"],
+        ["negative", "neutral"],
+        ["negative", "negative", "positive"],
+        ["negative", "neutral", "angry"],
+        [*LABELS, "angry"],
+        ["negative", 1, "positive"],
+        *ODD,
+    ],
+    "label": [*LABELS, "angry", *ODD],
+    "score": [0.0, -3, 1e300, *ODD],
+    "model_version": ["v1", *ODD],
+    "trace_id": ["t", *ODD],
+    "extra": ODD,
+}
+EDGE_CASES = [
+    {k: v for k, v in {**base, name: value}.items() if v is not DROP}
+    for base in BASES
+    for name, values in EDGES.items()
+    for value in [*values, DROP]
+]
+
+
+def test_schema_and_decoder_agree_on_every_edge_value() -> None:
+    """Each base event with one field removed or set to each edge value: the decoder and
+    the schema agree as stated in the module docstring (all cases, failures listed)."""
+    wrong = []
+    for doc in EDGE_CASES:
+        value = json.dumps(doc).encode()
+        try:
+            agree(value)
+        except AssertionError:
+            wrong.append((doc, schema_says(value), decoder_says(value)))
+    assert not wrong
+    assert len(EDGE_CASES) > 400
+
+
+# -- generated events ------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**65), 2**65)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+
+
+@given(
+    base=st.sampled_from(BASES),
+    changes=st.dictionaries(st.sampled_from(sorted(EDGES)), json_values, max_size=3),
+)
+def test_schema_and_decoder_agree_on_generated_events(
+    base: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    """Property: a base event with up to three fields set to any JSON value: the decoder
+    and the schema agree."""
+    agree(json.dumps({**base, **changes}).encode())
+
+
+# -- dead-letter records ---------------------------------------------------------------
+
+
+def test_the_dlq_schema_lists_every_reason() -> None:
+    """The ``error`` header's enum is exactly the decoder's reason codes."""
+    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(REASONS)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES["cases"] if c["decoder"] != "ok"][:12])
+def test_the_runtimes_dead_letter_headers_match_the_schema(case: dict[str, Any]) -> None:
+    """The headers the runtime puts on a dead-letter record validate against dlq.v1.json,
+    and the record keeps the original value."""
+    value = case_value(case)
+    record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        topic="predictions",
+        partition=3,
+        offset=1024,
+        timestamp=RECORD_TS,
+        timestamp_type=0,
+        key=b"r1",
+        value=value,
+        checksum=None,
+        serialized_key_size=2,
+        serialized_value_size=len(value),
+        headers=[],
+    )
+    with pytest.raises(InvalidEvent) as info:
+        DECODER.decode(value, RECORD_TS)
+    out = dead_letter("fusion-dlq", record, info.value)
+    assert out.value == value
+    headers = {name: raw.decode("utf-8") for name, raw in out.headers or []}
+    DLQ.validate(headers)
+    assert headers["error"] == case["decoder"]
