@@ -9,7 +9,8 @@ KAFKA := deploy/kafka-dev/kafka.sh
 export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
-.PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion clean
+.PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
+	backtest-demo chaos clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +55,17 @@ test: .venv promtool  ## lint, types and the whole test suite against a real loc
 
 demo: .venv kafka-up  ## the whole loop: simulated models -> worker -> fused results, and the metrics URL
 	$(BIN)/fusion-worker demo
+
+DEMO_DIR := .cache/backtest-demo
+backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digits data, HTML report
+	$(BIN)/python -m worker.demo_dataset $(DEMO_DIR)
+	$(BIN)/fusion-worker fuse --config $(DEMO_DIR)/fusion.toml --input $(DEMO_DIR)/events.jsonl \
+	  --output $(DEMO_DIR)/fused.jsonl
+	$(BIN)/fusion-worker backtest --config $(DEMO_DIR)/fusion.toml --predictions $(DEMO_DIR)/events.jsonl \
+	  --labels $(DEMO_DIR)/labels.jsonl --fit --bootstrap 1000 --report $(DEMO_DIR)/report
+
+chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes, 0 lost, 0 duplicates
+	$(BIN)/python -m tests.integration.chaos --bootstrap 127.0.0.1:$(KAFKA_PORT)
 
 bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
 	$(BIN)/python bench/bench_fusion.py

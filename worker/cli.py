@@ -50,6 +50,30 @@ def _parser() -> argparse.ArgumentParser:
         "--dlq", type=Path, help="write invalid lines here (JSON Lines with the reason)"
     )
 
+    sp = with_config("replay", "fuse a range of the input topics again (event-time clock)")
+    sp.add_argument(
+        "--from", dest="start", required=True, help="earliest | latest | offset:N | ISO 8601"
+    )
+    sp.add_argument("--to", dest="end", required=True, help="exclusive; same syntax")
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--output", "-o", type=Path)
+    out.add_argument("--topic", help="publish results here, keyed by request_id")
+    sp.add_argument("--strategy", type=_strategies, help="several, comma-separated, in one pass")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    sp = with_config("backtest", "score members and strategies on labelled history")
+    sp.add_argument("--predictions", required=True, help="JSON Lines file or TOPIC@FROM..TO")
+    sp.add_argument("--labels", required=True, help="JSON Lines file or TOPIC@FROM..TO")
+    sp.add_argument("--strategy", type=_strategies)
+    sp.add_argument("--report", type=Path, help="write DIR/index.html with PNG plots")
+    sp.add_argument(
+        "--fit", action="store_true", help="time split: fit on the earlier part, score the later"
+    )
+    sp.add_argument("--train-share", type=float, default=0.6)
+    sp.add_argument("--fit-dir", type=Path)
+    sp.add_argument("--bootstrap", type=int, default=0, help="resamples for winner vs best member")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
     sp = with_config("fit", "train a stacker or learned weights on labelled history")
     sp.add_argument("--predictions", type=Path, required=True, help="prediction events, JSON Lines")
     sp.add_argument("--labels", type=Path, required=True, help='{"request_id", "label"} JSON Lines')
@@ -65,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--requests", type=int, default=300)
     sp.add_argument("--rate", type=float, default=100.0)
     return p
+
+
+def _strategies(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +131,27 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.partitions < 1:
             raise ConfigError("--partitions", args.partitions, "must be >= 1")
         return run_fuse(config, args.input, args.output, partitions=args.partitions, dlq=args.dlq)
+    if args.command == "replay":
+        from worker.replay import run_replay
+
+        return run_replay(
+            config, args.start, args.end, args.output, args.topic, args.strategy, args.progress
+        )
+    if args.command == "backtest":
+        from worker.backtest import run_backtest
+
+        return run_backtest(
+            config,
+            args.predictions,
+            args.labels,
+            args.strategy,
+            args.report,
+            args.fit,
+            args.train_share,
+            args.fit_dir,
+            args.bootstrap,
+            args.progress,
+        )
     if args.command == "fit":
         from worker.fusion.fit import run_fit
 

@@ -1,0 +1,130 @@
+"""Training for `backtest --fit`: split the records by request, fit the stacker and the
+learned weights on the train part through worker.fusion's fitting functions, and the
+variants (strategy + config) the backtest then evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from worker.backtest.inputs import Label, request_ids
+from worker.backtest.split import TimeSplit
+from worker.config import Config
+from worker.errors import ConfigError
+from worker.replay import Record
+
+log = logging.getLogger(__name__)
+
+LEARNED = "+learned_weights"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Variant:
+    """One evaluated strategy: its display name, strategy and the config it runs with
+    (a fitted stacker or learned weights change the config, not the strategy)."""
+
+    name: str
+    strategy: str
+    config: Config
+    artefact: Path | None = None
+
+
+def split_records(
+    config: Config, records: list[Record], split: TimeSplit
+) -> tuple[list[Record], list[Record]]:
+    """Records of train requests and of test requests; undecodable records go nowhere."""
+    train: list[Record] = []
+    test: list[Record] = []
+    for record, rid in zip(records, request_ids(config, records), strict=True):
+        if rid in split.train:
+            train.append(record)
+        elif rid in split.test:
+            test.append(record)
+    return train, test
+
+
+def fitted_variants(
+    config: Config,
+    train: list[Record],
+    truth: dict[str, Label],
+    split: TimeSplit,
+    out: Path,
+) -> list[Variant]:
+    """Train the stacker and the learned weights on the train part only, through
+    worker.fusion.fit (its training set: complete labelled requests), and write the
+    artefacts into ``out``."""
+    import sklearn
+
+    from worker.fusion.artefact import stacking_document, weights_document, write_artefact
+    from worker.fusion.fit import read_training_set
+    from worker.fusion.learn import fit_stacker, fit_weights
+
+    if config.fusion.is_regression:
+        raise ConfigError("--fit", True, "fitting needs a classification config (fusion.labels)")
+    models, labels = config.model_names, config.fusion.labels
+    with tempfile.TemporaryDirectory(prefix="backtest-") as tmp:
+        events_path, labels_path = Path(tmp, "train-events.jsonl"), Path(tmp, "train-labels.jsonl")
+        events_path.write_bytes(b"".join(value + b"\n" for _, value, _ in train))
+        labels_path.write_bytes(
+            b"".join(
+                orjson.dumps({"request_id": rid, "label": y}) + b"\n"
+                for rid, y in truth.items()
+                if rid in split.train
+            )
+        )
+        data = read_training_set(config, events_path, labels_path)
+    out.mkdir(parents=True, exist_ok=True)
+    base = {
+        **data.summary,
+        "split": {"cut_ts": split.cut_ts, "train_requests": len(split.train)},
+        "sklearn_version": sklearn.__version__,
+    }
+    stacker = fit_stacker(data.probs, data.y, models, labels)
+    stacker_path = out / "stacker.json"
+    write_artefact(
+        stacker_path,
+        stacking_document(
+            models,
+            labels,
+            stacker.parameters["coefficients"],
+            stacker.parameters["intercept"],
+            {"method": "stacking", **base, **stacker.settings},
+        ),
+    )
+    learned = fit_weights(data.probs, data.y, models, labels)
+    weights_path = out / "weights.json"
+    write_artefact(
+        weights_path,
+        weights_document(
+            models,
+            labels,
+            learned.parameters["weights"],
+            {"method": "weights", **base, **learned.settings},
+        ),
+    )
+    log.info(
+        "fitted on %d complete train requests: %s, %s",
+        data.summary["requests_used"],
+        stacker_path,
+        weights_path,
+    )
+    stacked = with_fusion(config, stacker=str(stacker_path))
+    weighted = with_fusion(config, weights_file=str(weights_path))
+    return [
+        Variant("stacking", "stacking", stacked, stacker_path),
+        Variant("soft_vote" + LEARNED, "soft_vote", weighted, weights_path),
+    ]
+
+
+def with_fusion(config: Config, stacker: str = "", weights_file: str = "") -> Config:
+    fusion = dataclasses.replace(
+        config.fusion,
+        stacker=stacker or config.fusion.stacker,
+        weights_file=weights_file or config.fusion.weights_file,
+    )
+    return dataclasses.replace(config, fusion=fusion)

@@ -1,0 +1,264 @@
+"""`fusion-worker backtest`: fuse labelled history with every strategy in one pass, score
+members and strategies, print the table, optionally write the HTML report.
+
+With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker and the
+learned weights on the earlier requests (through worker.fusion.fit) and evaluates
+everything on the later ones; the winner (lowest log loss, ties by accuracy; for
+scores lowest RMSE, ties by MAE) is named with the config lines that select it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from worker.backtest.compare import Comparison, paired_bootstrap
+from worker.backtest.evaluate import Evaluation, Row, evaluate
+from worker.backtest.fitting import Variant, fitted_variants, split_records
+from worker.backtest.inputs import (
+    Label,
+    first_times,
+    load_labels,
+    load_predictions,
+)
+from worker.backtest.split import DEFAULT_TRAIN_SHARE, TimeSplit, time_split
+from worker.backtest.table import format_table
+from worker.config import STRATEGIES, Config
+from worker.errors import ConfigError
+from worker.events import FinishedRequest
+from worker.fusion import Fuser
+from worker.replay import Record, replay_results
+
+log = logging.getLogger(__name__)
+
+REGRESSION_STRATEGIES = ("weighted_average", "median", "trimmed_mean")
+
+
+class _Collect:
+    """Fuses each finished batch with every variant and keeps the results per variant;
+    the join runs once for all of them."""
+
+    def __init__(self, variants: Sequence[Variant]) -> None:
+        self.fusers = [(v.name, Fuser(v.config, strategy=v.strategy)) for v in variants]
+        self.results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+
+    def fuse(self, finished: list[FinishedRequest]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, fuser in self.fusers:
+            results = fuser.fuse(finished)
+            self.results[name].extend(results)
+            out.extend(results)
+        return out
+
+
+def default_strategies(config: Config) -> list[str]:
+    """Every strategy valid for the config but stacking (which needs an artefact)."""
+    if config.fusion.is_regression:
+        return list(REGRESSION_STRATEGIES)
+    return [s for s in STRATEGIES if s != "stacking"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a backtest found: the scores, the winner, the variants it ran and the
+    lines printed under the table."""
+
+    evaluation: Evaluation
+    winner: Row | None
+    variants: list[Variant]
+    split: TimeSplit | None
+    comparison: Comparison | None
+    lines: list[str]
+
+    @property
+    def table(self) -> str:
+        return format_table(self.evaluation, self.winner.name if self.winner else None)
+
+
+def backtest(
+    config: Config,
+    records: list[Record],
+    truth: dict[str, Label],
+    strategies: Sequence[str] | None = None,
+    fit: bool = False,
+    train_share: float = DEFAULT_TRAIN_SHARE,
+    fit_dir: Path = Path("backtest-fit"),
+    bootstrap: int = 0,
+) -> Outcome:
+    """Fuse ``records`` with every strategy in one pass and score them on ``truth``.
+
+    With ``fit``: split by time, fit on the earlier requests (artefacts into
+    ``fit_dir``), fuse and score the later ones only. ``bootstrap``: resamples of the
+    paired comparison of the winner with the best member (0: none).
+    """
+    names = _strategies(config, strategies, fit)
+    lines: list[str] = []
+    split: TimeSplit | None = None
+    fitted: list[Variant] = []
+    if fit:
+        split = time_split(first_times(config, records), train_share)
+        train, records = split_records(config, records, split)
+        fitted = fitted_variants(config, train, truth, split, fit_dir)
+        lines.append(
+            f"time split: {len(split.train)} earlier requests trained the stacker and the "
+            f"learned weights; the {len(split.test)} requests from {_when(split.cut_ts)} on "
+            "are evaluated"
+        )
+    variants = [Variant(s, s, config) for s in names] + fitted
+    collect = _Collect(variants)
+    for _ in replay_results(config, records, collect):
+        pass
+    if split is not None:
+        # Train labels are no concern of the evaluation (not "labels without a result").
+        truth = {rid: y for rid, y in truth.items() if rid in split.test}
+    ev = evaluate(config, collect.results, truth)
+    winner = pick_winner(ev)
+    best = best_member(ev)
+    comparison = None
+    if winner is not None and best is not None and bootstrap > 0:
+        comparison = paired_bootstrap(winner, best, ev.task, bootstrap)
+    lines += _verdict(ev, winner, best)
+    if comparison is not None and winner is not None and best is not None:
+        lines.append(comparison.describe(winner.name, best.name))
+    lines += _config_lines(winner, variants)
+    return Outcome(ev, winner, variants, split, comparison, lines)
+
+
+def run_backtest(
+    config: Config,
+    predictions: str,
+    labels: str,
+    strategies: Sequence[str] | None = None,
+    report: Path | None = None,
+    fit: bool = False,
+    train_share: float = DEFAULT_TRAIN_SHARE,
+    fit_dir: Path | None = None,
+    bootstrap: int = 0,
+    progress: bool | None = None,
+) -> int:
+    """The body of `fusion-worker backtest`: prints the table and the verdict, writes the
+    report; returns the exit code.
+
+    ``predictions``/``labels``: a JSON Lines path or ``TOPIC@FROM..TO``. ``fit_dir``:
+    where fitted artefacts go (default: the report directory, else ``./backtest-fit``).
+    """
+    if report is not None:
+        from worker.backtest.report import check_available
+
+        check_available()  # fail before the work, not after it
+    _strategies(config, strategies, fit)  # a bad --strategy fails before any reading
+    records = load_predictions(config, predictions, progress)
+    truth = load_labels(config, labels)
+    outcome = backtest(
+        config,
+        records,
+        truth,
+        strategies,
+        fit,
+        train_share,
+        fit_dir or report or Path("backtest-fit"),
+        bootstrap,
+    )
+    ev = outcome.evaluation
+    lines = [
+        f"predictions: {predictions} ({len(records)} records); labels: {labels} "
+        f"({len(truth)}); {ev.requests} labelled requests scored, {ev.unlabelled} results "
+        f"without a label, {ev.unseen} labels without a result",
+        *outcome.lines,
+    ]
+    table = outcome.table
+    print(table)
+    print()
+    print("\n".join(lines))
+    if report is not None:
+        from worker.backtest.report import write_report
+
+        winner = outcome.winner.name if outcome.winner else None
+        page = write_report(ev, report, table, lines, winner)
+        print(f"report: {page}")
+    return 0
+
+
+def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
+    names = list(strategies) if strategies else default_strategies(config)
+    for name in names:
+        if name not in STRATEGIES:
+            raise ConfigError("--strategy", name, f"must be one of {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError("--strategy", ",".join(names), "lists a strategy twice")
+    if "stacking" in names:
+        if fit:
+            # --fit trains its own stacker; the configured one (if any) is not compared.
+            names.remove("stacking")
+        elif not config.fusion.stacker:
+            raise ConfigError("--strategy", "stacking", "needs fusion.stacker or --fit")
+    elif not strategies and config.fusion.stacker and not fit:
+        names.append("stacking")
+    return names
+
+
+def _when(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return "-"
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    return f"ts {ts_ms} ({when.replace('+00:00', 'Z')})"
+
+
+def _key(row: Row, task: str) -> tuple[float, float]:
+    if task == "classification":
+        primary, second = row.metrics["log_loss"], -row.metrics["accuracy"]
+    else:
+        primary, second = row.metrics["rmse"], row.metrics["mae"]
+    return (
+        math.inf if math.isnan(primary) else primary,
+        math.inf if math.isnan(second) else second,
+    )
+
+
+def pick_winner(ev: Evaluation) -> Row | None:
+    """The best strategy: lowest log loss, ties by higher accuracy (scores: lowest RMSE,
+    ties by MAE), then by name; None when no strategy answered anything."""
+    rows = [r for r in ev.strategies if r.answered]
+    if not rows:
+        return None
+    return min(rows, key=lambda r: (*_key(r, ev.task), r.name))
+
+
+def best_member(ev: Evaluation) -> Row | None:
+    """The best member by the winner's ranking (None when no member answered)."""
+    members = [r for r in ev.members if r.answered]
+    if not members:
+        return None
+    return min(members, key=lambda r: (*_key(r, ev.task), r.name))
+
+
+def _verdict(ev: Evaluation, winner: Row | None, best: Row | None) -> list[str]:
+    if winner is None:
+        return ["no strategy produced a prediction"]
+    metric = "log_loss" if ev.task == "classification" else "rmse"
+    lines = [f"winner: {winner.name} ({metric} {winner.metrics[metric]:.4f})"]
+    if best is not None:
+        beats = _key(winner, ev.task) < _key(best, ev.task)
+        lines.append(
+            f"best single member: {best.name} ({metric} {best.metrics[metric]:.4f}); "
+            f"fusion {'beats' if beats else 'does not beat'} it"
+        )
+    return lines
+
+
+def _config_lines(winner: Row | None, variants: Sequence[Variant]) -> list[str]:
+    """The [fusion] lines that select the winner."""
+    if winner is None:
+        return []
+    variant = next(v for v in variants if v.name == winner.name)
+    lines = ["config to select it:", "[fusion]", f'strategy = "{variant.strategy}"']
+    if variant.strategy == "stacking":
+        lines.append(f'stacker = "{variant.config.fusion.stacker}"')
+    if variant.config.fusion.weights_file:
+        lines.append(f'weights_file = "{variant.config.fusion.weights_file}"')
+    return lines
