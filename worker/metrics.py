@@ -163,6 +163,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.changelog_records = Counter(
+            "fusion_changelog_records",
+            "Pending-state records (states and tombstones) written to the changelog; "
+            "exactly-once only. Per fused result this should stay well below 1.",
+            registry=r,
+        )
         self.rebalances = Counter(
             "fusion_rebalances", "Consumer group rebalances seen by this worker.", registry=r
         )
@@ -327,6 +333,10 @@ class Metrics:
                 f"transaction outcome {outcome!r}: expected one of {TRANSACTION_OUTCOMES}"
             )
         self.transactions.labels(outcome).inc()
+
+    def changelog(self, n: int) -> None:
+        """Count ``n`` changelog records written in one committed transaction."""
+        self.changelog_records.inc(n)
 
     # -- rebalances -----------------------------------------------------------------------
 

@@ -180,6 +180,7 @@ class ExactlyOnceWorker(Worker):
             else:
                 part.logged.add(rid)
         self.changelog_records += len(delta)
+        self.metrics.changelog(len(delta))
         self._committed.update(offsets)
         self.metrics.transaction("committed")
 
