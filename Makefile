@@ -67,6 +67,9 @@ backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digi
 chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes, 0 lost, 0 duplicates
 	$(BIN)/python -m tests.integration.chaos --bootstrap 127.0.0.1:$(KAFKA_PORT)
 
+bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory
+	$(BIN)/python -m bench.run --bootstrap 127.0.0.1:$(KAFKA_PORT)
+
 bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
 	$(BIN)/python bench/bench_fusion.py
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,10 +33,22 @@ from worker.errors import KafkaSetupError
 from worker.join import JoinTable
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.connect import client_options
-from worker.runtime.sink import OutRecord
+from worker.runtime.sink import BatchWriter, OutRecord, Sent
 from worker.runtime.topics import partition_counts
 
 log = logging.getLogger(__name__)
+
+
+def _unawaited(sent: list[Sent]) -> None:
+    """Nobody awaits these futures (the commit reports a failed send): retrieve their
+    exceptions so that asyncio does not log them as never retrieved."""
+    for s in sent:
+        s.future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def changelog_topic(config: Config) -> str:
@@ -46,10 +60,22 @@ class _Partition:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
+        # No retries: a failed send fails the transaction, which is aborted and rewound.
+        self.writer = BatchWriter(producer)
         self.in_txn = False
         self.dirty: set[str] = set()
         self.logged: set[str] = set()  # request ids whose state the changelog holds
         self.changelog_writes = 0
+        self.snapshot: _Snapshot | None = None  # a commit taken, not carried out yet
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """What a transaction commits besides its outputs: the input offsets reached and the
+    net change of the pending state, both taken at the end of a loop iteration."""
+
+    offsets: dict[TopicPartition, int]
+    delta: list[tuple[bytes, bytes | None]]
 
 
 class ExactlyOnceWorker(Worker):
@@ -65,6 +91,9 @@ class ExactlyOnceWorker(Worker):
         self._parts: dict[int, _Partition] = {}
         self._changelog = changelog_topic(config)
         self.changelog_records = 0
+        # Partitions rewound (or lost) while carrying out commits in this loop iteration:
+        # the outputs computed from their old state are dropped, the input is read again.
+        self._rewound: set[int] = set()
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -116,6 +145,8 @@ class ExactlyOnceWorker(Worker):
 
     # -- delivery hooks -------------------------------------------------------------------
 
+    _tracks_touched = True
+
     def _touched(self, partition: int, request_ids: list[str]) -> None:
         part = self._parts.get(partition)
         if part is not None:
@@ -123,65 +154,128 @@ class ExactlyOnceWorker(Worker):
 
     async def _emit(self, partition: int, records: list[OutRecord]) -> None:
         part = self._parts.get(partition)
-        if part is None:
+        if part is None or partition in self._rewound:
             return
         try:
             await self._begin(part)
-            for rec in records:
-                await part.producer.send(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+            # A failed send fails the commit.
+            _unawaited(await part.writer.write(records))
         except ProducerFenced:
             await self._fenced(partition)
         except KafkaError as exc:
             await self._recover(partition, exc)
+
+    async def _emitted(self) -> None:
+        """Hand over the batches of partitions with none out (the first of a transaction
+        also makes the producer add the partition to it, well before the commit)."""
+        for p, part in list(self._parts.items()):
+            try:
+                _unawaited(await part.writer.submit())
+            except ProducerFenced:
+                await self._fenced(p)
+            except KafkaError as exc:
+                await self._recover(p, exc)
+
+    def _holding(self) -> bool:
+        """A commit waits to be carried out: the loop comes back for it soon."""
+        return any(part.snapshot is not None for part in self._parts.values())
 
     async def _begin(self, part: _Partition) -> None:
         if not part.in_txn:
             await part.producer.begin_transaction()
             part.in_txn = True
 
+    # -- commits --------------------------------------------------------------------------
+    #
+    # A commit is taken at the end of a loop iteration (``_periodic``: the offsets reached
+    # and the changelog delta) and carried out in the next one, once its records are
+    # decoded, joined and fused and before its outputs are written (``_before_emit``).
+    # Nothing enters a transaction between the two, and the broker acknowledges the
+    # transaction's outputs meanwhile: the commit waits for its own round trips only.
+
+    async def _periodic(self) -> None:
+        self._next_commit = time.monotonic() + self.config.kafka.commit_every_ms / 1000
+        for p in list(self._parts):
+            self._snapshot(p)
+        self._observe_state()
+
+    async def _before_emit(self) -> None:
+        self._rewound.clear()
+        await self._carry_out(list(self._parts))
+
     async def _commit(self, partitions: Any = None) -> None:
-        """Per partition number with anything to say: changelog delta, offsets, commit."""
-        numbers = (
+        """Commit now, per partition number with anything to say (rebalance, stop)."""
+        numbers = sorted(
             {tp.partition for tp in partitions} if partitions is not None else set(self._parts)
         )
-        for p in sorted(numbers):
-            part = self._parts.get(p)
-            if part is None:
-                continue
-            try:
-                await self._commit_partition(p, part)
-            except ProducerFenced:
-                await self._fenced(p)
-            except KafkaError as exc:
-                await self._recover(p, exc)
+        for p in numbers:
+            self._snapshot(p)
+        await self._carry_out(numbers)
 
-    async def _commit_partition(self, p: int, part: _Partition) -> None:
-        table = self.tables[p]
+    def _snapshot(self, p: int) -> None:
+        """Take the commit of partition number ``p`` (unless one is pending: taken at the
+        end of the last iteration, it is still current)."""
+        part = self._parts.get(p)
+        if part is None or part.snapshot is not None:
+            return
         offsets = {
             tp: pos
             for tp, pos in self._positions.items()
             if tp.partition == p and self._committed.get(tp) != pos
         }
-        delta = self._changelog_delta(table, part)
+        delta = self._changelog_delta(self.tables[p], part)
         if not (part.in_txn or offsets or delta):
             return  # no empty transactions
+        part.snapshot = _Snapshot(offsets, delta)
+        part.dirty.clear()
+
+    async def _carry_out(self, numbers: list[int]) -> None:
+        """Commit the pending snapshots. Each partition has its own producer, so their
+        round trips overlap; every one finishes (or rewinds) before an error is raised."""
+        pending = [p for p in numbers if (part := self._parts.get(p)) and part.snapshot]
+        if not pending:
+            return
+        results = await asyncio.gather(
+            *(self._commit_one(p) for p in pending), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _commit_one(self, p: int) -> None:
+        part = self._parts[p]
+        try:
+            await self._commit_partition(p, part)
+        except ProducerFenced:
+            await self._fenced(p)
+        except KafkaError as exc:
+            await self._recover(p, exc)
+
+    async def _commit_partition(self, p: int, part: _Partition) -> None:
+        snap = part.snapshot
+        assert snap is not None
         await self._begin(part)
-        for key, value in delta:
-            await part.producer.send(self._changelog, value, key=key, partition=p)
-        if offsets:
-            await part.producer.send_offsets_to_transaction(offsets, self.config.kafka.group_id)
+        # The offsets go first: a changelog batch in flight while the coordinator takes
+        # them was seen to slow that produce request down tenfold.
+        if snap.offsets:
+            await part.producer.send_offsets_to_transaction(
+                snap.offsets, self.config.kafka.group_id
+            )
+        if snap.delta:
+            _unawaited(await part.writer.write_to(self._changelog, p, snap.delta))
+        _unawaited(await part.writer.submit(force=True))
         await part.producer.commit_transaction()
         part.in_txn = False
-        part.dirty.clear()
-        for key, value in delta:
+        part.snapshot = None
+        for key, value in snap.delta:
             rid = key.decode()
             if value is None:
                 part.logged.discard(rid)
             else:
                 part.logged.add(rid)
-        self.changelog_records += len(delta)
-        self.metrics.changelog(len(delta))
-        self._committed.update(offsets)
+        self.changelog_records += len(snap.delta)
+        self.metrics.changelog(len(snap.delta))
+        self._committed.update(snap.offsets)
         self.metrics.transaction("committed")
 
     def _changelog_delta(
@@ -204,6 +298,7 @@ class ExactlyOnceWorker(Worker):
             "producer for partition %d fenced: another worker owns it; dropping it", partition
         )
         self.metrics.transaction("fenced")
+        self._rewound.add(partition)
         part = self._parts.pop(partition, None)
         self.tables.pop(partition, None)
         assert self._consumer is not None
@@ -222,6 +317,7 @@ class ExactlyOnceWorker(Worker):
             "transaction for partition %d failed (%s); rewinding to the last commit", partition, exc
         )
         self.metrics.transaction("aborted")
+        self._rewound.add(partition)
         part = self._parts.pop(partition, None)
         if part is not None:
             with contextlib.suppress(KafkaError):
@@ -259,9 +355,18 @@ class ExactlyOnceWorker(Worker):
         does not fetch while this runs (it is called from the assignment callback)."""
         if not numbers:
             return
-        for p in numbers:
-            producer = self._new_producer(p)
-            await producer.start()
+        producers = {p: self._new_producer(p) for p in numbers}
+        # Each start is a few round trips (coordinator, producer id): overlap them.
+        started = await asyncio.gather(
+            *(producer.start() for producer in producers.values()), return_exceptions=True
+        )
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            for producer in producers.values():
+                with contextlib.suppress(KafkaError):
+                    await producer.stop()
+            raise failed[0]
+        for p, producer in producers.items():
             self._parts[p] = _Partition(producer)
         restored = await self._restore(numbers)
         j = self.config.join

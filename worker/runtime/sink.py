@@ -1,8 +1,17 @@
 """The sink: fused results, dead letters and late events to their topics.
 
-Sends are queued without waiting for acknowledgements; ``flush()`` waits for all of
-them and re-sends whatever failed (a broker outage longer than the producer's own
-retries), so that a commit after ``flush()`` never passes over a lost output.
+Records go into one batch per topic partition (aiokafka's ``create_batch`` /
+``send_batch``), partitioned as Kafka's default partitioner does (murmur2 of the key,
+for a whole batch of keys at once), so queueing a record costs no coroutine and no
+future of its own. A batch is handed to the producer when it is full, or by ``submit``
+once the previous batch of its partition is acknowledged (``submit(force=True)``: at
+once). A record too big to share a batch (a dead letter of a huge event) goes alone
+through ``producer.send``, which also checks it against the producer's size limit.
+
+``Sink`` queues without waiting for acknowledgements; ``flush()`` waits for all of them
+and re-sends whatever failed (a broker outage longer than the producer's own retries),
+so that a commit after ``flush()`` never passes over a lost output. The exactly-once
+worker uses ``BatchWriter`` alone: a failed transaction is aborted, never re-sent.
 """
 
 from __future__ import annotations
@@ -11,14 +20,23 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from worker.murmur2 import murmur2
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# Records larger than this go alone through producer.send (see the module docstring).
+SMALL_RECORD_BYTES = 64 * 1024
+# Below this many keys of one length, murmur2 one key at a time costs less than numpy.
+_VECTOR_MIN_KEYS = 16
+_SEED = 0x9747B28C
+_M = np.uint32(0x5BD1E995)
 
 
 @dataclass(slots=True)
@@ -30,9 +48,193 @@ class OutRecord:
 
 
 @dataclass(slots=True)
-class _InFlight:
-    record: OutRecord
+class Sent:
+    """Records for one topic handed to the producer, and the future of their
+    acknowledgement."""
+
+    topic: str
+    records: list[OutRecord]
     future: asyncio.Future[Any]
+
+
+class _Open:
+    """A batch being filled for one topic partition, with its records."""
+
+    __slots__ = ("builder", "records")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.records: list[OutRecord] = []
+
+
+class BatchWriter:
+    """Fills one batch per topic partition and hands them to the producer.
+
+    A partition has at most one batch of ours in the producer that is not acknowledged
+    yet: while it is out, ``submit`` leaves the next one open to take more records
+    (``submit(force=True)`` hands everything over). ``producer.send`` keeps filling the
+    producer's own open batch the same way; handing over a second batch instead would
+    make ``send_batch`` wait until the first is sent (in a transaction, until the
+    coordinator added the partition).
+
+    With ``retry_backoff_ms``, a step the producer refuses (its buffer stayed full for
+    ``request_timeout_ms``: the broker is away) is retried with backoff until it passes,
+    and a big record over the producer's size limit is sent without its value. Without
+    it (``None``, exactly-once), the error goes to the caller, who aborts the transaction.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        retry_backoff_ms: int | None = None,
+        max_retry_backoff_ms: int = 10_000,
+    ) -> None:
+        self._producer = producer
+        self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
+        self._max_backoff_s = max_retry_backoff_ms / 1000
+        self._open: dict[tuple[str, int], _Open] = {}
+        self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
+        self._partitions: dict[str, int] = {}
+        self._round_robin = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether some records wait in an open batch (``submit`` to hand them over)."""
+        return bool(self._open)
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Sent]:
+        """Queue ``records``, each to the partition its key hashes to; returns what was
+        handed to the producer meanwhile (batches that filled up, big records).
+        ``submit`` hands over the rest."""
+        sent: list[Sent] = []
+        by_topic: dict[str, list[OutRecord]] = {}
+        for rec in records:
+            value = rec.value
+            if value is not None and len(value) > SMALL_RECORD_BYTES:
+                sent.append(await self.send_one(rec))
+                continue
+            group = by_topic.get(rec.topic)
+            if group is None:
+                by_topic[rec.topic] = [rec]
+            else:
+                group.append(rec)
+        for topic, group in by_topic.items():
+            n = self._partitions.get(topic)
+            if n is None:
+                n = self._partitions[topic] = await self._partition_count(topic)
+            for rec, p in zip(group, self._partition_numbers(group, n), strict=True):
+                tp = (topic, p)
+                full = self._append(tp, rec)
+                if full is not None:
+                    sent.append(await self._submit(tp, full))
+        return sent
+
+    def _partition_numbers(self, records: list[OutRecord], n: int) -> list[int]:
+        """Kafka's default partitioner: murmur2 of the key; keyless records in turn."""
+        keys = [rec.key for rec in records]
+        if None not in keys:
+            return partitions_for(cast("list[bytes]", keys), n)
+        out: list[int] = []
+        for key in keys:
+            if key is None:
+                self._round_robin += 1
+                out.append(self._round_robin % n)
+            else:
+                out.append((murmur2(key) & 0x7FFFFFFF) % n)
+        return out
+
+    async def write_to(
+        self, topic: str, partition: int, pairs: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[Sent]:
+        """Queue (key, value) records to one given partition (the changelog's)."""
+        sent: list[Sent] = []
+        tp = (topic, partition)
+        for key, value in pairs:
+            rec = OutRecord(topic, key, value)
+            if value is not None and len(value) > SMALL_RECORD_BYTES:
+                future = await self._producer.send(topic, value, key=key, partition=partition)
+                sent.append(Sent(topic, [rec], future))
+            else:
+                full = self._append(tp, rec)
+                if full is not None:
+                    sent.append(await self._submit(tp, full))
+        return sent
+
+    def _append(self, tp: tuple[str, int], rec: OutRecord) -> _Open | None:
+        """Add ``rec`` to the open batch of ``tp``; when that batch is full, ``rec`` starts
+        the next one and the full one is returned, for the caller to submit."""
+        batch = self._open.get(tp)
+        if batch is not None and batch.builder.append(
+            key=rec.key, value=rec.value, timestamp=None, headers=rec.headers
+        ):
+            batch.records.append(rec)
+            return None
+        new = self._open[tp] = _Open(self._producer.create_batch())
+        # An empty batch takes any record.
+        new.builder.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers)
+        new.records.append(rec)
+        return batch
+
+    async def submit(self, force: bool = False) -> list[Sent]:
+        """Hand the open batches to the producer: those whose partition has no batch
+        out, or all of them (``force``)."""
+        sent: list[Sent] = []
+        for tp in list(self._open):
+            last = self._last.get(tp)
+            if force or last is None or last.done():
+                sent.append(await self._submit(tp, self._open.pop(tp)))
+        return sent
+
+    def forget_partition_counts(self) -> None:
+        """Ask the partition counts again at the next write (a topic may have grown)."""
+        self._partitions.clear()
+
+    async def _submit(self, tp: tuple[str, int], batch: _Open) -> Sent:
+        # Closed: sent at the next chance, not after linger_ms, and nothing joins it.
+        batch.builder.close()
+        backoff = self._backoff_s
+        while True:
+            try:
+                future = await self._producer.send_batch(batch.builder, tp[0], partition=tp[1])
+                self._last[tp] = future
+                return Sent(tp[0], batch.records, future)
+            except KafkaError as exc:
+                if backoff is None:
+                    raise
+                backoff = await self._wait(backoff, f"{len(batch.records)} records to {tp[0]}", exc)
+
+    async def send_one(self, rec: OutRecord) -> Sent:
+        """Send one record through ``producer.send`` (in no batch of ours)."""
+        backoff = self._backoff_s
+        while True:
+            try:
+                future = await self._producer.send(
+                    rec.topic, rec.value, key=rec.key, headers=rec.headers
+                )
+                return Sent(rec.topic, [rec], future)
+            except MessageSizeTooLargeError:
+                if backoff is None:
+                    raise
+                rec = _shrunk(rec)
+            except KafkaError as exc:
+                if backoff is None:
+                    raise
+                backoff = await self._wait(backoff, f"a record to {rec.topic}", exc)
+
+    async def _partition_count(self, topic: str) -> int:
+        backoff = self._backoff_s
+        while True:
+            try:
+                return len(await self._producer.partitions_for(topic))
+            except KafkaError as exc:
+                if backoff is None:
+                    raise
+                backoff = await self._wait(backoff, f"the partitions of {topic}", exc)
+
+    async def _wait(self, backoff: float, what: str, exc: KafkaError) -> float:
+        log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, backoff)
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, self._max_backoff_s)
 
 
 class Sink:
@@ -41,39 +243,33 @@ class Sink:
     def __init__(
         self, producer: AIOKafkaProducer, retry_backoff_ms: int, max_retry_backoff_ms: int = 10_000
     ) -> None:
-        self._producer = producer
-        self._in_flight: list[_InFlight] = []
+        self._writer = BatchWriter(producer, retry_backoff_ms, max_retry_backoff_ms)
+        self._in_flight: list[Sent] = []
         self._backoff_s = retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
         self.sent: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return sum(len(s.records) for s in self._in_flight)
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        """Queue records into open batches (``submit`` hands them to the producer)."""
+        self._in_flight += await self._writer.write(records)
+
+    async def submit(self, force: bool = False) -> None:
+        """Hand open batches to the producer (see ``BatchWriter.submit``)."""
+        self._in_flight += await self._writer.submit(force)
+
+    @property
+    def holding(self) -> bool:
+        """Whether records wait in an open batch: call ``submit`` again soon."""
+        return self._writer.holding
 
     async def send_many(self, records: Sequence[OutRecord]) -> None:
         """Queue records; returns once they are in the producer's buffer, not acknowledged."""
-        for rec in records:
-            await self._enqueue(rec)
-
-    async def _enqueue(self, rec: OutRecord) -> None:
-        backoff = self._backoff_s
-        while True:
-            try:
-                fut = await self._producer.send(
-                    rec.topic, rec.value, key=rec.key, headers=rec.headers
-                )
-            except MessageSizeTooLargeError:
-                rec = _shrunk(rec)
-                continue
-            except KafkaError as exc:
-                # The buffer stayed full for request_timeout_ms: the broker is away.
-                log.warning("send to %s failed (%s); retrying in %.1fs", rec.topic, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
-                continue
-            self._in_flight.append(_InFlight(rec, fut))
-            return
+        await self.write(records)
+        await self.submit(force=True)
 
     async def flush(self) -> None:
         """Wait until every queued record is acknowledged, re-sending failures.
@@ -82,20 +278,29 @@ class Sink:
         backoff (the caller bounds it with a timeout at shutdown).
         """
         backoff = self._backoff_s
+        await self.submit(force=True)
         while self._in_flight:
             batch, self._in_flight = self._in_flight, []
-            results = await asyncio.gather(*(f.future for f in batch), return_exceptions=True)
+            results = await asyncio.gather(*(s.future for s in batch), return_exceptions=True)
             failed: list[OutRecord] = []
+            alone: list[OutRecord] = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, MessageSizeTooLargeError):
-                        failed.append(_shrunk(item.record))
+                        # The topic's limit is below the batch: one record at a time,
+                        # and a record over it goes without its value.
+                        if len(item.records) == 1:
+                            failed.append(_shrunk(item.records[0]))
+                        else:
+                            alone += item.records
                     elif isinstance(result, KafkaError):
-                        failed.append(item.record)
+                        failed += item.records
                     else:
                         raise result
                 else:
-                    self.sent[item.record.topic] = self.sent.get(item.record.topic, 0) + 1
+                    self.sent[item.topic] = self.sent.get(item.topic, 0) + len(item.records)
+            for rec in alone:
+                self._in_flight.append(await self._writer.send_one(rec))
             if failed:
                 log.warning(
                     "%d records not acknowledged (%s); re-sending in %.1fs",
@@ -103,9 +308,54 @@ class Sink:
                     _first_error(results),
                     backoff,
                 )
+                self._writer.forget_partition_counts()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
                 await self.send_many(failed)
+
+
+def partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
+    """The partition of each key under Kafka's default partitioner,
+    ``toPositive(murmur2(key)) % partitions``, as ``worker.murmur2.partition_for`` gives
+    it, computed with numpy for all keys of one length at once (one Python-level murmur2
+    costs about as much as queueing the record)."""
+    out = [0] * len(keys)
+    by_length: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(i)
+    for length, rows in by_length.items():
+        if len(rows) < _VECTOR_MIN_KEYS:
+            for i in rows:
+                out[i] = (murmur2(keys[i]) & 0x7FFFFFFF) % partitions
+            continue
+        joined = b"".join([keys[i] for i in rows])
+        data = np.frombuffer(joined, dtype=np.uint8).reshape(len(rows), length)
+        h = np.full(len(rows), (_SEED ^ length) & 0xFFFFFFFF, dtype=np.uint32)
+        # uint32 arithmetic wraps modulo 2**32, as Java's int does.
+        n4 = length // 4
+        if n4:
+            blocks = np.ascontiguousarray(data[:, : 4 * n4]).view("<u4")
+            for j in range(n4):
+                k = blocks[:, j] * _M
+                k ^= k >> np.uint32(24)
+                k *= _M
+                h *= _M
+                h ^= k
+        tail, base = length & 3, length & ~3
+        if tail == 3:
+            h ^= data[:, base + 2].astype(np.uint32) << np.uint32(16)
+        if tail >= 2:
+            h ^= data[:, base + 1].astype(np.uint32) << np.uint32(8)
+        if tail >= 1:
+            h ^= data[:, base].astype(np.uint32)
+            h *= _M
+        h ^= h >> np.uint32(13)
+        h *= _M
+        h ^= h >> np.uint32(15)
+        parts: list[int] = ((h & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).tolist()
+        for i, part in zip(rows, parts, strict=True):
+            out[i] = part
+    return out
 
 
 def _first_error(results: Sequence[object]) -> str:

@@ -1,0 +1,189 @@
+"""Latency under load: a producer paced at a fixed rate publishes live while one
+at-least-once worker (default settings) fuses; afterwards every result is matched with
+the record timestamps of its request's events.
+
+Each request's three model events are published at random delays after the request
+starts (0-10 ms, 5-40 ms, 0-20 ms: models answer at different speeds), every event
+with the wall-clock time it is handed to the producer as its record timestamp. Two
+figures per request, after a warm-up:
+
+- last member -> fused: the fused record's timestamp (set by the worker's producer
+  when the result is queued) - the latest record timestamp of the request's events:
+  publishing, the broker, fetching, decoding, joining, fusing;
+- first event -> fused: the same from the earliest event (it includes the wait for the
+  slowest model); the results' own ``latency_ms`` (first event's arrival at the worker
+  -> fused, on the worker's clock) is printed beside it.
+
+Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from bench import kit
+
+# Per model: the range (ms) of its delay after the request starts.
+DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
+TICK_S = 0.002
+
+
+@dataclass
+class Latency:
+    rate: float  # events/s asked for
+    achieved: float  # events/s published
+    requests: int  # measured (after the warm-up)
+    last_to_fused: dict[str, float]  # percentile -> ms
+    first_to_fused: dict[str, float]
+    result_latency: dict[str, float]  # the results' latency_ms
+    missing: int  # requests without a result
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+    }
+
+
+async def publish(
+    bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, run: str
+) -> tuple[dict[str, tuple[int, int]], float, float]:
+    """Publish requests x 3 events at ``rate`` events/s for ``seconds``. Returns
+    {request_id: (first, last) record timestamp ms}, events/s achieved, start time (s)."""
+    rng = np.random.default_rng(11)
+    pool = kit.random_probs(rng, 10_007)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=0, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    writer = kit.BatchWriter(producer, topic, partitions)
+    per_request = len(kit.MODELS)
+    request_rate = rate / per_request
+    due: list[tuple[float, int, int, str]] = []  # (time, seq, model index, request id)
+    stamps: dict[str, tuple[int, int]] = {}
+    started = time.time()
+    i = seq = 0
+    try:
+        while True:
+            now = time.time()
+            # open the requests whose start time has come
+            while i < request_rate * min(now - started, seconds):
+                start = started + i / request_rate
+                rid = kit.request_id(run, i)
+                for m, (lo, hi) in enumerate(DELAYS_MS):
+                    seq += 1
+                    heapq.heappush(due, (start + rng.uniform(lo, hi) / 1000, seq, m, rid))
+                i += 1
+            while due and due[0][0] <= now:
+                _, k, m, rid = heapq.heappop(due)
+                ts = int(time.time() * 1000)
+                value = kit.event_value(rid, kit.MODELS[m], ts, pool[k % len(pool)])
+                await writer.add(rid.encode(), value, timestamp_ms=ts)
+                first, last = stamps.get(rid, (ts, ts))
+                stamps[rid] = (min(first, ts), max(last, ts))
+            await writer.send_pending()
+            if now - started >= seconds and not due:
+                break
+            await asyncio.sleep(TICK_S)
+        await writer.flush()
+    finally:
+        await producer.stop()
+    return stamps, writer.count / (time.time() - started), started
+
+
+async def run(
+    bootstrap: str, rate: float, seconds: float, partitions: int, warmup_s: float = 3.0
+) -> Latency:
+    name = kit.unique("lat")
+    inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
+    async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            port = kit.free_port()
+            config = kit.write_config(
+                Path(tmp) / "latency.toml",
+                {
+                    "kafka": {
+                        "bootstrap_servers": bootstrap,
+                        "group_id": kit.unique("group-lat"),
+                        "input_topics": [inp],
+                        "output_topic": out,
+                        "dlq_topic": dlq,
+                    },
+                    "metrics": {"host": "127.0.0.1", "port": port},
+                },
+            )
+            proc = kit.worker_process(config, Path(tmp) / "worker.log").start()
+            try:
+                await kit.wait_ready(port, proc)
+                stamps, achieved, started = await publish(
+                    bootstrap, inp, partitions, rate, seconds, name
+                )
+                filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
+                if filled.done is None:
+                    print(f"only {filled.end} of {len(stamps)} results arrived")
+            finally:
+                proc.stop()
+            output = await kit.read_output(bootstrap, out)
+    measured = [rid for rid, (first, _) in stamps.items() if first >= (started + warmup_s) * 1000]
+    last_to_fused, first_to_fused, result_latency = [], [], []
+    missing = 0
+    for rid in measured:
+        fused = output.timestamps.get(rid)
+        if fused is None:
+            missing += 1
+            continue
+        first, last = stamps[rid]
+        last_to_fused.append(fused - last)
+        first_to_fused.append(fused - first)
+        result_latency.append(output.latency_ms[rid])
+    return Latency(
+        rate=rate,
+        achieved=achieved,
+        requests=len(measured),
+        last_to_fused=percentiles(last_to_fused),
+        first_to_fused=percentiles(first_to_fused),
+        result_latency=percentiles(result_latency),
+        missing=missing,
+    )
+
+
+def show(r: Latency) -> str:
+    def fmt(p: dict[str, float]) -> str:
+        return " / ".join(f"{p[k]:.0f}" for k in ("p50", "p95", "p99", "max")) if p else "-"
+
+    return (
+        f"latency at {r.achieved:,.0f} events/s ({r.rate:,.0f} asked), {r.requests:,} requests "
+        f"after the warm-up, {r.missing} without a result; p50 / p95 / p99 / max ms:\n"
+        f"  last member -> fused   {fmt(r.last_to_fused)}\n"
+        f"  first event -> fused   {fmt(r.first_to_fused)}\n"
+        f"  result latency_ms      {fmt(r.result_latency)}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Latency of the worker under a paced load.")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument("--rate", type=float, required=True, help="input events per second")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--partitions", type=int, default=4)
+    args = p.parse_args()
+    print(show(asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.partitions))))
+
+
+if __name__ == "__main__":
+    main()

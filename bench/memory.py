@@ -1,0 +1,146 @@
+"""Memory per pending request.
+
+1. A worker process (at-least-once) with N requests pending that never complete: two
+   of the three models report, ``timeout_ms`` is an hour, ``max_pending`` above N.
+   Bytes per pending request = (RSS once all N are pending - RSS when it was ready and
+   idle) / N: the join's state with its events, the offsets it tracks for the commit,
+   and whatever the allocator keeps around them (what an operator sizes a pod by).
+2. For comparison, the JoinTable alone in this process, no Kafka: the same events
+   decoded from the same bytes and added as the worker adds them; tracemalloc counts
+   the bytes Python allocated for the table and its events (allocator overhead and
+   fragmentation excluded).
+
+Run alone: ``python -m bench.memory [--pending N] [--traced N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import kit
+from worker.config import build_config
+from worker.decode import Decoder
+from worker.join import JoinTable
+
+TIMEOUT_MS = 3_600_000
+
+
+@dataclass
+class Memory:
+    pending: int
+    rss_before: int
+    rss_after: int
+    seconds: float
+
+    @property
+    def per_request(self) -> float:
+        return (self.rss_after - self.rss_before) / self.pending
+
+
+async def worker_rss(bootstrap: str, pending: int, partitions: int) -> Memory:
+    name = kit.unique("mem")
+    inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
+    async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            port = kit.free_port()
+            config = kit.write_config(
+                Path(tmp) / "memory.toml",
+                {
+                    "kafka": {
+                        "bootstrap_servers": bootstrap,
+                        "group_id": kit.unique("group-mem"),
+                        "input_topics": [inp],
+                        "output_topic": out,
+                        "dlq_topic": dlq,
+                    },
+                    "join": {"timeout_ms": TIMEOUT_MS, "max_pending": pending + 10_000},
+                    "metrics": {"host": "127.0.0.1", "port": port},
+                },
+            )
+            proc = kit.worker_process(config, Path(tmp) / "worker.log").start()
+            try:
+                await kit.wait_ready(port, proc)
+                await asyncio.sleep(2.0)
+                before = proc.rss_bytes()
+                start = time.monotonic()
+                await kit.load(
+                    bootstrap, inp, partitions, kit.events(pending, name, kit.MODELS[:2])
+                )
+                while (
+                    await asyncio.to_thread(kit.metric, port, "fusion_pending_requests") != pending
+                ):
+                    if not proc.alive() or time.monotonic() - start > 600:
+                        raise RuntimeError(f"never {pending} pending:\n{proc.tail()}")
+                    await asyncio.sleep(0.5)
+                seconds = time.monotonic() - start
+                # Let the last fetch buffers go and the collector run its course.
+                await asyncio.sleep(3.0)
+                after = proc.rss_bytes()
+            finally:
+                proc.stop()
+    return Memory(pending, before, after, seconds)
+
+
+def table_traced(requests: int) -> tuple[float, float]:
+    """(bytes per pending request for the table and its events, for the events alone)
+    as tracemalloc counts them, two events per request."""
+    cfg = build_config(
+        {
+            "models": [{"name": m} for m in kit.MODELS],
+            "fusion": {"labels": list(kit.LABELS)},
+        }
+    )
+    decoder = Decoder(cfg)
+    values = [v for _, v in kit.events(requests, "trace", kit.MODELS[:2])]
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    events = [decoder.decode(v, None) for v in values]
+    event_bytes = tracemalloc.get_traced_memory()[0] - base - 8 * len(events)  # the list
+    table = JoinTable(kit.MODELS, TIMEOUT_MS, 5 * TIMEOUT_MS, 100_000)
+    before = tracemalloc.get_traced_memory()[0]
+    now = int(time.time() * 1000)
+    for offset, ev in enumerate(events):
+        table.add(ev, now, "predictions", offset)
+    table_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(table) == requests
+    return (event_bytes + table_bytes) / requests, event_bytes / requests
+
+
+def show(m: Memory | None, traced: tuple[float, float] | None, traced_n: int) -> str:
+    lines = []
+    if m is not None:
+        lines.append(
+            f"worker RSS {m.rss_before / 2**20:.0f} MiB idle -> {m.rss_after / 2**20:.0f} MiB "
+            f"with {m.pending:,} pending requests (2 of 3 events each; reached in "
+            f"{m.seconds:.0f}s): {m.per_request:.0f} bytes per pending request"
+        )
+    if traced is not None:
+        lines.append(
+            f"JoinTable alone (tracemalloc, {traced_n:,} pending): {traced[0]:.0f} bytes per "
+            f"pending request, of which the two decoded events {traced[1]:.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Memory per pending request.")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument("--pending", type=int, default=1_000_000)
+    p.add_argument("--traced", type=int, default=200_000)
+    p.add_argument("--partitions", type=int, default=4)
+    args = p.parse_args()
+    m = asyncio.run(worker_rss(args.bootstrap, args.pending, args.partitions))
+    print(show(m, table_traced(args.traced), args.traced), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``make bench``: every end-to-end figure in one run on the local broker.
+
+1. throughput: the passthrough baseline, the worker at-least-once and exactly-once on
+   the same pre-loaded input (bench/throughput.py);
+2. latency at half the at-least-once throughput just measured (bench/latency.py);
+3. memory per pending request: a worker process and the JoinTable alone
+   (bench/memory.py);
+
+then the goals, met or not. Ratios are what count: absolute figures move between runs
+and machines. ``--quick`` scales everything down for a smoke run (a minute or so).
+
+Run: ``python -m bench.run [--quick] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import kit, latency, memory, throughput
+
+REPO = Path(__file__).resolve().parent.parent
+GOALS = {
+    "at-least-once / baseline": 0.7,
+    "exactly-once / at-least-once": 0.8,
+    "p99 last member -> fused (ms)": 50.0,
+    "bytes per pending request": 1024.0,
+}
+
+
+def kafka_version() -> str:
+    """The broker's version, from the jar the local broker runs (deploy/kafka-dev)."""
+    jars = sorted((REPO / ".cache" / "kafka-dev" / "libs").glob("kafka_2.13-*.jar"))
+    return jars[-1].name.removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="The end-to-end benchmarks (make bench).")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument("--requests", type=int, default=200_000, help="throughput: requests x 3")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=2, help="throughput runs per contestant")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--pending", type=int, default=1_000_000, help="memory: pending requests")
+    p.add_argument("--traced", type=int, default=200_000, help="memory: JoinTable alone")
+    p.add_argument("--quick", action="store_true", help="a smoke run: everything scaled down")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args()
+    if args.quick:
+        args.requests, args.repeat, args.latency_seconds = 30_000, 1, 8.0
+        args.pending, args.traced = 50_000, 20_000
+    started = time.monotonic()
+    info = kit.machine() | {"kafka": kafka_version()}
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    print(
+        f"\n== throughput: {args.requests:,} requests x {len(kit.MODELS)} models, "
+        f"{args.partitions} partitions, best of {args.repeat}",
+        flush=True,
+    )
+    runs = asyncio.run(
+        throughput.run(args.bootstrap, args.requests, args.partitions, repeat=args.repeat)
+    )
+    by_mode = {r.mode: r for r in runs}
+    base = throughput.baseline(runs)
+    alo, eo = by_mode["at-least-once"], by_mode["exactly-once"]
+    assert base is not None
+    rate = alo.events_per_s / 2
+    print(f"\n== latency at half the at-least-once throughput: {rate:,.0f} events/s", flush=True)
+    lat = asyncio.run(latency.run(args.bootstrap, rate, args.latency_seconds, args.partitions))
+    print(latency.show(lat), flush=True)
+    print(f"\n== memory: {args.pending:,} pending requests", flush=True)
+    mem = asyncio.run(memory.worker_rss(args.bootstrap, args.pending, args.partitions))
+    traced = memory.table_traced(args.traced)
+    print(memory.show(mem, traced, args.traced), flush=True)
+
+    figures = {
+        "at-least-once / baseline": alo.events_per_s / base.events_per_s,
+        "exactly-once / at-least-once": eo.events_per_s / alo.events_per_s,
+        "p99 last member -> fused (ms)": lat.last_to_fused.get("p99", float("nan")),
+        "bytes per pending request": mem.per_request,
+    }
+    print(f"\n== goals (baseline: {base.mode}, {base.events_per_s:,.0f} events/s)")
+    for name, value in figures.items():
+        goal = GOALS[name]
+        ok = value >= goal if "/" in name else value <= goal
+        sign = ">=" if "/" in name else "<="
+        print(f"  {name:<32} {value:>10.2f}   goal {sign} {goal:g}: {'met' if ok else 'NOT met'}")
+    also = by_mode.get("passthrough-record")
+    if also is not None and also is not base:
+        print(
+            f"  (at-least-once / passthrough with one send() per record: "
+            f"{alo.events_per_s / also.events_per_s:.2f})"
+        )
+    print(f"\n({time.monotonic() - started:.0f}s in all)")
+    if args.json:
+        doc: dict[str, Any] = {
+            "machine": info,
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "throughput": [asdict(r) | {"events_per_s": r.events_per_s} for r in runs],
+            "latency": asdict(lat),
+            "memory": asdict(mem) | {"per_request": mem.per_request},
+            "table_traced": {"per_request": traced[0], "events_per_request": traced[1]},
+            "figures": figures,
+        }
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Throughput on the real broker: the passthrough baseline, the worker at-least-once and
+the worker exactly-once, one after another on the same pre-loaded input.
+
+Each contestant is a fresh process in a fresh consumer group with its own output topic.
+Its figure is input events / (the moment its last result became readable in the output
+topic - the moment the process was spawned), subtracting nothing: the interpreter's
+start and imports, connecting, the topic checks, joining the group (and, exactly-once,
+initialising one transactional producer per partition and reading the empty changelog)
+are all in it. The time from spawn to the first readable result is printed beside it.
+
+Run alone: ``python -m bench.throughput [--requests N] [--partitions P]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import kit
+
+MODES = ("passthrough-record", "passthrough-batch", "at-least-once", "exactly-once")
+
+
+@dataclass
+class Run:
+    mode: str
+    events: int
+    requests: int
+    seconds: float  # spawn -> last result readable
+    first_s: float  # spawn -> first result readable
+    cpu_s: float  # the process's CPU time until the last result
+    startup_cpu_s: float  # ... until the first result
+    results: int
+    duplicates: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def steady_events_per_s(self) -> float:
+        """Events over the time results flowed (spawn-to-first-result left out)."""
+        return self.events / max(1e-9, self.seconds - self.first_s)
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """CPU per event once results flow (start-up left out)."""
+        return (self.cpu_s - self.startup_cpu_s) / self.events * 1e6
+
+
+def worker_sections(
+    bootstrap: str, inputs: list[str], output: str, dlq: str, group: str, port: int, eo: bool
+) -> dict[str, dict[str, Any]]:
+    """The worker's configuration: the defaults but for the topics, group and port."""
+    return {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "input_topics": inputs,
+            "output_topic": output,
+            "dlq_topic": dlq,
+            "delivery": "exactly-once" if eo else "at-least-once",
+        },
+        "metrics": {"host": "127.0.0.1", "port": port},
+    }
+
+
+async def measure(
+    mode: str,
+    bootstrap: str,
+    inputs: list[str],
+    output: str,
+    dlq: str,
+    requests: int,
+    events: int,
+    workdir: Path,
+    timeout_s: float,
+    profile: Path | None = None,
+) -> Run:
+    group = kit.unique(f"group-{mode}")
+    log = workdir / f"{mode}.log"
+    if mode.startswith("passthrough"):
+        argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
+        argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
+        proc = kit.Process(argv, log)
+    else:
+        eo = mode == "exactly-once"
+        config = kit.write_config(
+            workdir / f"{mode}.toml",
+            worker_sections(bootstrap, inputs, output, dlq, group, kit.free_port(), eo),
+        )
+        proc = kit.worker_process(config, log)
+    proc.start()
+    profiler = kit.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
+    try:
+        filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
+        cpu = proc.cpu_s() if proc.alive() else float("nan")
+        if profiler is not None:
+            profiler.stop()
+        if filled.done is None or not proc.alive():
+            raise RuntimeError(
+                f"{mode}: {filled.end} of {requests} results within {timeout_s:.0f}s\n"
+                + proc.tail()
+            )
+    finally:
+        proc.stop()
+        if mode == "exactly-once":
+            await kit.delete_topics(bootstrap, [f"{group}-pending-changelog"])
+    assert filled.first is not None
+    out = await kit.read_output(bootstrap, output) if not mode.startswith("pass") else None
+    return Run(
+        mode=mode,
+        events=events,
+        requests=requests,
+        seconds=filled.done - proc.started,
+        first_s=filled.first - proc.started,
+        cpu_s=cpu,
+        startup_cpu_s=filled.first_sample,
+        results=len(out.ids) if out else filled.end,
+        duplicates=out.duplicates if out else 0,
+    )
+
+
+async def run(
+    bootstrap: str,
+    requests: int,
+    partitions: int,
+    modes: tuple[str, ...] = MODES,
+    timeout_s: float = 300.0,
+    profile: Path | None = None,
+    repeat: int = 1,
+) -> list[Run]:
+    """Load ``requests`` x 3 events, then measure each mode in turn, ``repeat`` times;
+    returns the fastest run of each mode (the least disturbed by other processes)."""
+    name = kit.unique("tp")
+    specs = {f"{name}-in": partitions, f"{name}-dlq": partitions}
+    async with kit.topics(bootstrap, specs):
+        count, seconds = await kit.load(
+            bootstrap, f"{name}-in", partitions, kit.events(requests, name)
+        )
+        print(
+            f"loaded {count:,} events ({requests:,} requests x {len(kit.MODELS)} models) "
+            f"in {seconds:.1f}s: {count / seconds:,.0f} events/s (generating them included)"
+        )
+        best: list[Run] = []
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            for mode in modes:
+                tries: list[Run] = []
+                for i in range(repeat):
+                    output = f"{name}-out-{mode}-{i}"
+                    await kit.create_topics(bootstrap, {output: partitions})
+                    try:
+                        r = await measure(
+                            mode,
+                            bootstrap,
+                            [f"{name}-in"],
+                            output,
+                            f"{name}-dlq",
+                            requests,
+                            count,
+                            Path(tmp),
+                            timeout_s,
+                            profile,
+                        )
+                    finally:
+                        await kit.delete_topics(bootstrap, [output])
+                    print(line(r, best), flush=True)
+                    tries.append(r)
+                best.append(max(tries, key=lambda r: r.events_per_s))
+    return best
+
+
+def baseline(runs: list[Run]) -> Run | None:
+    """The fastest passthrough: the ceiling the ratios refer to."""
+    passes = [r for r in runs if r.mode.startswith("passthrough")]
+    return max(passes, key=lambda r: r.events_per_s) if passes else None
+
+
+def line(r: Run, before: list[Run]) -> str:
+    base = baseline(before)
+    ratio = f" = {r.events_per_s / base.events_per_s:.2f}x baseline" if base else ""
+    check = "" if r.results == r.requests and not r.duplicates else " RESULTS WRONG"
+    return (
+        f"{r.mode:<19} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
+        f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
+        f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
+        f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
+        f"{r.duplicates} duplicates{check}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Throughput of the worker against the passthrough.")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument("--requests", type=int, default=200_000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--repeat", type=int, default=1, help="runs per mode; the fastest counts")
+    p.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
+    args = p.parse_args()
+    started = time.monotonic()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    runs = asyncio.run(
+        run(
+            args.bootstrap,
+            args.requests,
+            args.partitions,
+            tuple(args.modes),
+            profile=args.profile,
+            repeat=args.repeat,
+        )
+    )
+    alo = next((r for r in runs if r.mode == "at-least-once"), None)
+    eo = next((r for r in runs if r.mode == "exactly-once"), None)
+    if alo and eo:
+        print(f"exactly-once / at-least-once: {eo.events_per_s / alo.events_per_s:.2f}")
+    print(f"({time.monotonic() - started:.0f}s in all)")
+
+
+if __name__ == "__main__":
+    main()
