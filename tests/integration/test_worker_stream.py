@@ -11,32 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.chaos import reference
 from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import MODELS, count_ids, make_events
 from tests.kafka_fixtures import consume, decode_values, produce, produce_json
-from worker.config import load_config
-from worker.decode import Decoder
-from worker.events import FinishedRequest
-from worker.fusion import Fuser
 
 pytestmark = pytest.mark.kafka
-
-
-def expected_results(
-    config_path: Any, events: Sequence[dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """What the fusion engine gives for complete requests built from the same events."""
-    cfg = load_config(config_path, env={})
-    decoder = Decoder(cfg)
-    members: dict[str, dict[str, Any]] = {}
-    for e in events:
-        ev = decoder.decode(orjson.dumps(e), None)
-        members.setdefault(ev.request_id, {}).setdefault(ev.model, ev)
-    finished = [
-        FinishedRequest(rid, m, min(x.ts for x in m.values()), 0, 0, expired=False)
-        for rid, m in members.items()
-    ]
-    return {r["request_id"]: r for r in Fuser(cfg).fuse(finished)}
 
 
 async def produce_split(
@@ -68,7 +48,7 @@ async def test_every_request_fused_once_with_the_engine_values(
     ids = count_ids(results)
     assert len(ids) == 5000
     assert [rid for rid, n in ids.items() if n > 1] == []
-    expected = expected_results(cfg, events)
+    expected = reference(cfg, events)
     for r in results:
         want = expected[r["request_id"]]
         assert r["status"] == "complete"
