@@ -24,13 +24,14 @@ import asyncio
 import heapq
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-from bench import kit
+from bench import kit, procs
 
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
@@ -48,7 +49,7 @@ class Latency:
     missing: int  # requests without a result
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=np.float64)
@@ -113,8 +114,8 @@ async def run(
     inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
     async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            port = kit.free_port()
-            config = kit.write_config(
+            port = procs.free_port()
+            config = procs.write_config(
                 Path(tmp) / "latency.toml",
                 {
                     "kafka": {
@@ -127,9 +128,9 @@ async def run(
                     "metrics": {"host": "127.0.0.1", "port": port},
                 },
             )
-            proc = kit.worker_process(config, Path(tmp) / "worker.log").start()
+            proc = procs.worker_process(config, Path(tmp) / "worker.log").start()
             try:
-                await kit.wait_ready(port, proc)
+                await procs.wait_ready(port, proc)
                 stamps, achieved, started = await publish(
                     bootstrap, inp, partitions, rate, seconds, name
                 )

@@ -24,7 +24,7 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import kit
+from bench import kit, procs
 from worker.config import build_config
 from worker.decode import Decoder
 from worker.join import JoinTable
@@ -49,8 +49,8 @@ async def worker_rss(bootstrap: str, pending: int, partitions: int) -> Memory:
     inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
     async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            port = kit.free_port()
-            config = kit.write_config(
+            port = procs.free_port()
+            config = procs.write_config(
                 Path(tmp) / "memory.toml",
                 {
                     "kafka": {
@@ -64,9 +64,9 @@ async def worker_rss(bootstrap: str, pending: int, partitions: int) -> Memory:
                     "metrics": {"host": "127.0.0.1", "port": port},
                 },
             )
-            proc = kit.worker_process(config, Path(tmp) / "worker.log").start()
+            proc = procs.worker_process(config, Path(tmp) / "worker.log").start()
             try:
-                await kit.wait_ready(port, proc)
+                await procs.wait_ready(port, proc)
                 await asyncio.sleep(2.0)
                 before = proc.rss_bytes()
                 start = time.monotonic()
@@ -74,7 +74,8 @@ async def worker_rss(bootstrap: str, pending: int, partitions: int) -> Memory:
                     bootstrap, inp, partitions, kit.events(pending, name, kit.MODELS[:2])
                 )
                 while (
-                    await asyncio.to_thread(kit.metric, port, "fusion_pending_requests") != pending
+                    await asyncio.to_thread(procs.metric, port, "fusion_pending_requests")
+                    != pending
                 ):
                     if not proc.alive() or time.monotonic() - start > 600:
                         raise RuntimeError(f"never {pending} pending:\n{proc.tail()}")

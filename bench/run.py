@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import kit, latency, memory, throughput
+from bench import kit, latency, memory, procs, throughput
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS = {
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--bootstrap", default="127.0.0.1:9092")
     p.add_argument("--requests", type=int, default=200_000, help="throughput: requests x 3")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--repeat", type=int, default=2, help="throughput runs per contestant")
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs per contestant")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--pending", type=int, default=1_000_000, help="memory: pending requests")
     p.add_argument("--traced", type=int, default=200_000, help="memory: JoinTable alone")
@@ -55,7 +55,7 @@ def main() -> None:
         args.requests, args.repeat, args.latency_seconds = 30_000, 1, 8.0
         args.pending, args.traced = 50_000, 20_000
     started = time.monotonic()
-    info = kit.machine() | {"kafka": kafka_version()}
+    info = procs.machine() | {"kafka": kafka_version()}
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     print(
         f"\n== throughput: {args.requests:,} requests x {len(kit.MODELS)} models, "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import kit
+from bench import kit, procs
 
 MODES = ("passthrough-record", "passthrough-batch", "at-least-once", "exactly-once")
 
@@ -87,16 +87,16 @@ async def measure(
     if mode.startswith("passthrough"):
         argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
         argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
-        proc = kit.Process(argv, log)
+        proc = procs.Process(argv, log)
     else:
         eo = mode == "exactly-once"
-        config = kit.write_config(
+        config = procs.write_config(
             workdir / f"{mode}.toml",
-            worker_sections(bootstrap, inputs, output, dlq, group, kit.free_port(), eo),
+            worker_sections(bootstrap, inputs, output, dlq, group, procs.free_port(), eo),
         )
-        proc = kit.worker_process(config, log)
+        proc = procs.worker_process(config, log)
     proc.start()
-    profiler = kit.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
+    profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
     try:
         filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
         cpu = proc.cpu_s() if proc.alive() else float("nan")

@@ -313,7 +313,6 @@ class Worker:
                 self._touched(tp.partition, touched)
             self._positions[tp] = records[-1].offset + 1
         fused = self._fuse_finished(now, outs)
-        await self._before_emit()
         for p, recs in outs.items():
             if recs:
                 await self._emit(p, recs)
@@ -377,9 +376,6 @@ class Worker:
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
         """Requests whose pending state changed (opened, grew or finished)."""
-
-    async def _before_emit(self) -> None:
-        """After a batch is joined and fused, before its outputs are queued."""
 
     async def _emit(self, partition: int, records: list[OutRecord]) -> None:
         """Queue the outputs of one input partition."""

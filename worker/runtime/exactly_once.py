@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -66,16 +64,6 @@ class _Partition:
         self.dirty: set[str] = set()
         self.logged: set[str] = set()  # request ids whose state the changelog holds
         self.changelog_writes = 0
-        self.snapshot: _Snapshot | None = None  # a commit taken, not carried out yet
-
-
-@dataclass(slots=True)
-class _Snapshot:
-    """What a transaction commits besides its outputs: the input offsets reached and the
-    net change of the pending state, both taken at the end of a loop iteration."""
-
-    offsets: dict[TopicPartition, int]
-    delta: list[tuple[bytes, bytes | None]]
 
 
 class ExactlyOnceWorker(Worker):
@@ -91,9 +79,6 @@ class ExactlyOnceWorker(Worker):
         self._parts: dict[int, _Partition] = {}
         self._changelog = changelog_topic(config)
         self.changelog_records = 0
-        # Partitions rewound (or lost) while carrying out commits in this loop iteration:
-        # the outputs computed from their old state are dropped, the input is read again.
-        self._rewound: set[int] = set()
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -154,7 +139,7 @@ class ExactlyOnceWorker(Worker):
 
     async def _emit(self, partition: int, records: list[OutRecord]) -> None:
         part = self._parts.get(partition)
-        if part is None or partition in self._rewound:
+        if part is None:
             return
         try:
             await self._begin(part)
@@ -177,47 +162,34 @@ class ExactlyOnceWorker(Worker):
                 await self._recover(p, exc)
 
     def _holding(self) -> bool:
-        """A commit waits to be carried out: the loop comes back for it soon."""
-        return any(part.snapshot is not None for part in self._parts.values())
+        # Nothing is visible before the commit, which hands everything over.
+        return False
 
     async def _begin(self, part: _Partition) -> None:
         if not part.in_txn:
             await part.producer.begin_transaction()
             part.in_txn = True
 
-    # -- commits --------------------------------------------------------------------------
-    #
-    # A commit is taken at the end of a loop iteration (``_periodic``: the offsets reached
-    # and the changelog delta) and carried out in the next one, once its records are
-    # decoded, joined and fused and before its outputs are written (``_before_emit``).
-    # Nothing enters a transaction between the two, and the broker acknowledges the
-    # transaction's outputs meanwhile: the commit waits for its own round trips only.
-
-    async def _periodic(self) -> None:
-        self._next_commit = time.monotonic() + self.config.kafka.commit_every_ms / 1000
-        for p in list(self._parts):
-            self._snapshot(p)
-        self._observe_state()
-
-    async def _before_emit(self) -> None:
-        self._rewound.clear()
-        await self._carry_out(list(self._parts))
-
     async def _commit(self, partitions: Any = None) -> None:
-        """Commit now, per partition number with anything to say (rebalance, stop)."""
-        numbers = sorted(
+        """Per partition number with anything to say: changelog delta, offsets, commit.
+
+        One partition after the other: committing them concurrently was measured slower
+        on a shared two-core machine (docs/benchmarks.md)."""
+        numbers = (
             {tp.partition for tp in partitions} if partitions is not None else set(self._parts)
         )
-        for p in numbers:
-            self._snapshot(p)
-        await self._carry_out(numbers)
+        for p in sorted(numbers):
+            part = self._parts.get(p)
+            if part is None:
+                continue
+            try:
+                await self._commit_partition(p, part)
+            except ProducerFenced:
+                await self._fenced(p)
+            except KafkaError as exc:
+                await self._recover(p, exc)
 
-    def _snapshot(self, p: int) -> None:
-        """Take the commit of partition number ``p`` (unless one is pending: taken at the
-        end of the last iteration, it is still current)."""
-        part = self._parts.get(p)
-        if part is None or part.snapshot is not None:
-            return
+    async def _commit_partition(self, p: int, part: _Partition) -> None:
         offsets = {
             tp: pos
             for tp, pos in self._positions.items()
@@ -226,56 +198,26 @@ class ExactlyOnceWorker(Worker):
         delta = self._changelog_delta(self.tables[p], part)
         if not (part.in_txn or offsets or delta):
             return  # no empty transactions
-        part.snapshot = _Snapshot(offsets, delta)
-        part.dirty.clear()
-
-    async def _carry_out(self, numbers: list[int]) -> None:
-        """Commit the pending snapshots. Each partition has its own producer, so their
-        round trips overlap; every one finishes (or rewinds) before an error is raised."""
-        pending = [p for p in numbers if (part := self._parts.get(p)) and part.snapshot]
-        if not pending:
-            return
-        results = await asyncio.gather(
-            *(self._commit_one(p) for p in pending), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _commit_one(self, p: int) -> None:
-        part = self._parts[p]
-        try:
-            await self._commit_partition(p, part)
-        except ProducerFenced:
-            await self._fenced(p)
-        except KafkaError as exc:
-            await self._recover(p, exc)
-
-    async def _commit_partition(self, p: int, part: _Partition) -> None:
-        snap = part.snapshot
-        assert snap is not None
         await self._begin(part)
         # The offsets go first: a changelog batch in flight while the coordinator takes
-        # them was seen to slow that produce request down tenfold.
-        if snap.offsets:
-            await part.producer.send_offsets_to_transaction(
-                snap.offsets, self.config.kafka.group_id
-            )
-        if snap.delta:
-            _unawaited(await part.writer.write_to(self._changelog, p, snap.delta))
+        # them made that produce request ten times slower (docs/benchmarks.md).
+        if offsets:
+            await part.producer.send_offsets_to_transaction(offsets, self.config.kafka.group_id)
+        if delta:
+            _unawaited(await part.writer.write_to(self._changelog, p, delta))
         _unawaited(await part.writer.submit(force=True))
         await part.producer.commit_transaction()
         part.in_txn = False
-        part.snapshot = None
-        for key, value in snap.delta:
+        part.dirty.clear()
+        for key, value in delta:
             rid = key.decode()
             if value is None:
                 part.logged.discard(rid)
             else:
                 part.logged.add(rid)
-        self.changelog_records += len(snap.delta)
-        self.metrics.changelog(len(snap.delta))
-        self._committed.update(snap.offsets)
+        self.changelog_records += len(delta)
+        self.metrics.changelog(len(delta))
+        self._committed.update(offsets)
         self.metrics.transaction("committed")
 
     def _changelog_delta(
@@ -298,7 +240,6 @@ class ExactlyOnceWorker(Worker):
             "producer for partition %d fenced: another worker owns it; dropping it", partition
         )
         self.metrics.transaction("fenced")
-        self._rewound.add(partition)
         part = self._parts.pop(partition, None)
         self.tables.pop(partition, None)
         assert self._consumer is not None
@@ -317,7 +258,6 @@ class ExactlyOnceWorker(Worker):
             "transaction for partition %d failed (%s); rewinding to the last commit", partition, exc
         )
         self.metrics.transaction("aborted")
-        self._rewound.add(partition)
         part = self._parts.pop(partition, None)
         if part is not None:
             with contextlib.suppress(KafkaError):
@@ -355,18 +295,9 @@ class ExactlyOnceWorker(Worker):
         does not fetch while this runs (it is called from the assignment callback)."""
         if not numbers:
             return
-        producers = {p: self._new_producer(p) for p in numbers}
-        # Each start is a few round trips (coordinator, producer id): overlap them.
-        started = await asyncio.gather(
-            *(producer.start() for producer in producers.values()), return_exceptions=True
-        )
-        failed = [r for r in started if isinstance(r, BaseException)]
-        if failed:
-            for producer in producers.values():
-                with contextlib.suppress(KafkaError):
-                    await producer.stop()
-            raise failed[0]
-        for p, producer in producers.items():
+        for p in numbers:
+            producer = self._new_producer(p)
+            await producer.start()
             self._parts[p] = _Partition(producer)
         restored = await self._restore(numbers)
         j = self.config.join

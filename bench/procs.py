@@ -1,0 +1,195 @@
+"""Processes of the end-to-end benchmarks: a worker's configuration, a process with its
+CPU time and resident memory, py-spy sampling it, its HTTP endpoints, and the machine
+the figures were measured on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench.kit import LABELS, MODELS, WEIGHTS
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+def toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    """A worker config: the given sections, the benchmark's models and labels."""
+    sections = {"fusion": {"strategy": "soft_vote", "labels": list(LABELS)}, **sections}
+    lines: list[str] = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml(v)}" for k, v in table.items()]
+    for model, weight in zip(MODELS, WEIGHTS, strict=True):
+        lines += ["[[models]]", f'name = "{model}"', f"weight = {weight}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Process:
+    """A Python process (the worker or the passthrough) with its CPU and memory."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.argv = [sys.executable, *argv]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    def start(self) -> Process:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as fh:
+            self.started = time.monotonic()
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_bytes(self) -> int:
+        pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        return pages * PAGE
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it does not end in time."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+class Profiler:
+    """py-spy sampling a running process (``py-spy record --pid``), if it is installed;
+    writes collapsed stacks (one ``frame;frame;... count`` line per stack)."""
+
+    def __init__(self, pid: int, out: Path, rate_hz: int = 200) -> None:
+        exe = Path(sys.executable).parent / "py-spy"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if exe.exists():
+            argv = [str(exe), "record", "--pid", str(pid), "--format", "raw"]
+            argv += ["--rate", str(rate_hz), "--nonblocking", "-o", str(out)]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            print("py-spy is not installed: no profile", file=sys.stderr)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+
+
+def worker_process(config: Path, log: Path) -> Process:
+    return Process(["-m", "worker.cli", "run", "--config", str(config)], log)
+
+
+def metric(port: int, name: str) -> float | None:
+    """One sample of the worker's /metrics (the first line starting with ``name``)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith((name + " ", name + "{")):
+                    return float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:  # refused, or a 503 (urllib's HTTPError is an OSError)
+        return False
+
+
+async def wait_ready(port: int, proc: Process, timeout_s: float = 60.0) -> None:
+    """Until the worker's /readyz says it has partitions and a connection."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"worker exited:\n{proc.tail()}")
+        if await asyncio.to_thread(ready, port):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"worker not ready within {timeout_s}s:\n{proc.tail()}")
+
+
+# -- the machine -----------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    """Cores, RAM, CPU model, Python and library versions, for the report."""
+    import aiokafka
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "python": platform.python_version(),
+        "aiokafka": aiokafka.__version__,
+        "orjson": orjson.__version__,
+        "numpy": np.__version__,
+        "os": platform.platform(),
+    }
