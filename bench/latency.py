@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -111,36 +109,30 @@ async def run(
     bootstrap: str, rate: float, seconds: float, partitions: int, warmup_s: float = 3.0
 ) -> Latency:
     name = kit.unique("lat")
-    inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
-    async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            port = procs.free_port()
-            config = procs.write_config(
-                Path(tmp) / "latency.toml",
-                {
-                    "kafka": {
-                        "bootstrap_servers": bootstrap,
-                        "group_id": kit.unique("group-lat"),
-                        "input_topics": [inp],
-                        "output_topic": out,
-                        "dlq_topic": dlq,
-                    },
-                    "metrics": {"host": "127.0.0.1", "port": port},
-                },
+    topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
+    inp, out, _ = topics
+    async with kit.topics(bootstrap, dict.fromkeys(topics, partitions)):
+        async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")):
+            stamps, achieved, started = await publish(
+                bootstrap, inp, partitions, rate, seconds, name
             )
-            proc = procs.worker_process(config, Path(tmp) / "worker.log").start()
-            try:
-                await procs.wait_ready(port, proc)
-                stamps, achieved, started = await publish(
-                    bootstrap, inp, partitions, rate, seconds, name
-                )
-                filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
-                if filled.done is None:
-                    print(f"only {filled.end} of {len(stamps)} results arrived")
-            finally:
-                proc.stop()
-            output = await kit.read_output(bootstrap, out)
-    measured = [rid for rid, (first, _) in stamps.items() if first >= (started + warmup_s) * 1000]
+            filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
+            if filled.done is None:
+                print(f"only {filled.end} of {len(stamps)} results arrived")
+        output = await kit.read_output(bootstrap, out)
+    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000)
+
+
+def figures(
+    rate: float,
+    achieved: float,
+    stamps: dict[str, tuple[int, int]],
+    output: kit.Output,
+    since_ms: float,
+) -> Latency:
+    """The percentiles of the requests whose first event was published at ``since_ms``
+    or later (after the warm-up), matched with their results in ``output``."""
+    measured = [rid for rid, (first, _) in stamps.items() if first >= since_ms]
     last_to_fused, first_to_fused, result_latency = [], [], []
     missing = 0
     for rid in measured:

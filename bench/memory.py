@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench import kit, procs
 from worker.config import build_config
@@ -46,47 +44,32 @@ class Memory:
 
 async def worker_rss(bootstrap: str, pending: int, partitions: int) -> Memory:
     name = kit.unique("mem")
-    inp, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
-    async with kit.topics(bootstrap, {inp: partitions, out: partitions, dlq: partitions}):
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            port = procs.free_port()
-            config = procs.write_config(
-                Path(tmp) / "memory.toml",
-                {
-                    "kafka": {
-                        "bootstrap_servers": bootstrap,
-                        "group_id": kit.unique("group-mem"),
-                        "input_topics": [inp],
-                        "output_topic": out,
-                        "dlq_topic": dlq,
-                    },
-                    "join": {"timeout_ms": TIMEOUT_MS, "max_pending": pending + 10_000},
-                    "metrics": {"host": "127.0.0.1", "port": port},
-                },
-            )
-            proc = procs.worker_process(config, Path(tmp) / "worker.log").start()
-            try:
-                await procs.wait_ready(port, proc)
-                await asyncio.sleep(2.0)
-                before = proc.rss_bytes()
-                start = time.monotonic()
-                await kit.load(
-                    bootstrap, inp, partitions, kit.events(pending, name, kit.MODELS[:2])
-                )
-                while (
-                    await asyncio.to_thread(procs.metric, port, "fusion_pending_requests")
-                    != pending
-                ):
-                    if not proc.alive() or time.monotonic() - start > 600:
-                        raise RuntimeError(f"never {pending} pending:\n{proc.tail()}")
-                    await asyncio.sleep(0.5)
-                seconds = time.monotonic() - start
-                # Let the last fetch buffers go and the collector run its course.
-                await asyncio.sleep(3.0)
-                after = proc.rss_bytes()
-            finally:
-                proc.stop()
+    topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
+    join = {"timeout_ms": TIMEOUT_MS, "max_pending": pending + 10_000}
+    async with (
+        kit.topics(bootstrap, dict.fromkeys(topics, partitions)),
+        procs.running_worker(bootstrap, topics, kit.unique("group-mem"), join=join) as worker,
+    ):
+        proc, port = worker
+        await asyncio.sleep(2.0)
+        before = proc.rss_bytes()
+        start = time.monotonic()
+        events = kit.events(pending, name, kit.MODELS[:2])
+        await kit.load(bootstrap, topics[0], partitions, events)
+        await _until_pending(proc, port, pending, start)
+        seconds = time.monotonic() - start
+        # Let the last fetch buffers go and the collector run its course.
+        await asyncio.sleep(3.0)
+        after = proc.rss_bytes()
     return Memory(pending, before, after, seconds)
+
+
+async def _until_pending(proc: procs.Process, port: int, pending: int, start: float) -> None:
+    """Until the worker's gauge shows ``pending`` requests (at most 600 s after ``start``)."""
+    while await asyncio.to_thread(procs.metric, port, "fusion_pending_requests") != pending:
+        if not proc.alive() or time.monotonic() - start > 600:
+            raise RuntimeError(f"never {pending} pending:\n{proc.tail()}")
+        await asyncio.sleep(0.5)
 
 
 def table_traced(requests: int) -> tuple[float, float]:

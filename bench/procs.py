@@ -1,6 +1,6 @@
 """Processes of the end-to-end benchmarks: a worker's configuration, a process with its
-CPU time and resident memory, py-spy sampling it, its HTTP endpoints, and the machine
-the figures were measured on.
+CPU time and resident memory, py-spy sampling it, its HTTP endpoints, a ready worker for
+the length of a block, and the machine the figures were measured on.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,30 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
         lines += ["[[models]]", f'name = "{model}"', f"weight = {weight}"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def worker_sections(
+    bootstrap: str,
+    inputs: list[str],
+    output: str,
+    dlq: str,
+    group: str,
+    port: int,
+    delivery: str = "at-least-once",
+) -> dict[str, dict[str, Any]]:
+    """The worker's configuration: the defaults but for the topics, group, delivery and
+    metrics port."""
+    return {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "input_topics": inputs,
+            "output_topic": output,
+            "dlq_topic": dlq,
+            "delivery": delivery,
+        },
+        "metrics": {"host": "127.0.0.1", "port": port},
+    }
 
 
 class Process:
@@ -163,6 +189,28 @@ async def wait_ready(port: int, proc: Process, timeout_s: float = 60.0) -> None:
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"worker not ready within {timeout_s}s:\n{proc.tail()}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    bootstrap: str, topics: tuple[str, str, str], group: str, **sections: dict[str, Any]
+) -> AsyncIterator[tuple[Process, int]]:
+    """A worker process on ``topics`` (input, output, dead letters) in ``group``, with
+    the extra config ``sections`` (one named like a default section replaces it), once
+    its /readyz says it is ready; yields it and its metrics port, stops it on exit."""
+    inp, out, dlq = topics
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        port = free_port()
+        config = write_config(
+            Path(tmp) / "worker.toml",
+            worker_sections(bootstrap, [inp], out, dlq, group, port) | sections,
+        )
+        proc = worker_process(config, Path(tmp) / "worker.log").start()
+        try:
+            await wait_ready(port, proc)
+            yield proc, port
+        finally:
+            proc.stop()
 
 
 # -- the machine -----------------------------------------------------------------------

@@ -19,7 +19,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench import kit, procs
 
@@ -53,21 +52,18 @@ class Run:
         return (self.cpu_s - self.startup_cpu_s) / self.events * 1e6
 
 
-def worker_sections(
-    bootstrap: str, inputs: list[str], output: str, dlq: str, group: str, port: int, eo: bool
-) -> dict[str, dict[str, Any]]:
-    """The worker's configuration: the defaults but for the topics, group and port."""
-    return {
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "group_id": group,
-            "input_topics": inputs,
-            "output_topic": output,
-            "dlq_topic": dlq,
-            "delivery": "exactly-once" if eo else "at-least-once",
-        },
-        "metrics": {"host": "127.0.0.1", "port": port},
-    }
+def contestant(
+    mode: str, bootstrap: str, inputs: list[str], output: str, dlq: str, group: str, workdir: Path
+) -> procs.Process:
+    """The process of ``mode`` (not started yet): the passthrough with its way of
+    sending, or the worker with its delivery; its config and log go into ``workdir``."""
+    log = workdir / f"{mode}.log"
+    if mode.startswith("passthrough"):
+        argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
+        argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
+        return procs.Process(argv, log)
+    sections = procs.worker_sections(bootstrap, inputs, output, dlq, group, procs.free_port(), mode)
+    return procs.worker_process(procs.write_config(workdir / f"{mode}.toml", sections), log)
 
 
 async def measure(
@@ -83,19 +79,7 @@ async def measure(
     profile: Path | None = None,
 ) -> Run:
     group = kit.unique(f"group-{mode}")
-    log = workdir / f"{mode}.log"
-    if mode.startswith("passthrough"):
-        argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
-        argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
-        proc = procs.Process(argv, log)
-    else:
-        eo = mode == "exactly-once"
-        config = procs.write_config(
-            workdir / f"{mode}.toml",
-            worker_sections(bootstrap, inputs, output, dlq, group, procs.free_port(), eo),
-        )
-        proc = procs.worker_process(config, log)
-    proc.start()
+    proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir).start()
     profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
     try:
         filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)

@@ -3,7 +3,7 @@ synthetic labelled history written as the files ``fusion-worker fit`` reads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,36 @@ def probs_requests(
     probs: np.ndarray[Any, Any], present: np.ndarray[Any, Any] | None, models: Sequence[str]
 ) -> list[FinishedRequest]:
     """Finished requests from probs (n, m, k), the members where ``present`` (n, m)."""
-    n, m, _ = probs.shape
+
+    def event(i: int, j: int) -> PredictionEvent:
+        return PredictionEvent(f"r{i}", models[j], 10 + j, probs=tuple(probs[i, j].tolist()))
+
+    return _requests(probs.shape[:2], present, event)
+
+
+def score_requests(
+    scores: np.ndarray[Any, Any], present: np.ndarray[Any, Any] | None, models: Sequence[str]
+) -> list[FinishedRequest]:
+    """Finished requests from scores (n, m), the members where ``present`` (n, m)."""
+
+    def event(i: int, j: int) -> PredictionEvent:
+        return PredictionEvent(f"r{i}", models[j], 1, score=float(scores[i, j]))
+
+    return _requests(scores.shape, present, event)
+
+
+def _requests(
+    shape: tuple[int, ...],
+    present: np.ndarray[Any, Any] | None,
+    event: Callable[[int, int], PredictionEvent],
+) -> list[FinishedRequest]:
+    """Requests r0..r(n-1), each of ``event(i, j)`` for the members j where ``present``
+    (None: every member), for a (n, m) shape."""
+    n, m = shape
     out = []
     for i in range(n):
-        events = {
-            models[j]: PredictionEvent(
-                f"r{i}", models[j], 10 + j, probs=tuple(probs[i, j].tolist())
-            )
-            for j in range(m)
-            if present is None or present[i, j]
-        }
-        out.append(finished(f"r{i}", events))
+        members = [event(i, j) for j in range(m) if present is None or present[i, j]]
+        out.append(finished(f"r{i}", {ev.model: ev for ev in members}))
     return out
 
 

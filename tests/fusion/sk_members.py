@@ -16,6 +16,13 @@ from sklearn.frozen import FrozenEstimator
 Array = np.ndarray[Any, Any]
 
 
+def _rows_of(table: Array | None, X: Array) -> Array:
+    """The rows of ``table`` that X's one feature (a row index) points at."""
+    assert table is not None
+    out: Array = table[np.asarray(X)[:, 0].astype(int)]
+    return out
+
+
 class FixedClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A classifier whose probabilities for row i are ``table[i]`` (classes 0..k-1)."""
 
@@ -29,9 +36,7 @@ class FixedClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def predict_proba(self, X: Array) -> Array:
-        assert self.table is not None
-        out: Array = self.table[np.asarray(X)[:, 0].astype(int)]
-        return out
+        return _rows_of(self.table, X)
 
     def predict(self, X: Array) -> Array:
         out: Array = self.classes_[self.predict_proba(X).argmax(axis=1)]
@@ -49,9 +54,7 @@ class FixedRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def predict(self, X: Array) -> Array:
-        assert self.table is not None
-        out: Array = self.table[np.asarray(X)[:, 0].astype(int)]
-        return out
+        return _rows_of(self.table, X)
 
 
 def frozen_classifiers(probs: Array) -> list[tuple[str, FrozenEstimator]]:

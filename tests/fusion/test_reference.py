@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import trim_mean
 
-from tests.fusion.factories import finished, make_config, probs_requests
-from worker.events import PredictionEvent
+from tests.fusion.factories import make_config, probs_requests, score_requests
 from worker.fusion import Fuser
 
 Array = np.ndarray[Any, Any]
@@ -118,18 +117,7 @@ def test_score_median_and_trimmed_mean_match_numpy_and_scipy(
     present = data.draw(arrays(np.bool_, (n, m)))
     present[:, 0] = True
     config = make_config([1.0] * m, labels=(), trim_proportion=0.2)
-    models = config.model_names
-    requests = [
-        finished(
-            f"r{i}",
-            {
-                models[j]: PredictionEvent(f"r{i}", models[j], 1, score=float(scores[i, j]))
-                for j in range(m)
-                if present[i, j]
-            },
-        )
-        for i in range(n)
-    ]
+    requests = score_requests(scores, present, config.model_names)
     medians = Fuser(config, "median").fuse(requests)
     trimmed = Fuser(config, "trimmed_mean").fuse(requests)
     for i in range(n):

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import StackingClassifier, VotingClassifier, VotingRegressor
 from sklearn.linear_model import LogisticRegression
 
-from tests.fusion.factories import finished, make_config, probs_requests
+from tests.fusion.factories import finished, make_config, probs_requests, score_requests
 from tests.fusion.sk_members import frozen_classifiers, frozen_regressors, rows
 from worker.events import PredictionEvent
 from worker.fusion import Fuser
@@ -52,28 +53,36 @@ def _fuse(probs: Array, weights: list[float], strategy: str, **fusion: Any) -> l
     return Fuser(config, strategy).fuse(probs_requests(probs, None, config.model_names))
 
 
-@given(problems())
-def test_soft_vote_equals_voting_classifier(problem: tuple[Array, list[float]]) -> None:
-    """soft_vote probabilities and labels equal VotingClassifier(voting="soft", weights)."""
-    probs, weights = problem
+def _voting(probs: Array, weights: list[float], voting: str) -> VotingClassifier:
+    """VotingClassifier over the frozen members, fitted on targets with every class."""
     n, _, k = probs.shape
-    vc = VotingClassifier(frozen_classifiers(probs), voting="soft", weights=weights)
-    vc.fit(rows(n), _y(n, k))
-    results = _fuse(probs, weights, "soft_vote")
-    np.testing.assert_allclose([r["probs"] for r in results], vc.predict_proba(rows(n)), atol=TOL)
-    assert [r["label"] for r in results] == [f"c{c}" for c in vc.predict(rows(n))]
+    vc = VotingClassifier(frozen_classifiers(probs), voting=voting, weights=weights)
+    return vc.fit(rows(n), _y(n, k))
 
 
-@given(problems())
-def test_weighted_average_equals_voting_classifier(problem: tuple[Array, list[float]]) -> None:
-    """weighted_average on probabilities gives the same numbers and label as soft voting."""
+def _assert_same_labels(results: list[dict[str, Any]], estimator: Any) -> None:
+    """The results' labels are the estimator's (class i is label ci)."""
+    predicted = estimator.predict(rows(len(results)))
+    assert [r["label"] for r in results] == [f"c{c}" for c in predicted]
+
+
+def _assert_same_predictions(results: list[dict[str, Any]], estimator: Any) -> None:
+    """The results' probabilities (to TOL) and labels are the estimator's."""
+    expected = estimator.predict_proba(rows(len(results)))
+    np.testing.assert_allclose([r["probs"] for r in results], expected, atol=TOL)
+    _assert_same_labels(results, estimator)
+
+
+# weighted_average on probabilities is soft voting under another name: both must agree.
+@pytest.mark.parametrize("strategy", ["soft_vote", "weighted_average"])
+@given(problem=problems())
+def test_probability_average_equals_soft_voting_classifier(
+    strategy: str, problem: tuple[Array, list[float]]
+) -> None:
+    """soft_vote and weighted_average probabilities and labels equal
+    VotingClassifier(voting="soft", weights)."""
     probs, weights = problem
-    n, _, k = probs.shape
-    vc = VotingClassifier(frozen_classifiers(probs), voting="soft", weights=weights)
-    vc.fit(rows(n), _y(n, k))
-    results = _fuse(probs, weights, "weighted_average")
-    np.testing.assert_allclose([r["probs"] for r in results], vc.predict_proba(rows(n)), atol=TOL)
-    assert [r["label"] for r in results] == [f"c{c}" for c in vc.predict(rows(n))]
+    _assert_same_predictions(_fuse(probs, weights, strategy), _voting(probs, weights, "soft"))
 
 
 @st.composite
@@ -91,11 +100,7 @@ def votes(draw: st.DrawFn) -> tuple[Array, list[float]]:
 def test_hard_vote_equals_voting_classifier(problem: tuple[Array, list[float]]) -> None:
     """hard_vote labels equal VotingClassifier(voting="hard", weights), ties included."""
     probs, weights = problem
-    n, _, k = probs.shape
-    vc = VotingClassifier(frozen_classifiers(probs), voting="hard", weights=weights)
-    vc.fit(rows(n), _y(n, k))
-    results = _fuse(probs, weights, "hard_vote")
-    assert [r["label"] for r in results] == [f"c{c}" for c in vc.predict(rows(n))]
+    _assert_same_labels(_fuse(probs, weights, "hard_vote"), _voting(probs, weights, "hard"))
 
 
 def test_hard_vote_tie_goes_to_the_lowest_configured_label() -> None:
@@ -137,18 +142,7 @@ def test_weighted_scores_equal_voting_regressor(scores: Array, data: st.DataObje
     weights = data.draw(st.lists(st.floats(0.05, 10.0), min_size=m, max_size=m))
     vr = VotingRegressor(frozen_regressors(scores), weights=weights).fit(rows(n), np.zeros(n))
     config = make_config(weights, labels=(), strategy="weighted_average")
-    models = config.model_names
-    requests = [
-        finished(
-            f"r{i}",
-            {
-                models[j]: PredictionEvent(f"r{i}", models[j], 1, score=float(scores[i, j]))
-                for j in range(m)
-            },
-        )
-        for i in range(n)
-    ]
-    results = Fuser(config).fuse(requests)
+    results = Fuser(config).fuse(score_requests(scores, None, config.model_names))
     expected = vr.predict(rows(n))
     np.testing.assert_allclose(
         [r["score"] for r in results], expected, rtol=TOL, atol=TOL * (1 + np.abs(expected).max())
@@ -179,8 +173,5 @@ def test_stacking_equals_stacking_classifier(problem: tuple[Array, list[float]],
         )
         config = make_config(weights, labels=_labels(k), strategy="stacking", stacker=str(path))
         results = Fuser(config).fuse(probs_requests(probs, None, config.model_names))
-    np.testing.assert_allclose(
-        [r["probs"] for r in results], stack.predict_proba(rows(n)), atol=TOL
-    )
-    assert [r["label"] for r in results] == [f"c{c}" for c in stack.predict(rows(n))]
+    _assert_same_predictions(results, stack)
     assert all("fallback" not in r for r in results)

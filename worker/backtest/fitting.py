@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,6 +18,11 @@ from worker.backtest.split import TimeSplit
 from worker.config import Config
 from worker.errors import ConfigError
 from worker.replay import Record
+
+if TYPE_CHECKING:
+    # Annotations only: like the fitting functions below, worker.fusion.fit is loaded
+    # only when --fit runs.
+    from worker.fusion.fit import TrainingSet
 
 log = logging.getLogger(__name__)
 
@@ -60,53 +66,17 @@ def fitted_variants(
     artefacts into ``out``."""
     import sklearn
 
-    from worker.fusion.artefact import stacking_document, weights_document, write_artefact
-    from worker.fusion.fit import read_training_set
-    from worker.fusion.learn import fit_stacker, fit_weights
-
     if config.fusion.is_regression:
         raise ConfigError("--fit", True, "fitting needs a classification config (fusion.labels)")
-    models, labels = config.model_names, config.fusion.labels
-    with tempfile.TemporaryDirectory(prefix="backtest-") as tmp:
-        events_path, labels_path = Path(tmp, "train-events.jsonl"), Path(tmp, "train-labels.jsonl")
-        events_path.write_bytes(b"".join(value + b"\n" for _, value, _ in train))
-        labels_path.write_bytes(
-            b"".join(
-                orjson.dumps({"request_id": rid, "label": y}) + b"\n"
-                for rid, y in truth.items()
-                if rid in split.train
-            )
-        )
-        data = read_training_set(config, events_path, labels_path)
+    data = _training_set(config, train, truth, split)
     out.mkdir(parents=True, exist_ok=True)
     base = {
         **data.summary,
         "split": {"cut_ts": split.cut_ts, "train_requests": len(split.train)},
         "sklearn_version": sklearn.__version__,
     }
-    stacker = fit_stacker(data.probs, data.y, models, labels)
-    stacker_path = out / "stacker.json"
-    write_artefact(
-        stacker_path,
-        stacking_document(
-            models,
-            labels,
-            stacker.parameters["coefficients"],
-            stacker.parameters["intercept"],
-            {"method": "stacking", **base, **stacker.settings},
-        ),
-    )
-    learned = fit_weights(data.probs, data.y, models, labels)
-    weights_path = out / "weights.json"
-    write_artefact(
-        weights_path,
-        weights_document(
-            models,
-            labels,
-            learned.parameters["weights"],
-            {"method": "weights", **base, **learned.settings},
-        ),
-    )
+    stacker_path = _write_stacker(config, data, base, out / "stacker.json")
+    weights_path = _write_weights(config, data, base, out / "weights.json")
     log.info(
         "fitted on %d complete train requests: %s, %s",
         data.summary["requests_used"],
@@ -119,6 +89,51 @@ def fitted_variants(
         Variant("stacking", "stacking", stacked, stacker_path),
         Variant("soft_vote" + LEARNED, "soft_vote", weighted, weights_path),
     ]
+
+
+def _training_set(
+    config: Config, train: list[Record], truth: dict[str, Label], split: TimeSplit
+) -> TrainingSet:
+    """The train records and their labels, read by worker.fusion.fit's own reader (from
+    temporary JSON Lines files), so the backtest trains on what `fit` would."""
+    from worker.fusion.fit import read_training_set
+
+    with tempfile.TemporaryDirectory(prefix="backtest-") as tmp:
+        events_path, labels_path = Path(tmp, "train-events.jsonl"), Path(tmp, "train-labels.jsonl")
+        events_path.write_bytes(b"".join(value + b"\n" for _, value, _ in train))
+        labels_path.write_bytes(
+            b"".join(
+                orjson.dumps({"request_id": rid, "label": y}) + b"\n"
+                for rid, y in truth.items()
+                if rid in split.train
+            )
+        )
+        return read_training_set(config, events_path, labels_path)
+
+
+def _write_stacker(config: Config, data: TrainingSet, base: dict[str, Any], path: Path) -> Path:
+    """Fit the stacker and write its artefact to ``path``."""
+    from worker.fusion.artefact import stacking_document, write_artefact
+    from worker.fusion.learn import fit_stacker
+
+    models, labels = config.model_names, config.fusion.labels
+    stacker = fit_stacker(data.probs, data.y, models, labels)
+    coefficients, intercept = stacker.parameters["coefficients"], stacker.parameters["intercept"]
+    training = {"method": "stacking", **base, **stacker.settings}
+    write_artefact(path, stacking_document(models, labels, coefficients, intercept, training))
+    return path
+
+
+def _write_weights(config: Config, data: TrainingSet, base: dict[str, Any], path: Path) -> Path:
+    """Fit the learned member weights and write their artefact to ``path``."""
+    from worker.fusion.artefact import weights_document, write_artefact
+    from worker.fusion.learn import fit_weights
+
+    models, labels = config.model_names, config.fusion.labels
+    learned = fit_weights(data.probs, data.y, models, labels)
+    training = {"method": "weights", **base, **learned.settings}
+    write_artefact(path, weights_document(models, labels, learned.parameters["weights"], training))
+    return path
 
 
 def with_fusion(config: Config, stacker: str = "", weights_file: str = "") -> Config:
