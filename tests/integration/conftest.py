@@ -8,10 +8,21 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import WorkerProcess, free_port, write_config
+from tests.integration.harness import PrivateBroker, WorkerProcess, free_port, write_config
 from tests.kafka_fixtures import TopicFactory, unique
 
 WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def private_broker() -> Iterator[PrivateBroker]:
+    """A broker of the test's own, which it may stop and start; deleted afterwards."""
+    broker = PrivateBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.run("reset")
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ def write_config(
     join: dict[str, Any] | None = None,
     kafka: dict[str, Any] | None = None,
     fusion: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """A TOML config for one test: its own topics, group and metrics port."""
     kafka_table = {
@@ -75,6 +76,7 @@ def write_config(
         w = 1.0 if weights is None else weights[i]
         lines += ["[[models]]", f'name = "{m}"', f"weight = {w}"]
     lines += ["[metrics]", 'host = "127.0.0.1"', f"port = {metrics_port}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in (metrics or {}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -177,14 +179,35 @@ class PrivateBroker:
     data survives down/up (a real restart) and is deleted by ``reset``."""
 
     def __init__(self) -> None:
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
         self.port = free_port()
         while not _port_free(self.port + 1):
             self.port = free_port()
         self.env = {**os.environ, "KAFKA_PORT": str(self.port)}
         self.bootstrap = f"127.0.0.1:{self.port}"
 
+    def start(self, attempts: int = 3) -> None:
+        """``up`` on free ports; other processes may take a port between our check and
+        the broker's bind, so a failed first start moves to new ports."""
+        for attempt in range(attempts):
+            try:
+                self.run("up")
+                return
+            except AssertionError:
+                self.run("reset")
+                if attempt == attempts - 1:
+                    raise
+                self._pick_ports()
+
     def run(self, command: str) -> None:
-        subprocess.run([str(KAFKA_SH), command], env=self.env, check=True, capture_output=True)
+        done = subprocess.run([str(KAFKA_SH), command], env=self.env, capture_output=True)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"kafka.sh {command} on port {self.port} failed:\n"
+                f"{done.stdout.decode(errors='replace')}{done.stderr.decode(errors='replace')}"
+            )
 
 
 async def create_topics_on(bootstrap: str, names: Sequence[str], partitions: int) -> None:

@@ -90,39 +90,35 @@ async def test_scale_out_and_in_loses_and_repeats_nothing(
 
 
 async def test_broker_restart_mid_stream_loses_and_repeats_nothing(
-    spawn_worker: WorkerFactory, tmp_path: Path
+    private_broker: PrivateBroker, spawn_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     """The broker restarts while events stream: every request exactly once."""
-    broker = PrivateBroker()
+    broker = private_broker
+    await create_topics_on(broker.bootstrap, ["in", "out", "dlq"], 4)
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "eos.toml",
+        bootstrap=broker.bootstrap,
+        inputs=["in"],
+        output="out",
+        dlq="dlq",
+        group="eos-restart",
+        metrics_port=port,
+        kafka=EOS,
+        join={"timeout_ms": 60_000},
+    )
+    worker = spawn_worker(cfg, port)
+    worker.wait_ready()
+    events = make_events(3000, seed=13)
+    await produce_json(broker.bootstrap, "in", events[:4500])
+    await asyncio.sleep(1)
+    broker.run("down")
+    await asyncio.sleep(3)
     broker.run("up")
-    try:
-        await create_topics_on(broker.bootstrap, ["in", "out", "dlq"], 4)
-        port = free_port()
-        cfg = write_config(
-            tmp_path / "eos.toml",
-            bootstrap=broker.bootstrap,
-            inputs=["in"],
-            output="out",
-            dlq="dlq",
-            group="eos-restart",
-            metrics_port=port,
-            kafka=EOS,
-            join={"timeout_ms": 60_000},
-        )
-        worker = spawn_worker(cfg, port)
-        worker.wait_ready()
-        events = make_events(3000, seed=13)
-        await produce_json(broker.bootstrap, "in", events[:4500])
-        await asyncio.sleep(1)
-        broker.run("down")
-        await asyncio.sleep(3)
-        broker.run("up")
-        await produce_json(broker.bootstrap, "in", events[4500:])
-        results = await read_committed(broker.bootstrap, "out", 3000, timeout_s=150)
-        lost, duplicates, mismatched = compare(results, reference(cfg, events))
-        assert (lost, duplicates, mismatched) == (0, 0, 0), worker.logs()
-    finally:
-        broker.run("reset")
+    await produce_json(broker.bootstrap, "in", events[4500:])
+    results = await read_committed(broker.bootstrap, "out", 3000, timeout_s=150)
+    lost, duplicates, mismatched = compare(results, reference(cfg, events))
+    assert (lost, duplicates, mismatched) == (0, 0, 0), worker.logs()
 
 
 def accepted_events(metrics_text: str) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -20,16 +20,6 @@ from tests.integration.harness import (
 from tests.kafka_fixtures import consume, decode_values, produce_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@pytest.fixture
-def private_broker() -> Iterator[PrivateBroker]:
-    broker = PrivateBroker()
-    broker.run("up")
-    try:
-        yield broker
-    finally:
-        broker.run("reset")
 
 
 async def test_broker_down_for_10s_mid_stream_loses_nothing(
@@ -65,3 +55,45 @@ async def test_broker_down_for_10s_mid_stream_loses_nothing(
     assert worker.proc is not None
     assert worker.proc.poll() is None, worker.logs()
     assert len(count_ids(results)) == 2000, worker.logs()
+
+
+async def test_during_an_outage_the_worker_stays_live_and_stops_on_sigterm(
+    private_broker: PrivateBroker, spawn_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """Results fall due while the broker is away: the sink retries them, /healthz stays
+    200 well past liveness_timeout_ms (waiting out an outage is not being stuck), and
+    SIGTERM ends the worker within its shutdown budget, exit 0."""
+    bootstrap = private_broker.bootstrap
+    await create_topics_on(bootstrap, ["in", "out", "dlq"], 2)
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "fusion.toml",
+        bootstrap=bootstrap,
+        inputs=["in"],
+        output="out",
+        dlq="dlq",
+        group="outage-live",
+        metrics_port=port,
+        join={"timeout_ms": 1500},
+        kafka={"shutdown_timeout_ms": 4000},
+        metrics={"liveness_timeout_ms": 2000},
+    )
+    worker = spawn_worker(cfg, port)
+    worker.wait_ready()
+    # Two of three models: the results are due at the deadline, when the broker is gone.
+    events = [e for e in make_events(500, seed=10) if e["model"] != "distilbert"]
+    await produce_json(bootstrap, "in", events)
+    await asyncio.sleep(0.5)
+    private_broker.run("down")
+
+    statuses = []
+    for _ in range(8):
+        await asyncio.sleep(1.0)
+        statuses.append(worker.get("/healthz")[0])
+    started = time.monotonic()
+    code = worker.terminate(timeout_s=30)
+    took = time.monotonic() - started
+
+    assert statuses == [200] * 8, worker.logs()
+    assert code == 0, worker.logs()
+    assert took < 4 + 5, worker.logs()  # the budget, plus interpreter and client shutdown

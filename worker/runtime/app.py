@@ -34,7 +34,7 @@ from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
-from worker.runtime.connect import client_options, probe_credentials
+from worker.runtime.connect import client_options, close_client, probe_credentials
 from worker.runtime.sink import OutRecord, Sink
 from worker.runtime.topics import check_topics
 
@@ -93,6 +93,7 @@ class Worker:
         self._next_commit = 0.0
         self._started = False
         self._stopped = False
+        self._interrupted = False  # run() cancelled its loop: stop() must not commit
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class Worker:
             **opts,
         )
         await self._retry_until_connected(self._producer.start)
-        self._sink = Sink(self._producer, cfg.retry_backoff_ms)
+        self._sink = Sink(self._producer, cfg.retry_backoff_ms, on_wait=self._beat)
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
         await probe_credentials(self.config.kafka)
@@ -164,7 +165,7 @@ class Worker:
         """Keep trying while the broker is unreachable; configuration errors stop at once."""
         backoff = self.config.kafka.retry_backoff_ms / 1000
         while True:
-            self.health.beat(time.monotonic())
+            self._beat()
             try:
                 await connect()
                 return
@@ -182,6 +183,10 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
+    def _beat(self) -> None:
+        """Liveness: the loop is alive (also while it waits out an outage)."""
+        self.health.beat(time.monotonic())
+
     def request_stop(self) -> None:
         """Ask the loop to finish: it stops fetching, flushes, commits and returns."""
         self._stopping.set()
@@ -193,7 +198,7 @@ class Worker:
         self._stopped = True
         self._stopping.set()
         budget = self.config.kafka.shutdown_timeout_ms / 1000
-        if self._consumer is not None:
+        if self._consumer is not None and not self._interrupted:
             try:
                 async with asyncio.timeout(budget * 0.8):
                     async with self._lock:
@@ -205,9 +210,7 @@ class Worker:
                 )
         for client in (self._consumer, self._producer):
             if client is not None:
-                with contextlib.suppress(KafkaError, TimeoutError):
-                    async with asyncio.timeout(budget * 0.2 + 1):
-                        await client.stop()
+                await close_client(client, budget * 0.2 + 1)
         if self._server is not None:
             self._server.stop()
         pending = sum(len(t) for t in self.tables.values())
@@ -223,12 +226,38 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until ``request_stop()``; transient broker errors are retried, never fatal."""
+        """Run until ``request_stop()``; transient broker errors are retried, never fatal.
+
+        After ``request_stop()`` the current iteration gets half the shutdown budget to
+        finish (it may be waiting out an outage); then it is cancelled and ``stop()``
+        does not commit, since the cancelled iteration may have joined events whose
+        outputs were never queued: they are read again after the restart."""
+        loop = asyncio.ensure_future(self._loop())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({loop, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            budget = self.config.kafka.shutdown_timeout_ms / 2000
+            if not loop.done():
+                await asyncio.wait({loop}, timeout=budget)
+            if not loop.done():
+                log.warning("shutdown: the loop did not finish within %.1fs; cancelled", budget)
+                self._interrupted = True
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+            else:
+                loop.result()
+        finally:
+            stopping.cancel()
+            loop.cancel()
+
+    async def _loop(self) -> None:
         assert self._consumer is not None
         backoff = self.config.kafka.retry_backoff_ms / 1000
         while not self._stopping.is_set():
-            self.health.beat(time.monotonic())
+            self._beat()
             try:
+                await self._maintain()
                 batch = await self._consumer.getmany(
                     timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
                 )
@@ -391,6 +420,26 @@ class Worker:
         """Whether outputs wait for the producer: the loop comes back for them soon."""
         return self._sink is not None and self._sink.holding
 
+    async def _maintain(self) -> None:
+        """Work of the loop's own before each fetch (the exactly-once worker opens the
+        partitions assigned to it here)."""
+
+    def _held(self) -> set[int]:
+        """Partition numbers that stay paused whatever the backpressure says."""
+        return set()
+
+    def _adopt(self, numbers: set[int]) -> None:
+        """Take on newly assigned partition numbers: an empty table each (at-least-once
+        reads them from the committed offset)."""
+        for p in numbers:
+            self.tables[p] = self._new_table()
+
+    def _new_table(self) -> JoinTable:
+        j = self.config.join
+        return JoinTable(
+            self.config.model_names, j.timeout_ms, j.fused_memory_effective_ms, j.fused_memory_count
+        )
+
     def _backpressure(self) -> None:
         """Pause every partition at max_pending; resume below RESUME_SHARE of it.
         Requests still finish by their deadlines while paused, so nothing is dropped."""
@@ -402,7 +451,10 @@ class Worker:
             self.metrics.set_paused(True)
             log.info("paused fetching: %d pending requests (max_pending %d)", pending, limit)
         elif self._paused and pending < limit * RESUME_SHARE:
-            self._consumer.resume(*self._consumer.assignment())
+            held = self._held()
+            self._consumer.resume(
+                *[tp for tp in self._consumer.assignment() if tp.partition not in held]
+            )
             self._paused = False
             self.metrics.set_paused(False)
             log.info("resumed fetching: %d pending requests", pending)
@@ -489,15 +541,7 @@ class Worker:
                     self._positions.pop(tp, None)
                     self._committed.pop(tp, None)
                     self.metrics.forget_partition(tp.topic, tp.partition)
-            j = self.config.join
-            for p in numbers:
-                if p not in self.tables:
-                    self.tables[p] = JoinTable(
-                        self.config.model_names,
-                        j.timeout_ms,
-                        j.fused_memory_effective_ms,
-                        j.fused_memory_count,
-                    )
+            self._adopt(numbers - set(self.tables))
             for tp in assigned:
                 # A partition we kept: continue where we were, not from the commit
                 # (which sits below our pending requests and would re-fuse some).

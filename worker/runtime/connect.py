@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from worker.config import KafkaConfig, sasl_password
@@ -74,3 +75,21 @@ async def probe_credentials(cfg: KafkaConfig) -> None:
         with contextlib.suppress(Exception):
             conn.close()
         return
+
+
+async def close_client(client: Any, timeout_s: float) -> None:
+    """Stop an aiokafka client within ``timeout_s``, whatever state the broker is in.
+
+    While the broker is away aiokafka's fetcher may be retrying; its ``close`` cancels
+    that task and the ``CancelledError`` comes out of ``stop()``. Only a cancellation
+    of our own task is passed on.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.stop()
+    except (KafkaError, TimeoutError, IllegalOperation, AssertionError):
+        pass
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise

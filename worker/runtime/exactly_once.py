@@ -1,6 +1,6 @@
 """Exactly-once delivery: per input partition number, one transaction holds the fused
-outputs, the dead letters, the net change of the pending state (a compacted changelog)
-and the input offsets.
+outputs, the dead letters, the net change of the pending state (worker/runtime/
+changelog.py) and the input offsets.
 
 Why one transactional producer per partition number: aiokafka commits transactional
 offsets without the group generation (TxnOffsetCommit v0), so a zombie that lost a
@@ -8,62 +8,73 @@ partition is fenced only through its transactional id. With
 ``transactional_id = "<group>-<partition>"`` the new owner's ``init`` of that id aborts
 the zombie's open transaction and fences it.
 
-A commit interval writes only the net change of the pending table: a request opened
-and fused within one interval writes nothing; a pending request whose members changed
-writes its state; a fused request that the changelog holds gets a tombstone.
+A partition number goes through three states:
+
+- *opening*: assigned, paused, no producer, no table. The loop (not the assignment
+  callback: aiokafka stops heartbeating while that runs, and swallows its exceptions)
+  inits the producer, restores the table from the changelog, seeks the input to the
+  committed offset read after the init (so after the zombie's transaction ended), and
+  only then resumes it. A failed open is retried with backoff, the partition stays
+  paused meanwhile.
+- *open*: a producer and a table; its outputs go into its transaction.
+- *parked*: its producer was fenced. Another worker may own it, or the broker aborted
+  our transaction (``transaction_timeout_ms``): we drop it and ask the group for a
+  rebalance, which hands it to whoever owns it now (us again, through *opening*).
+
+Any other failure of a transaction (a send the broker refused, an outage): the
+partition is closed and goes back to *opening*, i.e. rewound to its last commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+)
 from prometheus_client import CollectorRegistry
 
 from worker.config import Config
-from worker.errors import KafkaSetupError
-from worker.join import JoinTable
 from worker.runtime.app import Clock, Worker, wall_clock_ms
-from worker.runtime.connect import client_options
+from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
+from worker.runtime.connect import client_options, close_client
 from worker.runtime.sink import BatchWriter, OutRecord, Sent
-from worker.runtime.topics import partition_counts
 
 log = logging.getLogger(__name__)
 
-
-def _unawaited(sent: list[Sent]) -> None:
-    """Nobody awaits these futures (the commit reports a failed send): retrieve their
-    exceptions so that asyncio does not log them as never retrieved."""
-    for s in sent:
-        s.future.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+# What a transactional producer raises when a transaction cannot go on. Besides
+# KafkaError, aiokafka raises IllegalOperation (a send after the transaction manager
+# failed) and AssertionError (a state transition out of its fatal state).
+TXN_ERRORS = (KafkaError, IllegalOperation, AssertionError)
+# Bound on stopping a producer we are done with: a new init of its transactional id
+# fences it anyway, so waiting longer for its buffers buys nothing.
+PRODUCER_STOP_S = 5.0
 
 
-def changelog_topic(config: Config) -> str:
-    return f"{config.kafka.group_id}-pending-changelog"
+class SendRefused(KafkaError):  # type: ignore[misc]
+    """A record of the open transaction was not acknowledged: committing would lose it."""
 
 
 class _Partition:
-    """The transactional side of one input partition number."""
+    """The transactional side of one open input partition number."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, limits: dict[str, int]) -> None:
         self.producer = producer
-        # No retries: a failed send fails the transaction, which is aborted and rewound.
-        self.writer = BatchWriter(producer)
+        # No retries: a failed send fails the transaction, which is rewound.
+        self.writer = BatchWriter(producer, value_limits=limits)
         self.in_txn = False
+        self.sent: list[Sent] = []  # handed to the producer in the open transaction
         self.dirty: set[str] = set()
         self.logged: set[str] = set()  # request ids whose state the changelog holds
-        self.changelog_writes = 0
 
 
 class ExactlyOnceWorker(Worker):
@@ -77,7 +88,14 @@ class ExactlyOnceWorker(Worker):
     ) -> None:
         super().__init__(config, registry, clock_ms)
         self._parts: dict[int, _Partition] = {}
+        self._opening: set[int] = set()
+        self._parked: set[int] = set()
+        self._open_at = 0.0  # monotonic time of the next attempt to open
+        self._open_backoff = config.kafka.retry_backoff_ms / 1000
         self._changelog = changelog_topic(config)
+        # Largest value the broker took per output topic, learnt from refusals (see
+        # _acknowledged); shared by every partition's writer.
+        self._value_limits: dict[str, int] = {}
         self.changelog_records = 0
 
     # -- set-up -------------------------------------------------------------------------
@@ -86,31 +104,14 @@ class ExactlyOnceWorker(Worker):
         return {"isolation_level": "read_committed"}
 
     async def _start_producer(self, opts: dict[str, Any]) -> None:
-        """No shared producer: each partition number gets a transactional one on assignment."""
+        """No shared producer: each partition number gets a transactional one when opened."""
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
         await super()._check_cluster(opts)
         admin = AIOKafkaAdminClient(client_id=self.config.kafka.client_id, **opts)
         await admin.start()
         try:
-            inputs = self.config.kafka.input_topics
-            counts = await partition_counts(admin, [*inputs, self._changelog])
-            partitions = counts[inputs[0]]
-            if counts[self._changelog] == 0:
-                brokers = len((await admin.describe_cluster())["brokers"])
-                topic = NewTopic(
-                    self._changelog,
-                    partitions,
-                    min(3, brokers),
-                    topic_configs={"cleanup.policy": "compact"},
-                )
-                await admin.create_topics([topic])
-                log.info("created changelog topic %s (%d partitions)", self._changelog, partitions)
-            elif counts[self._changelog] != partitions:
-                raise KafkaSetupError(
-                    f"changelog {self._changelog} has {counts[self._changelog]} partitions, the "
-                    f"inputs {partitions}; delete it (it is rebuilt) or match the counts"
-                )
+            await ensure_changelog(admin, self.config)
         finally:
             await admin.close()
 
@@ -133,37 +134,33 @@ class ExactlyOnceWorker(Worker):
     _tracks_touched = True
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
-        part = self._parts.get(partition)
-        if part is not None:
-            part.dirty.update(request_ids)
+        self._parts[partition].dirty.update(request_ids)
 
     async def _emit(self, partition: int, records: list[OutRecord]) -> None:
-        part = self._parts.get(partition)
-        if part is None:
-            return
+        # Only open partitions have a table, so only they have outputs: a KeyError
+        # here is a bug, never an output silently dropped.
+        part = self._parts[partition]
         try:
             await self._begin(part)
-            # A failed send fails the commit.
-            _unawaited(await part.writer.write(records))
-        except ProducerFenced:
-            await self._fenced(partition)
-        except KafkaError as exc:
-            await self._recover(partition, exc)
+            part.sent += await part.writer.write(records)
+        except TXN_ERRORS as exc:
+            await self._failed(partition, exc)
 
     async def _emitted(self) -> None:
         """Hand over the batches of partitions with none out (the first of a transaction
         also makes the producer add the partition to it, well before the commit)."""
         for p, part in list(self._parts.items()):
             try:
-                _unawaited(await part.writer.submit())
-            except ProducerFenced:
-                await self._fenced(p)
-            except KafkaError as exc:
-                await self._recover(p, exc)
+                part.sent += await part.writer.submit()
+            except TXN_ERRORS as exc:
+                await self._failed(p, exc)
 
     def _holding(self) -> bool:
         # Nothing is visible before the commit, which hands everything over.
         return False
+
+    def _held(self) -> set[int]:
+        return self._opening | self._parked
 
     async def _begin(self, part: _Partition) -> None:
         if not part.in_txn:
@@ -171,9 +168,8 @@ class ExactlyOnceWorker(Worker):
             part.in_txn = True
 
     async def _commit(self, partitions: Any = None) -> None:
-        """Per partition number with anything to say: changelog delta, offsets, commit.
-
-        One partition after the other: committing them concurrently was measured slower
+        """Per open partition number with anything to say: changelog delta, offsets,
+        commit. One after the other: committing them concurrently was measured slower
         on a shared two-core machine (docs/benchmarks.md)."""
         numbers = (
             {tp.partition for tp in partitions} if partitions is not None else set(self._parts)
@@ -184,10 +180,8 @@ class ExactlyOnceWorker(Worker):
                 continue
             try:
                 await self._commit_partition(p, part)
-            except ProducerFenced:
-                await self._fenced(p)
-            except KafkaError as exc:
-                await self._recover(p, exc)
+            except TXN_ERRORS as exc:
+                await self._failed(p, exc)
 
     async def _commit_partition(self, p: int, part: _Partition) -> None:
         offsets = {
@@ -195,7 +189,7 @@ class ExactlyOnceWorker(Worker):
             for tp, pos in self._positions.items()
             if tp.partition == p and self._committed.get(tp) != pos
         }
-        delta = self._changelog_delta(self.tables[p], part)
+        delta = net_change(self.tables[p], part.dirty, part.logged)
         if not (part.in_txn or offsets or delta):
             return  # no empty transactions
         await self._begin(part)
@@ -204,157 +198,209 @@ class ExactlyOnceWorker(Worker):
         if offsets:
             await part.producer.send_offsets_to_transaction(offsets, self.config.kafka.group_id)
         if delta:
-            _unawaited(await part.writer.write_to(self._changelog, p, delta))
-        _unawaited(await part.writer.submit(force=True))
+            part.sent += await part.writer.write_to(self._changelog, p, delta)
+        part.sent += await part.writer.submit(force=True)
+        # aiokafka commits a transaction even when the broker refused one of its
+        # batches (a produce error fails only that batch's future), so every send is
+        # checked before the commit.
+        await self._acknowledged(part)
         await part.producer.commit_transaction()
         part.in_txn = False
         part.dirty.clear()
         for key, value in delta:
-            rid = key.decode()
             if value is None:
-                part.logged.discard(rid)
+                part.logged.discard(key.decode())
             else:
-                part.logged.add(rid)
+                part.logged.add(key.decode())
         self.changelog_records += len(delta)
         self.metrics.changelog(len(delta))
         self._committed.update(offsets)
         self.metrics.transaction("committed")
 
-    def _changelog_delta(
-        self, table: JoinTable, part: _Partition
-    ) -> list[tuple[bytes, bytes | None]]:
-        delta: list[tuple[bytes, bytes | None]] = []
-        for rid in part.dirty:
-            state = table.pending_state(rid)
-            if state is not None:
-                delta.append((rid.encode(), orjson.dumps(state)))
-            elif rid in part.logged:
-                delta.append((rid.encode(), None))
-        return delta
+    async def _acknowledged(self, part: _Partition) -> None:
+        """Wait for every send of the open transaction; raise if one was refused.
+
+        A record the broker refuses as too large (a dead letter of a huge event, over
+        the DLQ topic's ``max.message.bytes``) lowers that topic's value limit, so that
+        after the rewind the same dead letter is written without its value."""
+        sent, part.sent = part.sent, []
+        results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
+        refused: BaseException | None = None
+        for item, result in zip(sent, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            refused = refused or result
+            if isinstance(result, MessageSizeTooLargeError) and len(item.records) == 1:
+                value = item.records[0].value or b""
+                limit = self._value_limits.get(item.topic, len(value))
+                self._value_limits[item.topic] = min(limit, len(value) - 1)
+        if refused is not None:
+            raise SendRefused(f"{type(refused).__name__}: {refused}") from refused
 
     # -- failures -------------------------------------------------------------------------
 
-    async def _fenced(self, partition: int) -> None:
-        """Another worker owns this partition now: drop it, never retry blindly."""
-        log.warning(
-            "producer for partition %d fenced: another worker owns it; dropping it", partition
+    async def _failed(self, partition: int, exc: BaseException) -> None:
+        """A transaction of ``partition`` cannot go on: close it. Fenced: park it and ask
+        for a rebalance. Otherwise: open it again, i.e. rewind it to its last commit
+        (the new producer's init aborts what was open)."""
+        part = self._parts.get(partition)
+        fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch)) or (
+            part is not None and _fatal(part.producer)
         )
-        self.metrics.transaction("fenced")
+        await self._close(partition)
+        if fenced:
+            log.warning(
+                "producer of partition %d fenced (%s): another worker owns it, or our "
+                "transaction outlived transaction_timeout_ms; asking the group to rebalance",
+                partition,
+                exc,
+            )
+            self.metrics.transaction("fenced")
+            self._parked.add(partition)
+            _request_rejoin(self._consumer)
+        else:
+            log.warning(
+                "transaction of partition %d failed (%s: %s); rewinding it to the last commit",
+                partition,
+                type(exc).__name__,
+                exc,
+            )
+            self.metrics.transaction("aborted")
+            self._opening.add(partition)
+
+    async def _close(self, partition: int) -> None:
+        """Forget a partition number's state and pause its input; what it did not commit
+        is read again by whoever opens it next."""
         part = self._parts.pop(partition, None)
         self.tables.pop(partition, None)
-        assert self._consumer is not None
-        mine = [tp for tp in self._consumer.assignment() if tp.partition == partition]
-        self._consumer.pause(*mine)
-        for tp in mine:
-            self._positions.pop(tp, None)
-        if part is not None:
-            with contextlib.suppress(KafkaError):
-                await part.producer.stop()
-
-    async def _recover(self, partition: int, exc: KafkaError) -> None:
-        """A transaction failed: abort it and rewind the partition to the last commit
-        (pending state from the changelog, input from the committed offsets)."""
-        log.warning(
-            "transaction for partition %d failed (%s); rewinding to the last commit", partition, exc
-        )
-        self.metrics.transaction("aborted")
-        part = self._parts.pop(partition, None)
-        if part is not None:
-            with contextlib.suppress(KafkaError):
-                await part.producer.stop()
-        # A fresh producer re-initialises the transactional id, which aborts what was open.
-        await self._open_partitions([partition])
-        assert self._consumer is not None
-        for tp in self._consumer.assignment():
-            if tp.partition == partition:
-                committed = await self._consumer.committed(tp)
-                if committed is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, committed)
+        if self._consumer is not None:
+            mine = [tp for tp in self._consumer.assignment() if tp.partition == partition]
+            self._consumer.pause(*mine)
+            for tp in mine:
                 self._positions.pop(tp, None)
                 self._committed.pop(tp, None)
+        if part is not None:
+            for s in part.sent:
+                s.future.add_done_callback(_retrieve)
+            await close_client(part.producer, PRODUCER_STOP_S)
+
+    # -- opening partitions -----------------------------------------------------------
+
+    def _adopt(self, numbers: set[int]) -> None:
+        """New partition numbers wait, paused (see on_assigned), until the loop has
+        opened them."""
+        self._opening |= numbers
+        self._parked -= numbers
+        self._open_at = 0.0
+
+    async def _maintain(self) -> None:
+        if self._opening and time.monotonic() >= self._open_at:
+            async with self._lock:
+                await self._open(sorted(self._opening))
+
+    async def _open(self, numbers: list[int]) -> None:
+        """Open partition numbers as a unit: nothing of them is installed unless every
+        step succeeded; a failure leaves them paused, to be tried again after a backoff."""
+        producers: dict[int, AIOKafkaProducer] = {}
+        try:
+            for p in numbers:
+                producers[p] = producer = self._new_producer(p)
+                await producer.start()  # init: fences the previous owner, aborts its txn
+            restored = await read_changelog(self.config, numbers, self._beat)
+            positions = await self._committed_positions(numbers)
+        except TXN_ERRORS as exc:
+            for producer in producers.values():
+                await close_client(producer, PRODUCER_STOP_S)
+            log.warning(
+                "opening partitions %s failed (%s: %s); retrying in %.1fs",
+                numbers,
+                type(exc).__name__,
+                exc,
+                self._open_backoff,
+            )
+            self._open_at = time.monotonic() + self._open_backoff
+            self._open_backoff = min(self._open_backoff * 2, 10.0)
+            return
+        assert self._consumer is not None
+        for p in numbers:
+            table = self._new_table()
+            for state in restored[p].values():
+                table.restore(state)
+            self.tables[p] = table
+            self._parts[p] = _Partition(producers[p], self._value_limits)
+            self._parts[p].logged = set(restored[p])
+        self._opening -= set(numbers)
+        self._open_backoff = self.config.kafka.retry_backoff_ms / 1000
+        # A rebalance may have begun meanwhile (its callbacks wait for the lock we hold):
+        # touch only what is still assigned; the callbacks close the rest.
+        current = self._consumer.assignment()
+        mine = [tp for tp in positions if tp in current]
+        for tp in mine:
+            offset = positions[tp]
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self.config.kafka.auto_offset_reset == "latest":
+                await self._consumer.seek_to_end(tp)
+            else:
+                await self._consumer.seek_to_beginning(tp)
+        if not self._paused:
+            self._consumer.resume(*mine)
+        log.info(
+            "opened partitions %s: %d pending requests restored",
+            numbers,
+            sum(len(v) for v in restored.values()),
+        )
+
+    async def _committed_positions(self, numbers: list[int]) -> dict[TopicPartition, int | None]:
+        """The committed offset of each input partition of ``numbers``, read after the
+        producers' init, so a zombie's last transaction has ended (committed or aborted)."""
+        assert self._consumer is not None
+        return {
+            tp: await self._consumer.committed(tp)
+            for tp in self._consumer.assignment()
+            if tp.partition in numbers
+        }
 
     # -- rebalances -----------------------------------------------------------------------
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        # aiokafka may fetch a new partition from before the callback returns: pause the
+        # ones we have not opened at once (the fetcher drops what it fetched for them).
+        self._consumer.pause(*[tp for tp in assigned if tp.partition not in self._parts])
         numbers = {tp.partition for tp in assigned}
         for p in list(self._parts):
             if p not in numbers:
-                part = self._parts.pop(p)
-                with contextlib.suppress(KafkaError):
-                    await part.producer.stop()
-        new = sorted(numbers - set(self._parts))
+                await self._close(p)
+        self._opening &= numbers
+        self._parked &= numbers
         await super().on_assigned(assigned)
-        async with self._lock:
-            await self._open_partitions(new)
-
-    async def _open_partitions(self, numbers: list[int]) -> None:
-        """Init each partition's producer (fencing the previous owner and aborting its open
-        transaction), then restore its pending table from the changelog. The consumer
-        does not fetch while this runs (it is called from the assignment callback)."""
-        if not numbers:
-            return
-        for p in numbers:
-            producer = self._new_producer(p)
-            await producer.start()
-            self._parts[p] = _Partition(producer)
-        restored = await self._restore(numbers)
-        j = self.config.join
-        for p in numbers:
-            table = JoinTable(
-                self.config.model_names,
-                j.timeout_ms,
-                j.fused_memory_effective_ms,
-                j.fused_memory_count,
-            )
-            for state in restored.get(p, {}).values():
-                table.restore(state)
-            self.tables[p] = table
-            self._parts[p].logged = set(restored.get(p, {}))
-        log.info(
-            "restored %d pending requests for partitions %s",
-            sum(len(v) for v in restored.values()),
-            numbers,
-        )
-
-    async def _restore(self, numbers: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
-        """Read the changelog partitions to their end (read_committed): last write wins,
-        a tombstone removes."""
-        reader = AIOKafkaConsumer(
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            client_id=f"{self.config.kafka.client_id}-restore",
-            **client_options(self.config.kafka),
-        )
-        await reader.start()
-        states: dict[int, dict[str, dict[str, Any]]] = {p: {} for p in numbers}
-        try:
-            tps = [TopicPartition(self._changelog, p) for p in numbers]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batch = await reader.getmany(*remaining, timeout_ms=500)
-                for tp, records in batch.items():
-                    for r in records:
-                        rid = r.key.decode()
-                        if r.value is None:
-                            states[tp.partition].pop(rid, None)
-                        else:
-                            states[tp.partition][rid] = orjson.loads(r.value)
-                for tp in list(remaining):
-                    if await reader.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await reader.stop()
-        return states
 
     async def stop(self) -> None:
         await super().stop()
         for part in self._parts.values():
-            with contextlib.suppress(KafkaError, asyncio.TimeoutError):
-                await part.producer.stop()
+            await close_client(part.producer, PRODUCER_STOP_S)
         self._parts.clear()
+
+
+def _fatal(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's transaction manager gave up (its sender task died, e.g.
+    fenced while sending): nothing but a new producer can go on."""
+    txn = getattr(producer, "_txn_manager", None)
+    return bool(txn is not None and txn.is_fatal_error())
+
+
+def _request_rejoin(consumer: Any) -> None:
+    """Ask the group coordinator for a rebalance. aiokafka has no public call for it;
+    without one a partition parked after a transaction timeout would stay parked until
+    some other member joined or left."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator.request_rejoin()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Nobody awaits the sends of a closed partition: retrieve their exceptions so that
+    asyncio does not log them as never retrieved."""
+    if not future.cancelled():
+        future.exception()

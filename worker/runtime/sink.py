@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 # Records larger than this go alone through producer.send (see the module docstring).
 SMALL_RECORD_BYTES = 64 * 1024
+# While waiting for acknowledgements, call on_wait this often (see Sink._settled).
+WAIT_BEAT_S = 1.0
 # Below this many keys of one length, murmur2 one key at a time costs less than numpy.
 _VECTOR_MIN_KEYS = 16
 _SEED = 0x9747B28C
@@ -81,6 +83,11 @@ class BatchWriter:
     ``request_timeout_ms``: the broker is away) is retried with backoff until it passes,
     and a big record over the producer's size limit is sent without its value. Without
     it (``None``, exactly-once), the error goes to the caller, who aborts the transaction.
+
+    ``value_limits`` (topic -> bytes, may grow while in use) sends a record whose value
+    is over its topic's limit without the value (see ``_shrunk``). ``on_wait`` is called
+    before each backoff (the worker beats its liveness there: waiting out an outage is
+    not being stuck).
     """
 
     def __init__(
@@ -88,10 +95,14 @@ class BatchWriter:
         producer: AIOKafkaProducer,
         retry_backoff_ms: int | None = None,
         max_retry_backoff_ms: int = 10_000,
+        value_limits: dict[str, int] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self._producer = producer
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
+        self._limits = value_limits if value_limits is not None else {}
+        self._on_wait = on_wait
         self._open: dict[tuple[str, int], _Open] = {}
         self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self._partitions: dict[str, int] = {}
@@ -108,8 +119,12 @@ class BatchWriter:
         ``submit`` hands over the rest."""
         sent: list[Sent] = []
         by_topic: dict[str, list[OutRecord]] = {}
+        limits = self._limits
         for rec in records:
             value = rec.value
+            if limits and value is not None and len(value) > limits.get(rec.topic, len(value)):
+                rec = _shrunk(rec)
+                value = rec.value
             if value is not None and len(value) > SMALL_RECORD_BYTES:
                 sent.append(await self.send_one(rec))
                 continue
@@ -233,6 +248,8 @@ class BatchWriter:
 
     async def _wait(self, backoff: float, what: str, exc: KafkaError) -> float:
         log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, backoff)
+        if self._on_wait is not None:
+            self._on_wait()
         await asyncio.sleep(backoff)
         return min(backoff * 2, self._max_backoff_s)
 
@@ -241,9 +258,16 @@ class Sink:
     """Batched, retried sends through one producer."""
 
     def __init__(
-        self, producer: AIOKafkaProducer, retry_backoff_ms: int, max_retry_backoff_ms: int = 10_000
+        self,
+        producer: AIOKafkaProducer,
+        retry_backoff_ms: int,
+        max_retry_backoff_ms: int = 10_000,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
-        self._writer = BatchWriter(producer, retry_backoff_ms, max_retry_backoff_ms)
+        self._writer = BatchWriter(
+            producer, retry_backoff_ms, max_retry_backoff_ms, on_wait=on_wait
+        )
+        self._on_wait = on_wait
         self._in_flight: list[Sent] = []
         self._backoff_s = retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
@@ -266,6 +290,15 @@ class Sink:
         """Whether records wait in an open batch: call ``submit`` again soon."""
         return self._writer.holding
 
+    async def _settled(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Wait until every future is done, calling ``on_wait`` every second meanwhile:
+        during an outage the producer holds a batch up to its ``request_timeout_ms``."""
+        pending = {f for f in futures if not f.done()}
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
+            if pending and self._on_wait is not None:
+                self._on_wait()
+
     async def send_many(self, records: Sequence[OutRecord]) -> None:
         """Queue records; returns once they are in the producer's buffer, not acknowledged."""
         await self.write(records)
@@ -281,6 +314,8 @@ class Sink:
         await self.submit(force=True)
         while self._in_flight:
             batch, self._in_flight = self._in_flight, []
+            await self._settled([s.future for s in batch])
+            # All done by now: gather only collects the outcomes.
             results = await asyncio.gather(*(s.future for s in batch), return_exceptions=True)
             failed: list[OutRecord] = []
             alone: list[OutRecord] = []
@@ -308,6 +343,8 @@ class Sink:
                     _first_error(results),
                     backoff,
                 )
+                if self._on_wait is not None:
+                    self._on_wait()
                 self._writer.forget_partition_counts()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)

@@ -1,0 +1,119 @@
+"""The pending-state changelog of the exactly-once worker: its topic, the net change a
+transaction writes, and the restore of a partition's pending table.
+
+``<group_id>-pending-changelog`` is compacted, with one partition per input partition
+number; key = request_id, value = the JSON of ``JoinTable.pending_state`` (members'
+predictions, first event ts, arrival time), a tombstone once the request is fused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError
+
+from worker.config import Config
+from worker.errors import KafkaSetupError
+from worker.join import JoinTable
+from worker.runtime.connect import client_options
+from worker.runtime.topics import partition_counts
+
+log = logging.getLogger(__name__)
+
+State = dict[str, Any]
+# A restore that reads nothing for this long while short of the partition's end fails
+# (and is retried by the caller): the broker is away, waiting inside it would hide that.
+RESTORE_STALL_S = 30.0
+_POLL_MS = 500
+
+
+def changelog_topic(config: Config) -> str:
+    return f"{config.kafka.group_id}-pending-changelog"
+
+
+async def ensure_changelog(admin: AIOKafkaAdminClient, config: Config) -> None:
+    """Create the changelog with the inputs' partition count if it is missing; refuse a
+    changelog with another count (its partition p must hold input partition p's state)."""
+    topic = changelog_topic(config)
+    inputs = config.kafka.input_topics
+    counts = await partition_counts(admin, [*inputs, topic])
+    partitions = counts[inputs[0]]
+    if counts[topic] == 0:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        new = NewTopic(
+            topic, partitions, min(3, brokers), topic_configs={"cleanup.policy": "compact"}
+        )
+        await admin.create_topics([new])
+        log.info("created changelog topic %s (%d partitions)", topic, partitions)
+    elif counts[topic] != partitions:
+        raise KafkaSetupError(
+            f"changelog {topic} has {counts[topic]} partitions, the inputs {partitions}; "
+            "delete it (it is rebuilt) or match the counts"
+        )
+
+
+def net_change(
+    table: JoinTable, dirty: Iterable[str], logged: set[str]
+) -> list[tuple[bytes, bytes | None]]:
+    """The records that bring the changelog up to the table for the requests touched
+    since the last commit: a pending request's state, or a tombstone for a request
+    the changelog holds and the table no longer has. A request opened and fused in
+    between writes nothing."""
+    delta: list[tuple[bytes, bytes | None]] = []
+    for rid in dirty:
+        state = table.pending_state(rid)
+        if state is not None:
+            delta.append((rid.encode(), orjson.dumps(state)))
+        elif rid in logged:
+            delta.append((rid.encode(), None))
+    return delta
+
+
+async def read_changelog(
+    config: Config, numbers: Iterable[int], beat: Callable[[], None]
+) -> dict[int, dict[str, State]]:
+    """Read changelog partitions to their end (read_committed, so up to the last stable
+    offset: an aborted or still open transaction is not state): last write wins, a
+    tombstone removes. ``beat`` is called between polls (the worker's liveness)."""
+    topic = changelog_topic(config)
+    reader = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        client_id=f"{config.kafka.client_id}-restore",
+        **client_options(config.kafka),
+    )
+    await reader.start()
+    states: dict[int, dict[str, State]] = {p: {} for p in numbers}
+    try:
+        tps = [TopicPartition(topic, p) for p in states]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        stalled = 0.0
+        while remaining:
+            beat()
+            batch = await reader.getmany(*remaining, timeout_ms=_POLL_MS)
+            stalled = 0.0 if batch else stalled + _POLL_MS / 1000
+            if stalled >= RESTORE_STALL_S:
+                raise KafkaTimeoutError(f"restoring {topic}: nothing read for {stalled:.0f}s")
+            for tp, records in batch.items():
+                table = states[tp.partition]
+                for r in records:
+                    rid = r.key.decode()
+                    if r.value is None:
+                        table.pop(rid, None)
+                    else:
+                        table[rid] = orjson.loads(r.value)
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+    return states
