@@ -30,6 +30,7 @@ GOALS = {
     "exactly-once / at-least-once": 0.8,
     "p99 last member -> fused (ms)": 50.0,
     "bytes per pending request": 1024.0,
+    "changelog records per fused request": 0.1,
 }
 
 
@@ -83,6 +84,11 @@ def main() -> None:
         "exactly-once / at-least-once": eo.events_per_s / alo.events_per_s,
         "p99 last member -> fused (ms)": lat.last_to_fused.get("p99", float("nan")),
         "bytes per pending request": mem.per_request,
+        "changelog records per fused request": (
+            float("nan")
+            if eo.changelog_records is None
+            else eo.changelog_records / max(1, eo.results)
+        ),
     }
     print(f"\n== goals (baseline: {base.mode}, {base.events_per_s:,.0f} events/s)")
     for name, value in figures.items():

@@ -36,6 +36,7 @@ class Run:
     startup_cpu_s: float  # ... until the first result
     results: int
     duplicates: int
+    changelog_records: int | None = None  # exactly-once: records written to the changelog
 
     @property
     def events_per_s(self) -> float:
@@ -53,16 +54,24 @@ class Run:
 
 
 def contestant(
-    mode: str, bootstrap: str, inputs: list[str], output: str, dlq: str, group: str, workdir: Path
+    mode: str,
+    bootstrap: str,
+    inputs: list[str],
+    output: str,
+    dlq: str,
+    group: str,
+    workdir: Path,
+    port: int,
 ) -> procs.Process:
     """The process of ``mode`` (not started yet): the passthrough with its way of
-    sending, or the worker with its delivery; its config and log go into ``workdir``."""
+    sending, or the worker with its delivery and metrics on ``port``; its config and
+    log go into ``workdir``."""
     log = workdir / f"{mode}.log"
     if mode.startswith("passthrough"):
         argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
         argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
         return procs.Process(argv, log)
-    sections = procs.worker_sections(bootstrap, inputs, output, dlq, group, procs.free_port(), mode)
+    sections = procs.worker_sections(bootstrap, inputs, output, dlq, group, port, mode)
     return procs.worker_process(procs.write_config(workdir / f"{mode}.toml", sections), log)
 
 
@@ -79,11 +88,14 @@ async def measure(
     profile: Path | None = None,
 ) -> Run:
     group = kit.unique(f"group-{mode}")
-    proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir).start()
+    port = procs.free_port()
+    proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir, port).start()
     profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
     try:
         filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
         cpu = proc.cpu_s() if proc.alive() else float("nan")
+        # Read once the last result is visible, i.e. after the last commit.
+        changelog = procs.metric(port, "fusion_changelog_records_total")
         if profiler is not None:
             profiler.stop()
         if filled.done is None or not proc.alive():
@@ -107,6 +119,7 @@ async def measure(
         startup_cpu_s=filled.first_sample,
         results=len(out.ids) if out else filled.end,
         duplicates=out.duplicates if out else 0,
+        changelog_records=int(changelog) if changelog is not None else None,
     )
 
 
@@ -169,12 +182,16 @@ def line(r: Run, before: list[Run]) -> str:
     base = baseline(before)
     ratio = f" = {r.events_per_s / base.events_per_s:.2f}x baseline" if base else ""
     check = "" if r.results == r.requests and not r.duplicates else " RESULTS WRONG"
+    changelog = ""
+    if r.changelog_records is not None and r.mode == "exactly-once":
+        per = r.changelog_records / max(1, r.results)
+        changelog = f" | changelog {r.changelog_records:,} records = {per:.3f} per fused request"
     return (
         f"{r.mode:<19} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
         f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
         f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
-        f"{r.duplicates} duplicates{check}"
+        f"{r.duplicates} duplicates{check}{changelog}"
     )
 
 
