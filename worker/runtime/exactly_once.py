@@ -47,7 +47,7 @@ from worker.config import Config
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import client_options, close_client
-from worker.runtime.sink import BatchWriter, OutRecord, Sent
+from worker.runtime.sink import BatchWriter, OutRecord, Sent, settled
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class ExactlyOnceWorker(Worker):
         the DLQ topic's ``max.message.bytes``) lowers that topic's value limit, so that
         after the rewind the same dead letter is written without its value."""
         sent, part.sent = part.sent, []
+        await settled([s.future for s in sent], self._beat)
         results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
         refused: BaseException | None = None
         for item, result in zip(sent, results, strict=True):

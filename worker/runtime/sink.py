@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 # Records larger than this go alone through producer.send (see the module docstring).
 SMALL_RECORD_BYTES = 64 * 1024
-# While waiting for acknowledgements, call on_wait this often (see Sink._settled).
+# While waiting for acknowledgements, call on_wait this often (see settled).
 WAIT_BEAT_S = 1.0
 # Below this many keys of one length, murmur2 one key at a time costs less than numpy.
 _VECTOR_MIN_KEYS = 16
@@ -290,15 +290,6 @@ class Sink:
         """Whether records wait in an open batch: call ``submit`` again soon."""
         return self._writer.holding
 
-    async def _settled(self, futures: list[asyncio.Future[Any]]) -> None:
-        """Wait until every future is done, calling ``on_wait`` every second meanwhile:
-        during an outage the producer holds a batch up to its ``request_timeout_ms``."""
-        pending = {f for f in futures if not f.done()}
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
-            if pending and self._on_wait is not None:
-                self._on_wait()
-
     async def send_many(self, records: Sequence[OutRecord]) -> None:
         """Queue records; returns once they are in the producer's buffer, not acknowledged."""
         await self.write(records)
@@ -314,7 +305,7 @@ class Sink:
         await self.submit(force=True)
         while self._in_flight:
             batch, self._in_flight = self._in_flight, []
-            await self._settled([s.future for s in batch])
+            await settled([s.future for s in batch], self._on_wait)
             # All done by now: gather only collects the outcomes.
             results = await asyncio.gather(*(s.future for s in batch), return_exceptions=True)
             failed: list[OutRecord] = []
@@ -349,6 +340,18 @@ class Sink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
                 await self.send_many(failed)
+
+
+async def settled(
+    futures: Sequence[asyncio.Future[Any]], on_wait: Callable[[], None] | None = None
+) -> None:
+    """Wait until every future is done, calling ``on_wait`` every second meanwhile:
+    during an outage the producer holds a batch up to its ``request_timeout_ms``."""
+    pending = {f for f in futures if not f.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
+        if pending and on_wait is not None:
+            on_wait()
 
 
 def partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
