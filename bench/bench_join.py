@@ -1,4 +1,9 @@
-"""JoinTable: add() per second and memory per pending request (tracemalloc)."""
+"""JoinTable: add() per second and memory per pending request (tracemalloc).
+
+The events are like the worker's (three labels, a model version and a trace id). Memory
+is split into the decoded events and what adding them to the table costs on top; the
+table's share is net of what it frees (a later event's copy of the request id and an
+unneeded trace id)."""
 
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ def events(n_requests, models, t0=1_700_000_000_000, spread=0):
                     "ts": t0 + i,
                     "probs": [a, b - a, 1 - b],
                     "model_version": "v3",
+                    "trace_id": rid.replace("-", ""),
                 }
             )
             out.append((i * len(models) + rng.uniform(0, spread), dec.decode(v, None)))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from worker.config import Config, build_config
 from worker.decode import REASONS, Decoder
 from worker.errors import InvalidEvent
-from worker.events import PredictionEvent
+from worker.events import PredictionEvent, unpack_probs
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -66,17 +66,17 @@ def verdict(value: bytes) -> str:
 
 
 def test_probs_in_the_configured_order_are_kept() -> None:
-    """A valid probs event decodes to its fields, probs as a tuple of floats."""
+    """A valid probs event decodes to its fields, probs packed as float64."""
     ev = decode(event(probs=[0.1, 0.2, 0.7], model_version="v1", trace_id="t"))
     assert (ev.request_id, ev.model, ev.ts) == ("r1", "roberta", 1000)
-    assert ev.probs == (0.1, 0.2, 0.7)
+    assert unpack_probs(ev.probs) == [0.1, 0.2, 0.7]
     assert (ev.label, ev.score, ev.model_version, ev.trace_id) == (None, None, "v1", "t")
 
 
 def test_probs_are_aligned_to_the_configured_label_order() -> None:
     """With ``labels``, each probability lands at its label's configured position."""
     ev = decode(event(probs=[0.7, 0.1, 0.2], labels=["positive", "negative", "neutral"]))
-    assert ev.probs == (0.1, 0.2, 0.7)
+    assert unpack_probs(ev.probs) == [0.1, 0.2, 0.7]
 
 
 def test_a_label_order_seen_before_aligns_the_same_way() -> None:
@@ -84,15 +84,14 @@ def test_a_label_order_seen_before_aligns_the_same_way() -> None:
     order = ["neutral", "positive", "negative"]
     first = decode(event(probs=[0.2, 0.7, 0.1], labels=order))
     again = decode(event(probs=[0.3, 0.6, 0.1], labels=order))
-    assert first.probs == (0.1, 0.2, 0.7)
-    assert again.probs == (0.1, 0.3, 0.6)
+    assert unpack_probs(first.probs) == [0.1, 0.2, 0.7]
+    assert unpack_probs(again.probs) == [0.1, 0.3, 0.6]
 
 
 def test_integer_probabilities_become_floats() -> None:
     """JSON integers in probs are numbers like any other, stored as floats."""
     ev = decode(event(probs=[0, 1, 0]))
-    assert ev.probs == (0.0, 1.0, 0.0)
-    assert all(type(p) is float for p in ev.probs)
+    assert unpack_probs(ev.probs) == [0.0, 1.0, 0.0]
 
 
 def test_a_label_becomes_its_configured_index() -> None:
@@ -126,7 +125,7 @@ def test_an_integer_valued_float_ts_is_an_integer() -> None:
 
 def test_probs_within_the_tolerance_are_accepted() -> None:
     """A sum off by less than fusion.prob_tolerance is fine (kept as sent)."""
-    assert decode(event(probs=[0.1, 0.2, 0.7005])).probs == (0.1, 0.2, 0.7005)
+    assert unpack_probs(decode(event(probs=[0.1, 0.2, 0.7005])).probs) == [0.1, 0.2, 0.7005]
 
 
 def test_model_names_share_the_configured_string() -> None:
@@ -278,4 +277,4 @@ def test_any_label_order_aligns_to_the_configured_one(
     total = math.fsum(weights)
     probs = {label: w / total for label, w in zip(LABELS, weights, strict=True)}
     ev = decode(event(probs=[probs[label] for label in order], labels=order))
-    assert ev.probs == tuple(probs[label] for label in LABELS)
+    assert unpack_probs(ev.probs) == [probs[label] for label in LABELS]

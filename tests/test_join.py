@@ -267,6 +267,51 @@ def test_heaps_stay_bounded_by_the_pending_requests() -> None:
     assert t.oldest_offsets() == {"in:0": 0}
 
 
+# -- what the table keeps of an event ---------------------------------------------------
+
+
+def test_a_later_event_shares_the_first_events_request_id() -> None:
+    """A pending request holds one request_id string, not one per event (memory)."""
+    t = table()
+    first = ev("req-1", "a")
+    later = ev("".join(["req", "-1"]), "b")  # an equal string, another object
+    assert later.request_id is not first.request_id
+    t.add(first, 0)
+    t.add(later, 1)
+    assert later.request_id is first.request_id
+
+
+def test_a_later_trace_id_is_dropped_when_an_earlier_member_has_one() -> None:
+    """The result carries the first member's trace_id, so a later one is not kept."""
+    t = table()
+    first, later = ev("r", "a", trace_id="t1"), ev("r", "b", trace_id="t2")
+    t.add(first, 0)
+    t.add(later, 1)
+    assert (first.trace_id, later.trace_id) == ("t1", None)
+
+
+def test_a_later_trace_id_is_kept_until_a_member_has_one() -> None:
+    """Without a trace_id before it, a member's trace_id is the one a result would carry."""
+    t = table()
+    untraced, traced, last = ev("r", "a"), ev("r", "b", trace_id="t2"), ev("r", "c", trace_id="t3")
+    t.add(untraced, 0)
+    t.add(traced, 1)
+    assert traced.trace_id == "t2"
+    t.add(last, 2)
+    [done] = t.drain()
+    assert [e.trace_id for e in done.members.values()] == [None, "t2", None]
+
+
+def test_a_duplicate_event_is_left_as_it_came() -> None:
+    """An event the table does not accept is not slimmed: it is not the table's."""
+    t = table()
+    t.add(ev("r", "a", trace_id="t1"), 0)
+    t.add(ev("r", "b"), 0)
+    duplicate = ev("r", "b", trace_id="t2")
+    assert t.add(duplicate, 1) == "duplicate"
+    assert duplicate.trace_id == "t2"
+
+
 # -- state export ----------------------------------------------------------------------
 
 
@@ -292,6 +337,16 @@ def test_pending_state_round_trips_through_json() -> None:
     assert done.members["a"] == a
     assert done.members["c"] == b
     assert (done.first_ts, done.opened_ms, done.closed_ms, done.expired) == (3, 10, 50, False)
+
+
+def test_pending_state_holds_probs_as_a_list_of_floats() -> None:
+    """The changelog format: probs as a JSON list of numbers, whatever the events hold."""
+    t = table()
+    t.add(ev("r", "a", probs=(0.25, 0.75)), 0)
+    state = t.pending_state("r")
+    assert state is not None
+    assert state["members"]["a"]["probs"] == [0.25, 0.75]
+    assert orjson.dumps(state["members"]["a"]) == b'{"ts":0,"probs":[0.25,0.75]}'
 
 
 def test_restore_replaces_a_pending_request_with_the_same_id() -> None:
@@ -449,7 +504,8 @@ class JoinMachine(RuleBasedStateMachine):
         self.offset += 1
         ts = max(0, self.now - lag) if self.event_time else lag
         self.marks += 1
-        e = ev(rid, model, ts=ts, trace_id=str(self.marks))  # trace_id: a unique mark
+        # model_version: a unique mark (the table may drop a later member's trace_id)
+        e = ev(rid, model, ts=ts, model_version=str(self.marks))
         outcome = self.t.add(e, self.now, source, self.offset)
         r = self.pending.get(rid)
         if r is None:
@@ -523,10 +579,10 @@ class JoinMachine(RuleBasedStateMachine):
             return
         self.t.close_all(self.now)
         self.results += self.t.drain()
-        seen = [e.trace_id for f in self.results for e in f.members.values()]
+        seen = [e.model_version for f in self.results for e in f.members.values()]
         assert len(seen) == len(set(seen)), "an event in two results"
-        assert sorted(seen) == sorted(e.trace_id for e in self.accepted), "an event lost"
-        assert not {e.trace_id for e in self.rejected} & set(seen)
+        assert sorted(seen) == sorted(e.model_version for e in self.accepted), "an event lost"
+        assert not {e.model_version for e in self.rejected} & set(seen)
         for f in self.results:
             assert f.expired == (len(f.members) < len(MODELS))
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import given, seed
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from worker._version import __version__
 from worker.events import FinishedRequest, PredictionEvent
-from worker.metrics import DLQ_REASONS, STATUSES, UNKNOWN_MODEL, Metrics
+from worker.metrics import DLQ_REASONS, LATENCY_BUCKETS, STATUSES, UNKNOWN_MODEL, Metrics
 
 MODELS = ("bert", "roberta", "distil")
 LABELS = ("negative", "neutral", "positive")
@@ -244,6 +246,95 @@ def test_arrival_delay_is_never_negative() -> None:
     m.observe_arrivals([finished(1000, {"bert": 900})])
     assert value(reg, "fusion_model_arrival_delay_seconds_sum", model="bert") == 0
     assert value(reg, "fusion_model_arrival_delay_seconds_count", model="bert") == 1
+
+
+# -- the batched histograms against one observe() per value ----------------------------
+
+HISTOGRAMS = ("fusion_join_latency_seconds", "fusion_model_arrival_delay_seconds")
+
+
+class _Only:
+    """The families of ``names`` in a registry, for generate_latest."""
+
+    def __init__(self, registry: CollectorRegistry, names: tuple[str, ...]) -> None:
+        self.registry, self.names = registry, names
+
+    def collect(self) -> list[Metric]:
+        return [f for f in self.registry.collect() if f.name in self.names]
+
+
+def per_value_histograms(
+    batches: list[tuple[list[dict[str, Any]], list[FinishedRequest]]],
+) -> bytes:
+    """The exposition of the two histograms as the client's Histogram gives it with one
+    observe() per result and per member: how the worker observed them before batching."""
+    reg = CollectorRegistry()
+    latency = Histogram(
+        "fusion_join_latency_seconds",
+        "First event of a request to its fused result.",
+        buckets=LATENCY_BUCKETS,
+        registry=reg,
+    )
+    arrival = Histogram(
+        "fusion_model_arrival_delay_seconds",
+        "First event of a request to this model's event (event time).",
+        ["model"],
+        buckets=LATENCY_BUCKETS,
+        registry=reg,
+    )
+    for model in MODELS:
+        arrival.labels(model)
+    for results, finished in batches:
+        for r in results:
+            latency.observe(max(0.0, r["latency_ms"] / 1000.0))
+        for request in finished:
+            for model, event in request.members.items():
+                series = model if model in MODELS else UNKNOWN_MODEL
+                arrival.labels(series).observe(max(0, event.ts - request.first_ts) / 1000.0)
+    return generate_latest(_Only(reg, HISTOGRAMS))  # type: ignore[arg-type]
+
+
+# Latencies right on the bucket bounds as well as anywhere, and arrival delays from
+# models inside and outside the configuration, before and after the first event.
+latency_ms = st.sampled_from([b * 1000 for b in LATENCY_BUCKETS]) | st.integers(-5, 40_000)
+arrivals = st.builds(
+    lambda first, delays: FinishedRequest(
+        "r",
+        {m: PredictionEvent("r", m, first + d, probs=(0.2, 0.3, 0.5)) for m, d in delays.items()},
+        first,
+        0,
+        0,
+        expired=False,
+    ),
+    st.integers(0, 2**40),
+    st.dictionaries(
+        st.sampled_from([*MODELS, "stranger", "other"]),
+        st.sampled_from([int(b * 1000) for b in LATENCY_BUCKETS]) | st.integers(-50, 40_000),
+    ),
+)
+batches = st.lists(
+    st.tuples(
+        st.lists(st.builds(result, latency_ms=latency_ms | st.floats(0, 60_000)), max_size=20),
+        st.lists(arrivals, max_size=20),
+    ),
+    max_size=4,
+)
+
+
+@seed(20261128)
+@given(batches)
+def test_batched_histograms_expose_what_per_value_observe_gives(
+    batches: list[tuple[list[dict[str, Any]], list[FinishedRequest]]],
+) -> None:
+    """observe_results and observe_arrivals, batch after batch, give exactly the exposition
+    text (buckets, count, sum to the last digit, series order) of one observe() per value."""
+    with mock.patch("time.time", return_value=1_764_000_000.0):  # the _created series
+        m = Metrics(CollectorRegistry(), models=MODELS, process_metrics=False)
+        for results, finished in batches:
+            m.observe_results(results)
+            m.observe_arrivals(finished)
+        want = per_value_histograms(batches)
+    assert generate_latest(_Only(m.registry, HISTOGRAMS)) == want  # type: ignore[arg-type]
 
 
 def test_set_pending_sets_count_and_age() -> None:

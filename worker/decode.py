@@ -37,7 +37,8 @@ Decisions:
 - ``ts`` may be written ``1.7e12`` or ``5.0``: JSON Schema counts an integer-valued
   number as an integer, so the decoder does too. Without ``ts`` the record timestamp is
   the event time; a record timestamp below 0 means none (Kafka's ``NO_TIMESTAMP``).
-- ``probs`` are aligned to the configured label order and kept as sent (not rescaled).
+- ``probs`` are aligned to the configured label order and kept as sent (not rescaled),
+  packed as float64 (see ``PredictionEvent``).
 - Model names are replaced by the configured string objects, so pending events share
   them instead of holding one copy each.
 """
@@ -47,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import struct
 from typing import Any, cast
 
 import orjson
@@ -137,6 +139,7 @@ class Decoder:
         "_models",
         "_n_labels",
         "_orders",
+        "_pack",
         "_tolerance",
         "_versions",
     )
@@ -147,6 +150,8 @@ class Decoder:
         self._labels = config.fusion.labels
         self._label_index = {name: i for i, name in enumerate(self._labels)}
         self._n_labels = len(self._labels)
+        # The same layout as events.pack_probs (native float64), precompiled for the count.
+        self._pack = struct.Struct(f"{self._n_labels}d").pack
         self._tolerance = config.fusion.prob_tolerance
         self._versions: dict[str, str] = {}
         self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
@@ -228,7 +233,7 @@ class Decoder:
                 "unknown_model",
                 f"model {_show(model)} is not configured; models are {list(self._models)}",
             )
-        probs: tuple[float, ...] | None = None
+        probs: bytes | None = None
         label: int | None = None
         if raw is not None:
             probs = self._aligned(raw, order, names)
@@ -273,9 +278,9 @@ class Decoder:
 
     def _aligned(
         self, raw: list[float], order: tuple[int, ...] | None, names: list[str] | None
-    ) -> tuple[float, ...]:
-        """Config checks of a probability vector; returns it in the configured label order.
-        ``order``: a cached alignment of the event's ``labels``; ``names``: labels not seen
+    ) -> bytes:
+        """Config checks of a probability vector; returns it packed, in the configured label
+        order. ``order``: a cached alignment of the event's ``labels``; ``names``: labels not seen
         before (wire-valid), checked here."""
         if not self._n_labels:
             raise InvalidEvent(
@@ -301,7 +306,7 @@ class Decoder:
                 f"probs {_show(raw)} sum to {sum(raw)!r}, "
                 f"not 1 within fusion.prob_tolerance={self._tolerance}",
             )
-        return tuple(raw)
+        return self._pack(*raw)
 
     def _label(self, name: str) -> int:
         if not self._n_labels:

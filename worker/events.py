@@ -1,32 +1,77 @@
 """The typed records that flow between the stages: a decoded prediction event and a
-finished request (what the join hands to the fusion). Pure data, no behaviour."""
+finished request (what the join hands to the fusion). Pure data, and the packed form of
+the probabilities.
+
+Neither is frozen: a frozen dataclass's ``__init__`` sets each field through
+``object.__setattr__``, several times the cost of a plain slotted one, and one event is
+built per input record. Nothing hashes them or relies on their immutability; the join
+takes ownership of an event it accepts (see ``JoinTable.add``).
+"""
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+def pack_probs(values: Iterable[float]) -> bytes:
+    """Probabilities as ``PredictionEvent.probs`` holds them: packed float64, native byte
+    order (what ``np.frombuffer(..., dtype=np.float64)`` reads)."""
+    return array("d", values).tobytes()
+
+
+def unpack_probs(packed: bytes) -> list[float]:
+    """The Python floats of packed ``probs``, in order."""
+    return array("d", packed).tolist()
+
+
+@dataclass(slots=True, init=False)
 class PredictionEvent:
     """One model's prediction for one request, validated and aligned to the config.
 
     Exactly one of ``probs``, ``label`` and ``score`` is set:
     ``probs`` is in the configured label order (``[fusion] labels``), whatever order
-    the producer used; ``label`` is the index of a hard prediction in that order;
+    the producer used, packed as float64 (``pack_probs``/``unpack_probs``): 24 bytes for
+    three labels instead of a tuple of three float objects, which matters with a million
+    requests pending; ``label`` is the index of a hard prediction in that order;
     ``score`` is a regression output.
+
+    The constructor also takes ``probs`` as a sequence of floats and packs it.
     """
 
     request_id: str
     model: str
     ts: int  # event time, ms since the epoch (the event's ``ts`` or the record timestamp)
-    probs: tuple[float, ...] | None = None
-    label: int | None = None
-    score: float | None = None
-    model_version: str | None = None
-    trace_id: str | None = None
+    probs: bytes | None
+    label: int | None
+    score: float | None
+    model_version: str | None
+    trace_id: str | None
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        ts: int,
+        probs: bytes | Iterable[float] | None = None,
+        label: int | None = None,
+        score: float | None = None,
+        model_version: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.ts = ts
+        # The decoder passes bytes already packed; anything else is a caller's sequence.
+        self.probs = probs if probs is None or type(probs) is bytes else pack_probs(probs)
+        self.label = label
+        self.score = score
+        self.model_version = model_version
+        self.trace_id = trace_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FinishedRequest:
     """A request the join has closed: every model reported, or its deadline passed.
 

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from worker.events import FinishedRequest, PredictionEvent
+from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_probs
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,10 @@ class JoinTable:
         self, event: PredictionEvent, now_ms: int, source: str = "", offset: int = -1
     ) -> Outcome:
         """Add one decoded event. ``source``/``offset`` say where it came from (for
-        ``oldest_offsets``; an offset below 0 is not tracked)."""
+        ``oldest_offsets``; an offset below 0 is not tracked).
+
+        The table owns an event it accepts: a later member of a request is slimmed to
+        share what the earlier ones hold (see ``_share``)."""
         rid = event.request_id
         p = self._pending.get(rid)
         try:
@@ -165,6 +168,7 @@ class JoinTable:
         else:
             if p[i] is not None:
                 return "duplicate"
+            _share(event, p)
             p[i] = event
             p.arrival = p.arrival * self._base_digits + i + 1
             if None not in p:
@@ -256,9 +260,10 @@ class JoinTable:
     def pending_state(self, request_id: str) -> dict[str, Any] | None:
         """A JSON-ready snapshot of one pending request (None if it is not pending).
 
-        Holds the times and the members' events (a ``label`` is its index in the
-        configured labels), not the source offsets: under exactly-once the committed
-        offsets already lie past every event of a restored request."""
+        Holds the times and the members' events as the table keeps them (``probs`` a list
+        of floats, a ``label`` its index in the configured labels, no ``trace_id`` that
+        ``add`` dropped), not the source offsets: under exactly-once the committed offsets
+        already lie past every event of a restored request."""
         p = self._pending.get(request_id)
         if p is None:
             return None
@@ -407,6 +412,18 @@ class JoinTable:
         self._offset_entries = sum(len(h) for h in offsets.values())
 
 
+def _share(event: PredictionEvent, p: _Pending) -> None:
+    """Slim a request's later event before it joins ``p``, to save memory while it is
+    pending: its ``request_id`` becomes the earlier events' string object (equal: one
+    copy per request, not one per event), and its ``trace_id`` is dropped when an earlier
+    member has one, since a result carries the first member's (by arrival) that has one."""
+    for other in p:
+        if other is not None:
+            event.request_id = other.request_id
+            if other.trace_id is not None:
+                event.trace_id = None
+
+
 def _tracked(p: _Pending) -> int:
     """How many (source, offset) marks a request holds."""
     if p.source is None:
@@ -417,7 +434,7 @@ def _tracked(p: _Pending) -> int:
 def _event_state(ev: PredictionEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"ts": ev.ts}
     if ev.probs is not None:
-        out["probs"] = list(ev.probs)
+        out["probs"] = unpack_probs(ev.probs)
     elif ev.label is not None:
         out["label"] = ev.label
     else:
@@ -437,7 +454,7 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
         request_id=rid,
         model=model,
         ts=int(fields["ts"]),
-        probs=None if probs is None else tuple(float(x) for x in probs),
+        probs=None if probs is None else pack_probs([float(x) for x in probs]),
         label=None if label is None else int(label),
         score=None if score is None else float(score),
         model_version=fields.get("model_version"),

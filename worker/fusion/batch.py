@@ -1,25 +1,26 @@
 """The batch form of the fusion: n finished requests as arrays, built once per batch.
 
 Every strategy works on these arrays, never on one request at a time. Building them
-is the only per-member Python loop of the fusion; it fills flat Python lists and hands
-them to numpy in one call.
+is the only per-member Python loop of the fusion; it fills flat Python lists (the
+members' packed probabilities, for classification) and hands them to numpy in one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.errors import FusionError
-from worker.events import FinishedRequest
+from worker.events import FinishedRequest, pack_probs
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+
+_FLOAT_BYTES = 8  # one packed float64 of PredictionEvent.probs
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +82,11 @@ def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_la
             np.array(present, dtype=np.bool_).reshape(n, m),
         )
 
-    zeros = (0.0,) * n_labels
-    one_hot = [tuple(float(i == hot) for i in range(n_labels)) for hot in range(n_labels)]
-    rows: list[Sequence[float]] = []
+    # Every row packed as the events hold their probs, so that one join makes the array.
+    row_bytes = _FLOAT_BYTES * n_labels
+    zeros = bytes(row_bytes)
+    one_hot = [pack_probs(float(i == hot) for i in range(n_labels)) for hot in range(n_labels)]
+    rows: list[bytes] = []
     for req in finished:
         get = req.members.get
         for name in models:
@@ -92,10 +95,11 @@ def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_la
                 rows.append(zeros)
                 present.append(False)
             elif ev.probs is not None:
-                if len(ev.probs) != n_labels:
+                if len(ev.probs) != row_bytes:
                     raise FusionError(
                         f"request {req.request_id!r}: member {name!r} sent "
-                        f"{len(ev.probs)} probabilities, {n_labels} labels are configured"
+                        f"{len(ev.probs) // _FLOAT_BYTES} probabilities, "
+                        f"{n_labels} labels are configured"
                     )
                 rows.append(ev.probs)
                 present.append(True)
@@ -104,7 +108,8 @@ def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_la
                 present.append(True)
             else:
                 raise _kind_error(req, name, "probs or a label")
-    flat = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=n * m * n_labels)
+    # A bytearray rather than bytes: an array over bytes would be read-only.
+    flat = np.frombuffer(bytearray().join(rows), dtype=np.float64)
     return Batch(
         flat.reshape(n, m, n_labels),
         np.empty((n, 0)),
