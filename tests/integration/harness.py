@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.kafka_fixtures import KAFKA_SH, wait_for_topics
+from tests.kafka_fixtures import KAFKA_SH, consume, wait_for_topics
 
 LABELS = ("negative", "neutral", "positive")
 MODELS = ("bert-base", "roberta", "distilbert")
@@ -201,6 +201,25 @@ class PrivateBroker:
                     raise
                 self._pick_ports()
 
+    async def pipeline(
+        self, tmp_path: Path, group: str, partitions: int, **kw: Any
+    ) -> tuple[Path, int]:
+        """Topics ``in``, ``out`` and ``dlq`` on this broker and a worker config for them
+        (``kw`` as ``write_config`` takes it); returns the config and its metrics port."""
+        await create_topics_on(self.bootstrap, ["in", "out", "dlq"], partitions)
+        port = free_port()
+        config = write_config(
+            tmp_path / f"{group}.toml",
+            bootstrap=self.bootstrap,
+            inputs=["in"],
+            output="out",
+            dlq="dlq",
+            group=group,
+            metrics_port=port,
+            **kw,
+        )
+        return config, port
+
     def run(self, command: str) -> None:
         done = subprocess.run([str(KAFKA_SH), command], env=self.env, capture_output=True)
         if done.returncode != 0:
@@ -218,3 +237,22 @@ async def create_topics_on(bootstrap: str, names: Sequence[str], partitions: int
         await wait_for_topics(admin, names)
     finally:
         await admin.close()
+
+
+EOS: dict[str, Any] = {"delivery": "exactly-once"}
+
+
+async def read_committed(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> list[Any]:
+    """``n`` records of ``topic`` as a read_committed consumer sees them."""
+    return await consume(
+        bootstrap, topic, n, timeout_s=timeout_s, isolation_level="read_committed", idle_s=3
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (in /metrics ``text``) whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

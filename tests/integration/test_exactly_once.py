@@ -15,28 +15,17 @@ import pytest
 from tests.integration.chaos import compare, reference, run_chaos
 from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import (
+    EOS,
     PrivateBroker,
     count_ids,
-    create_topics_on,
     free_port,
     make_events,
-    write_config,
+    metric,
+    read_committed,
 )
 from tests.kafka_fixtures import consume, decode_values, produce, produce_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-EOS: dict[str, Any] = {"delivery": "exactly-once"}
-
-
-async def read_committed(
-    bootstrap: str, topic: str, n: int, timeout_s: float = 90
-) -> list[dict[str, Any]]:
-    return decode_values(
-        await consume(
-            bootstrap, topic, n, timeout_s=timeout_s, isolation_level="read_committed", idle_s=3
-        )
-    )
 
 
 async def test_kill_9_five_times_loses_and_repeats_nothing(
@@ -83,7 +72,7 @@ async def test_scale_out_and_in_loses_and_repeats_nothing(
     c.kill()
     await produce(p.bootstrap, p.inputs[0], chunks[11])
 
-    results = await read_committed(p.bootstrap, p.output, 6000, timeout_s=120)
+    results = decode_values(await read_committed(p.bootstrap, p.output, 6000))
     cfg = configs[0]
     lost, duplicates, mismatched = compare(results, reference(cfg, events))
     assert (lost, duplicates, mismatched) == (0, 0, 0), a.logs()
@@ -94,18 +83,8 @@ async def test_broker_restart_mid_stream_loses_and_repeats_nothing(
 ) -> None:
     """The broker restarts while events stream: every request exactly once."""
     broker = private_broker
-    await create_topics_on(broker.bootstrap, ["in", "out", "dlq"], 4)
-    port = free_port()
-    cfg = write_config(
-        tmp_path / "eos.toml",
-        bootstrap=broker.bootstrap,
-        inputs=["in"],
-        output="out",
-        dlq="dlq",
-        group="eos-restart",
-        metrics_port=port,
-        kafka=EOS,
-        join={"timeout_ms": 60_000},
+    cfg, port = await broker.pipeline(
+        tmp_path, "eos-restart", 4, kafka=EOS, join={"timeout_ms": 60_000}
     )
     worker = spawn_worker(cfg, port)
     worker.wait_ready()
@@ -116,17 +95,9 @@ async def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     await asyncio.sleep(3)
     broker.run("up")
     await produce_json(broker.bootstrap, "in", events[4500:])
-    results = await read_committed(broker.bootstrap, "out", 3000, timeout_s=150)
+    results = decode_values(await read_committed(broker.bootstrap, "out", 3000, timeout_s=150))
     lost, duplicates, mismatched = compare(results, reference(cfg, events))
     assert (lost, duplicates, mismatched) == (0, 0, 0), worker.logs()
-
-
-def accepted_events(metrics_text: str) -> float:
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith("fusion_events_total{") and 'outcome="accepted"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_pending_state_is_restored_from_the_changelog(
@@ -153,10 +124,12 @@ async def test_pending_state_is_restored_from_the_changelog(
     second = spawn_worker(cfg, p.port, "second")
     second.wait_ready()
     await produce_json(p.bootstrap, p.inputs[0], third)
-    results = await read_committed(p.bootstrap, p.output, 500)
+    results = decode_values(await read_committed(p.bootstrap, p.output, 500))
 
     assert len(count_ids(results)) == 500
     assert {r["status"] for r in results} == {"complete"}
     assert all(len(r["members"]) == 3 for r in results)
     _, text = second.get("/metrics")
-    assert accepted_events(text) == len(third), re.findall(r"fusion_events_total.*", text)
+    assert metric(text, "fusion_events_total", outcome="accepted") == len(third), re.findall(
+        r"fusion_events_total.*", text
+    )

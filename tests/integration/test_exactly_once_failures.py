@@ -18,33 +18,17 @@ from aiokafka import AIOKafkaProducer
 from tests.integration.chaos import compare, reference
 from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import (
+    EOS,
     PrivateBroker,
     WorkerProcess,
-    create_topics_on,
     free_port,
     make_events,
-    write_config,
+    metric,
+    read_committed,
 )
-from tests.kafka_fixtures import TopicFactory, consume, decode_values, produce
+from tests.kafka_fixtures import TopicFactory, decode_values, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-EOS: dict[str, Any] = {"delivery": "exactly-once"}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def read_committed(bootstrap: str, topic: str, n: int) -> list[Any]:
-    return await consume(
-        bootstrap, topic, n, timeout_s=120, isolation_level="read_committed", idle_s=3
-    )
 
 
 async def test_a_dead_letter_the_broker_refuses_is_rewound_and_sent_without_its_value(
@@ -131,18 +115,9 @@ async def test_a_worker_whose_transaction_timed_out_takes_its_partitions_back(
     rebalance comes by itself. It finds its producers fenced, asks the group to
     rebalance, opens the partitions again, and every request is fused exactly once."""
     bootstrap = private_broker.bootstrap
-    await create_topics_on(bootstrap, ["in", "out", "dlq"], 4)
-    port = free_port()
-    cfg = write_config(
-        tmp_path / "eos.toml",
-        bootstrap=bootstrap,
-        inputs=["in"],
-        output="out",
-        dlq="dlq",
-        group="eos-txn-timeout",
-        metrics_port=port,
-        kafka={**EOS, "transaction_timeout_ms": 2000},
-        join={"timeout_ms": 60_000},
+    kafka = {**EOS, "transaction_timeout_ms": 2000}
+    cfg, port = await private_broker.pipeline(
+        tmp_path, "eos-txn-timeout", 4, kafka=kafka, join={"timeout_ms": 60_000}
     )
     worker = spawn_worker(cfg, port)
     worker.wait_ready()

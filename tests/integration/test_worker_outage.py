@@ -12,10 +12,7 @@ from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     PrivateBroker,
     count_ids,
-    create_topics_on,
-    free_port,
     make_events,
-    write_config,
 )
 from tests.kafka_fixtures import consume, decode_values, produce_json
 
@@ -28,16 +25,10 @@ async def test_broker_down_for_10s_mid_stream_loses_nothing(
     """The broker stops for 10 s while events stream; the worker keeps retrying, resumes
     when it returns, and every request is fused."""
     bootstrap = private_broker.bootstrap
-    await create_topics_on(bootstrap, ["in", "out", "dlq"], 2)
-    port = free_port()
-    cfg = write_config(
-        tmp_path / "fusion.toml",
-        bootstrap=bootstrap,
-        inputs=["in"],
-        output="out",
-        dlq="dlq",
-        group="outage",
-        metrics_port=port,
+    cfg, port = await private_broker.pipeline(
+        tmp_path,
+        "outage",
+        2,
         join={"timeout_ms": 1000},
     )
     worker = spawn_worker(cfg, port)
@@ -64,16 +55,10 @@ async def test_during_an_outage_the_worker_stays_live_and_stops_on_sigterm(
     200 well past liveness_timeout_ms (waiting out an outage is not being stuck), and
     SIGTERM ends the worker within its shutdown budget, exit 0."""
     bootstrap = private_broker.bootstrap
-    await create_topics_on(bootstrap, ["in", "out", "dlq"], 2)
-    port = free_port()
-    cfg = write_config(
-        tmp_path / "fusion.toml",
-        bootstrap=bootstrap,
-        inputs=["in"],
-        output="out",
-        dlq="dlq",
-        group="outage-live",
-        metrics_port=port,
+    cfg, port = await private_broker.pipeline(
+        tmp_path,
+        "outage-live",
+        2,
         join={"timeout_ms": 1500},
         kafka={"shutdown_timeout_ms": 4000},
         metrics={"liveness_timeout_ms": 2000},
