@@ -154,3 +154,34 @@ async def test_a_zombie_fenced_by_its_successor_rejoins(
     assert compare(results, reference(configs[0], events)) == (0, 0, 0), zombie.logs()
     assert_fenced_and_running(zombie)
     assert peer.terminate() == 0, peer.logs()
+
+
+@pytest.mark.parametrize("kafka", [EOS, {}], ids=["exactly-once", "at-least-once"])
+async def test_dead_letters_whose_batch_the_broker_refuses_go_one_per_batch(
+    kafka: dict[str, Any],
+    kafka_bootstrap: str,
+    make_topics: TopicFactory,
+    tmp_path: Path,
+    spawn_worker: WorkerFactory,
+) -> None:
+    """Twenty 10 kB invalid events in a row, a DLQ topic taking 50 kB per batch: the
+    batch of their dead letters is refused; then (after the rewind, exactly-once; on
+    the re-send, at-least-once) they go one per batch, each with its value, and the
+    good requests are fused exactly once."""
+    ins = await make_topics(1, prefix="in")
+    (out,) = await make_topics(1, prefix="out")
+    (dlq,) = await make_topics(1, prefix="dlq", config={"max.message.bytes": "50000"})
+    p = Pipeline(tmp_path, kafka_bootstrap, ins, out, dlq)
+    cfg = p.config(kafka=kafka, join={"timeout_ms": 60_000})
+    events = make_events(100, seed=24)
+    records = [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
+    garbage = [(b"g%d" % i, b"{not json " + b"x" * 10_000) for i in range(20)]
+    worker = spawn_worker(cfg, p.port)
+    worker.wait_ready()
+    await produce(p.bootstrap, ins[0], records[:150] + garbage + records[150:])
+
+    results = decode_values(await read_committed(p.bootstrap, out, 100))
+    dead = await read_committed(p.bootstrap, dlq, 20)
+
+    assert compare(results, reference(cfg, events)) == (0, 0, 0), worker.logs()
+    assert sorted(r.value for r in dead) == sorted(v for _, v in garbage), worker.logs()

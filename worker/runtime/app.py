@@ -139,18 +139,37 @@ class Worker:
     async def _start_producer(self, opts: dict[str, Any]) -> None:
         """One idempotent producer for every output (the exactly-once worker has one
         transactional producer per partition instead)."""
-        cfg = self.config.kafka
-        self._producer = AIOKafkaProducer(
-            client_id=cfg.client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            max_request_size=max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
-            **opts,
+        producer = await self._renew_producer()
+        self._sink = Sink(
+            producer,
+            self.config.kafka.retry_backoff_ms,
+            on_wait=self._beat,
+            renew=self._renew_producer,
         )
+
+    async def _renew_producer(self) -> AIOKafkaProducer:
+        """Start a new idempotent producer (a new producer id) in place of the current one.
+
+        The sink asks for one after the broker refused a batch: aiokafka does not reset an
+        idempotent producer's sequence numbers then, so every later batch to that
+        partition would fail with OutOfOrderSequenceNumber."""
+        cfg = self.config.kafka
+        old, self._producer = (
+            self._producer,
+            AIOKafkaProducer(
+                client_id=cfg.client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=256 * 1024,
+                max_request_size=max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
+                **client_options(cfg),
+            ),
+        )
+        if old is not None:
+            await close_client(old, 5.0)
         await self._retry_until_connected(self._producer.start)
-        self._sink = Sink(self._producer, cfg.retry_backoff_ms, on_wait=self._beat)
+        return self._producer
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
         await probe_credentials(self.config.kafka)

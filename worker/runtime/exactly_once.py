@@ -47,7 +47,7 @@ from worker.config import Config
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import client_options, close_client
-from worker.runtime.sink import BatchWriter, OutRecord, Sent, settled
+from worker.runtime.sink import BatchWriter, OutRecord, Sent, settled, too_large_alone
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,12 @@ class SendRefused(KafkaError):  # type: ignore[misc]
 class _Partition:
     """The transactional side of one open input partition number."""
 
-    def __init__(self, producer: AIOKafkaProducer, limits: dict[str, int]) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, limits: dict[str, int], single: set[str]
+    ) -> None:
         self.producer = producer
         # No retries: a failed send fails the transaction, which is rewound.
-        self.writer = BatchWriter(producer, value_limits=limits)
+        self.writer = BatchWriter(producer, value_limits=limits, single_topics=single)
         self.in_txn = False
         self.sent: list[Sent] = []  # handed to the producer in the open transaction
         self.dirty: set[str] = set()
@@ -93,9 +95,11 @@ class ExactlyOnceWorker(Worker):
         self._open_at = 0.0  # monotonic time of the next attempt to open
         self._open_backoff = config.kafka.retry_backoff_ms / 1000
         self._changelog = changelog_topic(config)
-        # Largest value the broker took per output topic, learnt from refusals (see
-        # _acknowledged); shared by every partition's writer.
+        # What the broker refused, learnt so that the rewound transaction passes (see
+        # _acknowledged); shared by every partition's writer: the largest value per
+        # output topic, and the topics whose batches must hold one record each.
         self._value_limits: dict[str, int] = {}
+        self._single_topics: set[str] = set()
         self.changelog_records = 0
 
     # -- set-up -------------------------------------------------------------------------
@@ -220,23 +224,27 @@ class ExactlyOnceWorker(Worker):
     async def _acknowledged(self, part: _Partition) -> None:
         """Wait for every send of the open transaction; raise if one was refused.
 
-        A record the broker refuses as too large (a dead letter of a huge event, over
-        the DLQ topic's ``max.message.bytes``) lowers that topic's value limit, so that
-        after the rewind the same dead letter is written without its value."""
+        A refusal as too large (over the topic's ``max.message.bytes``) first makes the
+        topic one record per batch; a record then refused alone (a dead letter of a huge
+        event) lowers the topic's value limit, so that after the next rewind it is
+        written without its value. The rewinds converge."""
         sent, part.sent = part.sent, []
         await settled([s.future for s in sent], self._beat)
         results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
-        refused: BaseException | None = None
+        refused: str | None = None
+        single_before = set(self._single_topics)
         for item, result in zip(sent, results, strict=True):
             if not isinstance(result, BaseException):
                 continue
-            refused = refused or result
-            if isinstance(result, MessageSizeTooLargeError) and len(item.records) == 1:
+            refused = refused or f"{len(item.records)} records to {item.topic}: {_describe(result)}"
+            if isinstance(result, MessageSizeTooLargeError) and too_large_alone(
+                item, single_before, self._single_topics
+            ):
                 value = item.records[0].value or b""
                 limit = self._value_limits.get(item.topic, len(value))
                 self._value_limits[item.topic] = min(limit, len(value) - 1)
         if refused is not None:
-            raise SendRefused(f"{type(refused).__name__}: {refused}") from refused
+            raise SendRefused(f"the broker refused {refused}")
 
     # -- failures -------------------------------------------------------------------------
 
@@ -261,10 +269,9 @@ class ExactlyOnceWorker(Worker):
             _request_rejoin(self._consumer)
         else:
             log.warning(
-                "transaction of partition %d failed (%s: %s); rewinding it to the last commit",
+                "transaction of partition %d failed (%s); rewinding it to the last commit",
                 partition,
-                type(exc).__name__,
-                exc,
+                _describe(exc),
             )
             self.metrics.transaction("aborted")
             self._opening.add(partition)
@@ -313,10 +320,9 @@ class ExactlyOnceWorker(Worker):
             for producer in producers.values():
                 await close_client(producer, PRODUCER_STOP_S)
             log.warning(
-                "opening partitions %s failed (%s: %s); retrying in %.1fs",
+                "opening partitions %s failed (%s); retrying in %.1fs",
                 numbers,
-                type(exc).__name__,
-                exc,
+                _describe(exc),
                 self._open_backoff,
             )
             self._open_at = time.monotonic() + self._open_backoff
@@ -328,7 +334,7 @@ class ExactlyOnceWorker(Worker):
             for state in restored[p].values():
                 table.restore(state)
             self.tables[p] = table
-            self._parts[p] = _Partition(producers[p], self._value_limits)
+            self._parts[p] = _Partition(producers[p], self._value_limits, self._single_topics)
             self._parts[p].logged = set(restored[p])
         self._opening -= set(numbers)
         self._open_backoff = self.config.kafka.retry_backoff_ms / 1000
@@ -382,6 +388,13 @@ class ExactlyOnceWorker(Worker):
         for part in self._parts.values():
             await close_client(part.producer, PRODUCER_STOP_S)
         self._parts.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, once (a KafkaError's text already starts with its type)."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _fatal(producer: AIOKafkaProducer) -> bool:

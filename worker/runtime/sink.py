@@ -7,6 +7,9 @@ future of its own. A batch is handed to the producer when it is full, or by ``su
 once the previous batch of its partition is acknowledged (``submit(force=True)``: at
 once). A record too big to share a batch (a dead letter of a huge event) goes alone
 through ``producer.send``, which also checks it against the producer's size limit.
+A batch the broker refuses as too large (over the topic's ``max.message.bytes``) makes
+its topic one record per batch; a record refused alone goes without its value
+(``too_large_alone``).
 
 ``Sink`` queues without waiting for acknowledgements; ``flush()`` waits for all of them
 and re-sends whatever failed (a broker outage longer than the producer's own retries),
@@ -18,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
 from worker.murmur2 import murmur2
 
@@ -85,7 +88,10 @@ class BatchWriter:
     it (``None``, exactly-once), the error goes to the caller, who aborts the transaction.
 
     ``value_limits`` (topic -> bytes, may grow while in use) sends a record whose value
-    is over its topic's limit without the value (see ``_shrunk``). ``on_wait`` is called
+    is over its topic's limit without the value (see ``_shrunk``); a topic in
+    ``single_topics`` gets one record per batch (its ``max.message.bytes`` is below the
+    producer's batch size). Both are learnt from the broker's refusals by the
+    exactly-once worker, which cannot re-send within a transaction. ``on_wait`` is called
     before each backoff (the worker beats its liveness there: waiting out an outage is
     not being stuck).
     """
@@ -97,11 +103,13 @@ class BatchWriter:
         max_retry_backoff_ms: int = 10_000,
         value_limits: dict[str, int] | None = None,
         on_wait: Callable[[], None] | None = None,
+        single_topics: set[str] | None = None,
     ) -> None:
         self._producer = producer
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
         self._limits = value_limits if value_limits is not None else {}
+        self._single = single_topics if single_topics is not None else set()
         self._on_wait = on_wait
         self._open: dict[tuple[str, int], _Open] = {}
         self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
@@ -125,7 +133,11 @@ class BatchWriter:
             if limits and value is not None and len(value) > limits.get(rec.topic, len(value)):
                 rec = _shrunk(rec)
                 value = rec.value
-            if value is not None and len(value) > SMALL_RECORD_BYTES:
+            if (
+                value is not None
+                and len(value) > SMALL_RECORD_BYTES
+                and rec.topic not in self._single
+            ):
                 sent.append(await self.send_one(rec))
                 continue
             group = by_topic.get(rec.topic)
@@ -179,8 +191,12 @@ class BatchWriter:
         """Add ``rec`` to the open batch of ``tp``; when that batch is full, ``rec`` starts
         the next one and the full one is returned, for the caller to submit."""
         batch = self._open.get(tp)
-        if batch is not None and batch.builder.append(
-            key=rec.key, value=rec.value, timestamp=None, headers=rec.headers
+        if (
+            batch is not None
+            and tp[0] not in self._single
+            and batch.builder.append(
+                key=rec.key, value=rec.value, timestamp=None, headers=rec.headers
+            )
         ):
             batch.records.append(rec)
             return None
@@ -199,6 +215,12 @@ class BatchWriter:
             if force or last is None or last.done():
                 sent.append(await self._submit(tp, self._open.pop(tp)))
         return sent
+
+    def use(self, producer: AIOKafkaProducer) -> None:
+        """Send through ``producer`` from now on (nothing of ours may be in flight)."""
+        assert not self._open, "batches still open"
+        self._producer = producer
+        self._last.clear()
 
     def forget_partition_counts(self) -> None:
         """Ask the partition counts again at the next write (a topic may have grown)."""
@@ -263,9 +285,16 @@ class Sink:
         retry_backoff_ms: int,
         max_retry_backoff_ms: int = 10_000,
         on_wait: Callable[[], None] | None = None,
+        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
+        self._renew = renew
+        self._single: set[str] = set()
         self._writer = BatchWriter(
-            producer, retry_backoff_ms, max_retry_backoff_ms, on_wait=on_wait
+            producer,
+            retry_backoff_ms,
+            max_retry_backoff_ms,
+            on_wait=on_wait,
+            single_topics=self._single,
         )
         self._on_wait = on_wait
         self._in_flight: list[Sent] = []
@@ -309,24 +338,25 @@ class Sink:
             # All done by now: gather only collects the outcomes.
             results = await asyncio.gather(*(s.future for s in batch), return_exceptions=True)
             failed: list[OutRecord] = []
-            alone: list[OutRecord] = []
+            single_before = set(self._single)
             for item, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, MessageSizeTooLargeError):
-                        # The topic's limit is below the batch: one record at a time,
-                        # and a record over it goes without its value.
-                        if len(item.records) == 1:
+                        if too_large_alone(item, single_before, self._single):
                             failed.append(_shrunk(item.records[0]))
                         else:
-                            alone += item.records
+                            failed += item.records
                     elif isinstance(result, KafkaError):
                         failed += item.records
                     else:
                         raise result
                 else:
                     self.sent[item.topic] = self.sent.get(item.topic, 0) + len(item.records)
-            for rec in alone:
-                self._in_flight.append(await self._writer.send_one(rec))
+            if self._renew is not None and any(
+                isinstance(r, (MessageSizeTooLargeError, OutOfOrderSequenceNumber)) for r in results
+            ):
+                # Nothing is in flight now; the new producer starts its sequences afresh.
+                self._writer.use(await self._renew())
             if failed:
                 log.warning(
                     "%d records not acknowledged (%s); re-sending in %.1fs",
@@ -396,6 +426,21 @@ def partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
         for i, part in zip(rows, parts, strict=True):
             out[i] = part
     return out
+
+
+def too_large_alone(item: Sent, single_before: set[str], single_topics: set[str]) -> bool:
+    """After the broker refused ``item`` as too large: whether it was one record alone in
+    its batch (so the record itself is over the topic's ``max.message.bytes``).
+
+    ``single_before`` is ``single_topics`` as it was when ``item`` was sent. If the
+    record was not alone, the topic joins ``single_topics`` (one record per batch from
+    now on; a big record that went through ``producer.send`` may have shared the
+    producer's batch). So a topic's first refusal splits its batches, and only a record
+    refused alone is sent without its value."""
+    if item.topic in single_before and len(item.records) == 1:
+        return True
+    single_topics.add(item.topic)
+    return False
 
 
 def _first_error(results: Sequence[object]) -> str:
