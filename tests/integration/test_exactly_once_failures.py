@@ -31,6 +31,17 @@ from tests.kafka_fixtures import TopicFactory, decode_values, produce
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
+async def with_small_dlq(
+    make_topics: TopicFactory, bootstrap: str, tmp_path: Path, partitions: int, dlq_bytes: int
+) -> Pipeline:
+    """Fresh topics whose DLQ takes at most ``dlq_bytes`` per batch (max.message.bytes)."""
+    ins = await make_topics(partitions, prefix="in")
+    (out,) = await make_topics(partitions, prefix="out")
+    config = {"max.message.bytes": str(dlq_bytes)}
+    (dlq,) = await make_topics(partitions, prefix="dlq", config=config)
+    return Pipeline(tmp_path, bootstrap, ins, out, dlq)
+
+
 async def test_a_dead_letter_the_broker_refuses_is_rewound_and_sent_without_its_value(
     kafka_bootstrap: str,
     make_topics: TopicFactory,
@@ -40,10 +51,7 @@ async def test_a_dead_letter_the_broker_refuses_is_rewound_and_sent_without_its_
     """A 2 MB event over the DLQ topic's max.message.bytes: the transaction holding its
     dead letter is not committed without it; it is rewound, the dead letter goes out
     without the value, and every good request is fused exactly once."""
-    ins = await make_topics(2, prefix="in")
-    (out,) = await make_topics(2, prefix="out")
-    (dlq,) = await make_topics(2, prefix="dlq", config={"max.message.bytes": "1048576"})
-    p = Pipeline(tmp_path, kafka_bootstrap, ins, out, dlq)
+    p = await with_small_dlq(make_topics, kafka_bootstrap, tmp_path, 2, 1_048_576)
     cfg = p.config(kafka=EOS, join={"timeout_ms": 60_000})
     events = make_events(300, seed=21)
     huge = b'{"request_id": "huge", "pad": "' + b"x" * 2_000_000 + b'"}'
@@ -51,10 +59,10 @@ async def test_a_dead_letter_the_broker_refuses_is_rewound_and_sent_without_its_
     records.insert(450, (b"huge", huge))
     worker = spawn_worker(cfg, p.port)
     worker.wait_ready()
-    await produce(p.bootstrap, ins[0], records)
+    await produce(p.bootstrap, p.inputs[0], records)
 
-    results = decode_values(await read_committed(p.bootstrap, out, 300))
-    dead = await read_committed(p.bootstrap, dlq, 1)
+    results = decode_values(await read_committed(p.bootstrap, p.output, 300))
+    dead = await read_committed(p.bootstrap, p.dlq, 1)
 
     assert compare(results, reference(cfg, events)) == (0, 0, 0), worker.logs()
     assert len(dead) == 1
@@ -168,20 +176,17 @@ async def test_dead_letters_whose_batch_the_broker_refuses_go_one_per_batch(
     batch of their dead letters is refused; then (after the rewind, exactly-once; on
     the re-send, at-least-once) they go one per batch, each with its value, and the
     good requests are fused exactly once."""
-    ins = await make_topics(1, prefix="in")
-    (out,) = await make_topics(1, prefix="out")
-    (dlq,) = await make_topics(1, prefix="dlq", config={"max.message.bytes": "50000"})
-    p = Pipeline(tmp_path, kafka_bootstrap, ins, out, dlq)
+    p = await with_small_dlq(make_topics, kafka_bootstrap, tmp_path, 1, 50_000)
     cfg = p.config(kafka=kafka, join={"timeout_ms": 60_000})
     events = make_events(100, seed=24)
     records = [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
     garbage = [(b"g%d" % i, b"{not json " + b"x" * 10_000) for i in range(20)]
     worker = spawn_worker(cfg, p.port)
     worker.wait_ready()
-    await produce(p.bootstrap, ins[0], records[:150] + garbage + records[150:])
+    await produce(p.bootstrap, p.inputs[0], records[:150] + garbage + records[150:])
 
-    results = decode_values(await read_committed(p.bootstrap, out, 100))
-    dead = await read_committed(p.bootstrap, dlq, 20)
+    results = decode_values(await read_committed(p.bootstrap, p.output, 100))
+    dead = await read_committed(p.bootstrap, p.dlq, 20)
 
     assert compare(results, reference(cfg, events)) == (0, 0, 0), worker.logs()
     assert sorted(r.value for r in dead) == sorted(v for _, v in garbage), worker.logs()
