@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.strategies import json_values
 from worker.config import Config, build_config
 from worker.decode import REASONS, Decoder
 from worker.errors import InvalidEvent
@@ -246,21 +247,12 @@ def test_arbitrary_bytes_never_raise_anything_but_invalid_event(value: bytes) ->
     assert verdict(value) in {"ok", *REASONS}
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
-    max_leaves=8,
-)
 fields = st.sampled_from(
     ["request_id", "model", "ts", "probs", "label", "score", "labels", "model_version", "x"]
 )
 
 
-@given(st.dictionaries(fields, json_values))
+@given(st.dictionaries(fields, json_values(2**70, 5, 8)))
 def test_arbitrary_objects_never_raise_anything_but_invalid_event(doc: dict[str, Any]) -> None:
     """Property: any JSON object is decoded or rejected with a listed reason, no crash."""
     assert verdict(json.dumps(doc).encode()) in {"ok", *REASONS}

@@ -418,10 +418,6 @@ class Metrics:
             ms = np.maximum(np.array(delays, dtype=np.int64), 0)
             self.arrival_delay.observe(ms / 1000.0, series)
 
-    def observe_arrival_delay(self, model: str, seconds: float) -> None:
-        """Record one arrival delay of ``model``, for a caller that measures it itself."""
-        self.arrival_delay.observe(np.array([seconds], dtype=np.float64), self._model(model))
-
     # -- periodic (every commit interval) -------------------------------------------------
 
     def set_pending(self, n: int, oldest_age_s: float) -> None:

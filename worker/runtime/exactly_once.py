@@ -47,7 +47,7 @@ from worker.config import Config
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import client_options, close_client
-from worker.runtime.sink import BatchWriter, OutRecord, Sent, settled, too_large_alone
+from worker.runtime.sink import BatchWriter, OutRecord, Sent, SizeLimits, settled
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,10 @@ class SendRefused(KafkaError):  # type: ignore[misc]
 class _Partition:
     """The transactional side of one open input partition number."""
 
-    def __init__(
-        self, producer: AIOKafkaProducer, limits: dict[str, int], single: set[str]
-    ) -> None:
+    def __init__(self, producer: AIOKafkaProducer, limits: SizeLimits) -> None:
         self.producer = producer
         # No retries: a failed send fails the transaction, which is rewound.
-        self.writer = BatchWriter(producer, value_limits=limits, single_topics=single)
+        self.writer = BatchWriter(producer, limits=limits)
         self.in_txn = False
         self.sent: list[Sent] = []  # handed to the producer in the open transaction
         self.dirty: set[str] = set()
@@ -95,11 +93,9 @@ class ExactlyOnceWorker(Worker):
         self._open_at = 0.0  # monotonic time of the next attempt to open
         self._open_backoff = config.kafka.retry_backoff_ms / 1000
         self._changelog = changelog_topic(config)
-        # What the broker refused, learnt so that the rewound transaction passes (see
-        # _acknowledged); shared by every partition's writer: the largest value per
-        # output topic, and the topics whose batches must hold one record each.
-        self._value_limits: dict[str, int] = {}
-        self._single_topics: set[str] = set()
+        # What the broker refused as too large, learnt so that the rewound transaction
+        # passes (see _acknowledged); shared by every partition's writer.
+        self._size_limits = SizeLimits()
         self.changelog_records = 0
 
     # -- set-up -------------------------------------------------------------------------
@@ -224,25 +220,20 @@ class ExactlyOnceWorker(Worker):
     async def _acknowledged(self, part: _Partition) -> None:
         """Wait for every send of the open transaction; raise if one was refused.
 
-        A refusal as too large (over the topic's ``max.message.bytes``) first makes the
-        topic one record per batch; a record then refused alone (a dead letter of a huge
-        event) lowers the topic's value limit, so that after the next rewind it is
-        written without its value. The rewinds converge."""
+        What was refused as too large is learnt (``SizeLimits``), so that the rewound
+        transaction splits the topic's batches or drops a huge dead letter's value."""
         sent, part.sent = part.sent, []
         await settled([s.future for s in sent], self._beat)
         results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
         refused: str | None = None
-        single_before = set(self._single_topics)
+        too_large: list[Sent] = []
         for item, result in zip(sent, results, strict=True):
             if not isinstance(result, BaseException):
                 continue
             refused = refused or f"{len(item.records)} records to {item.topic}: {_describe(result)}"
-            if isinstance(result, MessageSizeTooLargeError) and too_large_alone(
-                item, single_before, self._single_topics
-            ):
-                value = item.records[0].value or b""
-                limit = self._value_limits.get(item.topic, len(value))
-                self._value_limits[item.topic] = min(limit, len(value) - 1)
+            if isinstance(result, MessageSizeTooLargeError):
+                too_large.append(item)
+        self._size_limits.learn(too_large)
         if refused is not None:
             raise SendRefused(f"the broker refused {refused}")
 
@@ -334,7 +325,7 @@ class ExactlyOnceWorker(Worker):
             for state in restored[p].values():
                 table.restore(state)
             self.tables[p] = table
-            self._parts[p] = _Partition(producers[p], self._value_limits, self._single_topics)
+            self._parts[p] = _Partition(producers[p], self._size_limits)
             self._parts[p].logged = set(restored[p])
         self._opening -= set(numbers)
         self._open_backoff = self.config.kafka.retry_backoff_ms / 1000

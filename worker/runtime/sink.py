@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -41,6 +41,7 @@ WAIT_BEAT_S = 1.0
 # Below this many keys of one length, murmur2 one key at a time costs less than numpy.
 _VECTOR_MIN_KEYS = 16
 _SEED = 0x9747B28C
+T = TypeVar("T")
 _M = np.uint32(0x5BD1E995)
 
 
@@ -60,6 +61,34 @@ class Sent:
     topic: str
     records: list[OutRecord]
     future: asyncio.Future[Any]
+
+
+class SizeLimits:
+    """What the broker refused as too large, per output topic, learnt from its refusals
+    so that a re-send (at-least-once) or a rewound transaction (exactly-once) passes.
+
+    A topic's first refusal makes it one record per batch: its ``max.message.bytes`` is
+    below our batches (a big record that went through ``producer.send`` may also have
+    shared the producer's batch). A record then refused alone is itself over the limit:
+    the topic's value limit drops below it, and the writer sends it without its value
+    (``_shrunk``). So a topic converges in at most two refusals.
+    """
+
+    def __init__(self) -> None:
+        self.single_topics: set[str] = set()
+        self.value_limits: dict[str, int] = {}
+
+    def learn(self, refused: Sequence[Sent]) -> None:
+        """Learn from the sends of one round that the broker refused as too large."""
+        single_before = set(self.single_topics)
+        for item in refused:
+            if item.topic in single_before and len(item.records) == 1:
+                size = len(item.records[0].value or b"")
+                self.value_limits[item.topic] = min(
+                    self.value_limits.get(item.topic, size), size - 1
+                )
+            else:
+                self.single_topics.add(item.topic)
 
 
 class _Open:
@@ -87,13 +116,10 @@ class BatchWriter:
     and a big record over the producer's size limit is sent without its value. Without
     it (``None``, exactly-once), the error goes to the caller, who aborts the transaction.
 
-    ``value_limits`` (topic -> bytes, may grow while in use) sends a record whose value
-    is over its topic's limit without the value (see ``_shrunk``); a topic in
-    ``single_topics`` gets one record per batch (its ``max.message.bytes`` is below the
-    producer's batch size). Both are learnt from the broker's refusals by the
-    exactly-once worker, which cannot re-send within a transaction. ``on_wait`` is called
-    before each backoff (the worker beats its liveness there: waiting out an outage is
-    not being stuck).
+    ``limits`` (learnt by the caller from the broker's refusals, see ``SizeLimits``)
+    makes a topic one record per batch, and sends a record whose value is over its
+    topic's limit without the value. ``on_wait`` is called before each backoff (the
+    worker beats its liveness there: waiting out an outage is not being stuck).
     """
 
     def __init__(
@@ -101,15 +127,16 @@ class BatchWriter:
         producer: AIOKafkaProducer,
         retry_backoff_ms: int | None = None,
         max_retry_backoff_ms: int = 10_000,
-        value_limits: dict[str, int] | None = None,
+        limits: SizeLimits | None = None,
         on_wait: Callable[[], None] | None = None,
-        single_topics: set[str] | None = None,
     ) -> None:
         self._producer = producer
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
-        self._limits = value_limits if value_limits is not None else {}
-        self._single = single_topics if single_topics is not None else set()
+        limits = limits if limits is not None else SizeLimits()
+        # The learnt sets themselves, shared with (and grown by) the caller.
+        self._limits = limits.value_limits
+        self._single = limits.single_topics
         self._on_wait = on_wait
         self._open: dict[tuple[str, int], _Open] = {}
         self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
@@ -229,51 +256,53 @@ class BatchWriter:
     async def _submit(self, tp: tuple[str, int], batch: _Open) -> Sent:
         # Closed: sent at the next chance, not after linger_ms, and nothing joins it.
         batch.builder.close()
-        backoff = self._backoff_s
-        while True:
-            try:
-                future = await self._producer.send_batch(batch.builder, tp[0], partition=tp[1])
-                self._last[tp] = future
-                return Sent(tp[0], batch.records, future)
-            except KafkaError as exc:
-                if backoff is None:
-                    raise
-                backoff = await self._wait(backoff, f"{len(batch.records)} records to {tp[0]}", exc)
+        future = await self._retrying(
+            f"{len(batch.records)} records to {tp[0]}",
+            lambda: self._producer.send_batch(batch.builder, tp[0], partition=tp[1]),
+        )
+        self._last[tp] = future
+        return Sent(tp[0], batch.records, future)
 
     async def send_one(self, rec: OutRecord) -> Sent:
-        """Send one record through ``producer.send`` (in no batch of ours)."""
-        backoff = self._backoff_s
-        while True:
-            try:
-                future = await self._producer.send(
-                    rec.topic, rec.value, key=rec.key, headers=rec.headers
-                )
-                return Sent(rec.topic, [rec], future)
-            except MessageSizeTooLargeError:
-                if backoff is None:
-                    raise
-                rec = _shrunk(rec)
-            except KafkaError as exc:
-                if backoff is None:
-                    raise
-                backoff = await self._wait(backoff, f"a record to {rec.topic}", exc)
+        """Send one record through ``producer.send`` (in no batch of ours). Retrying, a
+        record over the producer's own size limit goes without its value."""
+
+        async def send(r: OutRecord) -> Sent:
+            future = await self._producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+            return Sent(r.topic, [r], future)
+
+        what = f"a record to {rec.topic}"
+        try:
+            return await self._retrying(what, lambda: send(rec))
+        except MessageSizeTooLargeError:
+            if self._backoff_s is None:
+                raise
+            small = _shrunk(rec)
+            return await self._retrying(what, lambda: send(small))
 
     async def _partition_count(self, topic: str) -> int:
+        partitions = await self._retrying(
+            f"the partitions of {topic}", lambda: self._producer.partitions_for(topic)
+        )
+        return len(partitions)
+
+    async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()``; when retrying, a KafkaError other than a too-large record is
+        retried with backoff until it passes, else it goes to the caller."""
         backoff = self._backoff_s
         while True:
             try:
-                return len(await self._producer.partitions_for(topic))
+                return await step()
+            except MessageSizeTooLargeError:
+                raise  # waiting does not make a record smaller
             except KafkaError as exc:
                 if backoff is None:
                     raise
-                backoff = await self._wait(backoff, f"the partitions of {topic}", exc)
-
-    async def _wait(self, backoff: float, what: str, exc: KafkaError) -> float:
-        log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, backoff)
-        if self._on_wait is not None:
-            self._on_wait()
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, self._max_backoff_s)
+                log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, backoff)
+                if self._on_wait is not None:
+                    self._on_wait()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
 
 
 class Sink:
@@ -288,23 +317,14 @@ class Sink:
         renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self._renew = renew
-        self._single: set[str] = set()
+        self._limits = SizeLimits()
         self._writer = BatchWriter(
-            producer,
-            retry_backoff_ms,
-            max_retry_backoff_ms,
-            on_wait=on_wait,
-            single_topics=self._single,
+            producer, retry_backoff_ms, max_retry_backoff_ms, limits=self._limits, on_wait=on_wait
         )
         self._on_wait = on_wait
         self._in_flight: list[Sent] = []
         self._backoff_s = retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
-        self.sent: dict[str, int] = {}
-
-    @property
-    def in_flight(self) -> int:
-        return sum(len(s.records) for s in self._in_flight)
 
     async def write(self, records: Sequence[OutRecord]) -> None:
         """Queue records into open batches (``submit`` hands them to the producer)."""
@@ -338,20 +358,17 @@ class Sink:
             # All done by now: gather only collects the outcomes.
             results = await asyncio.gather(*(s.future for s in batch), return_exceptions=True)
             failed: list[OutRecord] = []
-            single_before = set(self._single)
+            too_large: list[Sent] = []
             for item, result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    if isinstance(result, MessageSizeTooLargeError):
-                        if too_large_alone(item, single_before, self._single):
-                            failed.append(_shrunk(item.records[0]))
-                        else:
-                            failed += item.records
-                    elif isinstance(result, KafkaError):
-                        failed += item.records
-                    else:
-                        raise result
-                else:
-                    self.sent[item.topic] = self.sent.get(item.topic, 0) + len(item.records)
+                if not isinstance(result, BaseException):
+                    continue
+                if not isinstance(result, KafkaError):
+                    raise result
+                failed += item.records
+                if isinstance(result, MessageSizeTooLargeError):
+                    too_large.append(item)
+            # The re-send below splits batches or drops values as learnt here.
+            self._limits.learn(too_large)
             if self._renew is not None and any(
                 isinstance(r, (MessageSizeTooLargeError, OutOfOrderSequenceNumber)) for r in results
             ):
@@ -426,21 +443,6 @@ def partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
         for i, part in zip(rows, parts, strict=True):
             out[i] = part
     return out
-
-
-def too_large_alone(item: Sent, single_before: set[str], single_topics: set[str]) -> bool:
-    """After the broker refused ``item`` as too large: whether it was one record alone in
-    its batch (so the record itself is over the topic's ``max.message.bytes``).
-
-    ``single_before`` is ``single_topics`` as it was when ``item`` was sent. If the
-    record was not alone, the topic joins ``single_topics`` (one record per batch from
-    now on; a big record that went through ``producer.send`` may have shared the
-    producer's batch). So a topic's first refusal splits its batches, and only a record
-    refused alone is sent without its value."""
-    if item.topic in single_before and len(item.records) == 1:
-        return True
-    single_topics.add(item.topic)
-    return False
 
 
 def _first_error(results: Sequence[object]) -> str:
