@@ -27,6 +27,7 @@ async def test_fused_language_answers_for_a_sample(kafka_bootstrap: str, tmp_pat
         kafka_bootstrap,
         per_language=1,
         show=False,
+        summary=False,
         answer_timeout_s=90,
         log_path=tmp_path / "worker.log",
     )

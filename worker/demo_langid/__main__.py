@@ -64,6 +64,8 @@ async def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The Kafka client logs every group join at INFO; the demo's own output is the point.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if args.command == "serve":
         return asyncio.run(_serve(args))
     return asyncio.run(_demo(args))

@@ -124,9 +124,11 @@ async def run(
     timeout_ms: int = 3000,
     answer_timeout_s: float = 60.0,
     show: bool = True,
+    summary: bool = True,
     log_path: Path | None = None,
 ) -> Report:
-    """The whole demo on a running broker; returns what it measured."""
+    """The whole demo on a running broker; returns what it measured. ``show``: print each
+    answer; ``summary``: print the accuracies."""
     sentences = corpus.load(per_language=per_language)
     run_id = uuid.uuid4().hex[:8]
     topics = {k: f"langid-{k}-{run_id}" for k in ("texts", "predictions", "fused", "dlq")}
@@ -183,7 +185,7 @@ async def run(
                 report.add(sentence.language, result)
                 if show:
                     _print_answer(sentence, result)
-        if show:
+        if summary:
             print_summary(report)
         return report
     finally:
