@@ -30,6 +30,7 @@ TEXT_MAX_CHARS = 65_536
 PROB_TOLERANCE = 1e-3  # the worker's default [fusion] prob_tolerance
 MAX_EVENT_BYTES = 1_048_576  # the worker's default [kafka] max_event_bytes
 KINDS = ("probs", "label", "score", "text")
+_FLOAT_INT = frozenset({float, int})
 FIELDS = frozenset(
     {"request_id", "model", "ts", "labels", "model_version", "trace_id", "confidence", *KINDS}
 )
@@ -85,7 +86,7 @@ def check_event(
     Numbers are written as floats where the schema wants numbers, so numpy scalars and
     Python ints both encode.
     """
-    if not isinstance(doc, Mapping):
+    if type(doc) is not dict and not isinstance(doc, Mapping):
         raise InvalidPrediction("json", f"expected a mapping, got {type(doc).__name__}")
     extra = set(doc) - FIELDS
     if extra:
@@ -182,15 +183,19 @@ def _probs(value: object) -> list[float]:
         raise InvalidPrediction(
             "schema", f"probs must be a list of at least two numbers, got {_show(value)}"
         )
-    bad = next((v for v in value if not _is_number(v)), None)
-    if bad is not None:
-        raise InvalidPrediction("schema", f"probs must hold numbers, got {_show(bad)}")
-    probs = [float(v) for v in value]
-    for p in probs:
-        if not math.isfinite(p):
-            raise InvalidPrediction("non_finite", f"probs must be finite, got {p!r}")
-        if p < 0.0:
-            raise InvalidPrediction("negative", f"probs must be >= 0, got {p!r}")
+    kinds = set(map(type, value))
+    if kinds <= _FLOAT_INT:  # the common case, without a call per value
+        probs = [float(v) for v in value] if int in kinds else list(value)
+    else:
+        bad = next((v for v in value if not _is_number(v)), None)
+        if bad is not None:
+            raise InvalidPrediction("schema", f"probs must hold numbers, got {_show(bad)}")
+        probs = [float(v) for v in value]  # numpy scalars and other float/int subclasses
+    if not all(map(math.isfinite, probs)):
+        bad_value = next(p for p in probs if not math.isfinite(p))
+        raise InvalidPrediction("non_finite", f"probs must be finite, got {bad_value!r}")
+    if min(probs) < 0.0:
+        raise InvalidPrediction("negative", f"probs must be >= 0, got {min(probs)!r}")
     return probs
 
 
