@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import LABELS, MODELS
@@ -184,3 +185,23 @@ async def test_worker_output_consumed_by_a_decode_helper_matches(
         await produce_json(kafka_bootstrap, topic, [result])
         got = await results.get("x", timeout_s=20)
     assert got == decode_values(await consume(kafka_bootstrap, topic, 1))[0]
+
+
+async def test_a_result_published_right_after_start_is_seen(
+    kafka_bootstrap: str, make_topics: TopicFactory
+) -> None:
+    """start() returns only once the end offsets are fixed: a result a ready producer
+    sends the moment start() returns is not skipped by a later offset reset."""
+    (topic,) = await make_topics(4, prefix="fused")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        for i in range(5):
+            async with FusedResults(kafka_bootstrap, topic) as results:
+                rid = f"quick-{i}"
+                await producer.send_and_wait(
+                    topic, orjson.dumps(fake_result(rid)), key=rid.encode()
+                )
+                assert (await results.get(rid, timeout_s=10))["request_id"] == rid
+    finally:
+        await producer.stop()

@@ -80,9 +80,10 @@ class FusedResults:
             partitions = await self._partitions(consumer)
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
+            # Fix every end offset now, so that a result published after start() returns
+            # is seen, not skipped by a reset done later on the first fetch. seek_to_end
+            # gives up silently after request_timeout_ms; position() waits until known.
             await consumer.seek_to_end(*tps)
-            # seek_to_end is lazy: resolve every position now, so that a result
-            # published after start() returns is seen, not skipped by a later reset.
             for tp in tps:
                 await consumer.position(tp)
         except BaseException:
