@@ -198,6 +198,13 @@ def test_bad_text_fields_are_refused(doc: dict[str, Any], reason: str) -> None:
     assert client_says({"request_id": "r1", "model": "m", **doc}) == reason
 
 
+@pytest.mark.parametrize("field", ["probs", "score"])
+def test_an_integer_beyond_a_double_is_non_finite(field: str) -> None:
+    """10**400 cannot be a double (the worker's JSON reader refuses it as non-finite)."""
+    value = [10**400, 0] if field == "probs" else 10**400
+    assert client_says({"request_id": "r1", "model": "m", field: value}) == "non_finite"
+
+
 def test_an_event_over_the_size_limit_is_too_large() -> None:
     """The encoded size is checked against max_event_bytes, the worker's own limit."""
     with pytest.raises(InvalidPrediction) as info:

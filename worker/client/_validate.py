@@ -61,7 +61,10 @@ def _is_number(value: object) -> bool:
 def _finite(name: str, value: object) -> float:
     if not _is_number(value):
         raise InvalidPrediction("schema", f"{name} must be a number, got {_show(value)}")
-    number = float(value)  # type: ignore[arg-type]
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond a double, which JSON readers cannot hold either
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidPrediction("non_finite", f"{name} must be finite, got {value!r}")
     return number
@@ -176,6 +179,13 @@ def _ts(value: object) -> int:
     return value
 
 
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond a double: reported as non-finite by the caller
+        return math.inf
+
+
 def _probs(value: object) -> list[float]:
     if hasattr(value, "tolist"):  # a numpy array: its Python floats
         value = value.tolist()
@@ -185,12 +195,12 @@ def _probs(value: object) -> list[float]:
         )
     kinds = set(map(type, value))
     if kinds <= _FLOAT_INT:  # the common case, without a call per value
-        probs = [float(v) for v in value] if int in kinds else list(value)
+        probs = [_float(v) for v in value] if int in kinds else list(value)
     else:
         bad = next((v for v in value if not _is_number(v)), None)
         if bad is not None:
             raise InvalidPrediction("schema", f"probs must hold numbers, got {_show(bad)}")
-        probs = [float(v) for v in value]  # numpy scalars and other float/int subclasses
+        probs = [_float(v) for v in value]  # numpy scalars and other float/int subclasses
     if not all(map(math.isfinite, probs)):
         bad_value = next(p for p in probs if not math.isfinite(p))
         raise InvalidPrediction("non_finite", f"probs must be finite, got {bad_value!r}")
