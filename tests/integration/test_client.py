@@ -175,7 +175,7 @@ async def test_a_missing_output_topic_is_a_setup_error(kafka_bootstrap: str) -> 
     await results.stop()
 
 
-async def test_worker_output_consumed_by_a_decode_helper_matches(
+async def test_a_result_is_the_record_json_unchanged(
     kafka_bootstrap: str, make_topics: TopicFactory
 ) -> None:
     """What FusedResults hands out is the record's JSON object, unchanged."""
