@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ConfigError
+from worker.fusion import registry
 
-STRATEGIES = (
-    "weighted_average",
-    "soft_vote",
-    "hard_vote",
-    "geometric_mean",
-    "median",
-    "trimmed_mean",
-    "stacking",
-)
 DELIVERIES = ("at-least-once", "exactly-once")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -387,28 +379,28 @@ def _validate(cfg: Config) -> None:
             f"must be between 1 and the number of models ({len(cfg.models)})",
         )
 
-    if f.strategy not in STRATEGIES:
-        raise ConfigError("fusion.strategy", f.strategy, f"must be one of {', '.join(STRATEGIES)}")
     if len(set(f.labels)) != len(f.labels):
         raise ConfigError("fusion.labels", list(f.labels), "lists a label twice")
     if len(f.labels) == 1:
         raise ConfigError(
             "fusion.labels", list(f.labels), "needs at least two labels (or none for scores)"
         )
-    if f.is_regression and f.strategy in ("soft_vote", "hard_vote", "geometric_mean", "stacking"):
-        raise ConfigError(
-            "fusion.strategy", f.strategy, "needs fusion.labels (a classification task)"
-        )
+    strategy = registry.lookup(f.strategy, registry.task_of(f.labels), key="fusion.strategy")
     if not 0 < f.prob_tolerance < 0.5:
         raise ConfigError("fusion.prob_tolerance", f.prob_tolerance, "must be in (0, 0.5)")
     if not 0 <= f.trim_proportion < 0.5:
         raise ConfigError("fusion.trim_proportion", f.trim_proportion, "must be in [0, 0.5)")
     if not 0 < f.geometric_floor < 1:
         raise ConfigError("fusion.geometric_floor", f.geometric_floor, "must be in (0, 1)")
-    if f.strategy == "stacking" and not f.stacker:
-        raise ConfigError("fusion.stacker", f.stacker, "required with strategy = 'stacking'")
-    if f.fallback not in STRATEGIES or f.fallback == "stacking":
-        raise ConfigError("fusion.fallback", f.fallback, "must be a strategy other than stacking")
+    if strategy.needs_stacker and not f.stacker:
+        raise ConfigError("fusion.stacker", f.stacker, f"required with strategy = {f.strategy!r}")
+    fallbacks = registry.names(stacker=False)
+    if f.fallback not in fallbacks:
+        raise ConfigError(
+            "fusion.fallback",
+            f.fallback,
+            f"must be a strategy that needs no stacker: one of {', '.join(fallbacks)}",
+        )
     for key in ("stacker", "weights_file"):
         value = getattr(f, key)
         if value and not Path(value).is_file():
