@@ -367,3 +367,11 @@ def test_cli_exits_2_on_an_enumeration_error_from_the_environment(
     assert "kafka.delivery" in err
     assert "at-most-once" in err
     assert "exactly-once" in err
+
+
+def test_an_empty_required_array_says_how_many_entries_it_needs() -> None:
+    """An empty [[models]] or input_topics names the key and the least count."""
+    with pytest.raises(ConfigError) as info:
+        build_config(doc(models=[]))
+    assert (info.value.key, info.value.value) == ("models", [])
+    assert info.value.problem == "needs at least 1 entry"

@@ -220,6 +220,8 @@ def conversion_error(
     elif message.startswith("Invalid enum value"):
         kind = _type_at(root, path)
         problem = f"must be {_describe(kind)}" if kind is not None else message
+    elif (short := re.fullmatch(r"Expected `array` of length >= (\d+)", message)) is not None:
+        problem = f"needs at least {short[1]} {'entry' if short[1] == '1' else 'entries'}"
     elif (expected := _EXPECTED.match(message)) is not None:
         wanted = _NAMES.get(expected["type"], expected["type"])
         problem = f"must be {wanted}{expected['rest']}"
