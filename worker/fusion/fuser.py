@@ -90,6 +90,12 @@ class Fuser:
             self.fallback = fusion.fallback
             log.info("stacker from %s, fallback %s", fusion.stacker, self.fallback)
 
+    def set_weights(self, weights: FloatArray) -> None:
+        """Fuse from now on with ``weights`` (m,), >= 0 with a positive sum (adaptive
+        weights move between batches; the results name the weights they used)."""
+        self.weights = np.array(weights, dtype=np.float64)
+        self._weights = _power_of_two_scaled(self.weights)
+
     def fuse(self, finished: Sequence[FinishedRequest]) -> list[dict[str, Any]]:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
