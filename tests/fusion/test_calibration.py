@@ -12,18 +12,20 @@ import orjson
 import pytest
 
 from bench.calibration_digits import measure
-from tests.fusion.factories import LABELS, MODELS, make_config, write_history
+from tests.fusion.factories import LABELS, MODELS, finished, make_config, write_history
 from worker.cli import main
-from worker.errors import ArtefactError
+from worker.errors import ArtefactError, ConfigError
+from worker.events import FinishedRequest, PredictionEvent
+from worker.fusion import Fuser
 from worker.fusion.artefact import calibration_document, load_calibration, write_artefact
 from worker.fusion.calibration import (
+    LOG_FLOOR,
     T_MAX,
     apply_temperatures,
     fit_temperature,
     fit_temperatures,
 )
 from worker.fusion.fit import run_fit
-from worker.fusion.learn import LOG_FLOOR
 
 Array = np.ndarray[Any, Any]
 
@@ -215,3 +217,51 @@ def test_calibration_on_the_digits_backtest(tmp_path: Path) -> None:
     assert f.soft_vote_calibrated_learned.accuracy >= best_member
     assert f.soft_vote_calibrated_learned.log_loss < f.soft_vote.log_loss
     assert f.temperatures["naive-bayes"] > 2.0  # naive Bayes is the overconfident one
+
+
+def test_the_floor_is_the_one_of_the_scores() -> None:
+    """Calibration clips log p where the log-loss scores clip p."""
+    from worker.fusion import learn
+
+    assert LOG_FLOOR == learn.LOG_FLOOR
+
+
+def _requests() -> list[FinishedRequest]:
+    probs = {"bert": (0.1, 0.2, 0.7), "roberta": (0.5, 0.4, 0.1), "distil": (0.45, 0.1, 0.45)}
+    return [finished("r", {m: PredictionEvent("r", m, 1, probs=p) for m, p in probs.items()})]
+
+
+def test_the_fuser_fuses_calibrated_members_and_shows_what_they_sent() -> None:
+    """With temperatures the Fuser's soft vote is the weighted mean of the calibrated
+    members; member entries keep the sent probabilities; contributions use the
+    calibrated ones and add up to the fused label's probability."""
+    config = make_config((0.3, 0.4, 0.3))
+    temperatures = np.array([4.0, 0.5, 1.0])
+    (result,) = Fuser(config, "soft_vote", temperatures=temperatures).fuse(_requests())
+    sent = np.array([[0.1, 0.2, 0.7], [0.5, 0.4, 0.1], [0.45, 0.1, 0.45]])
+    calibrated = _softmax(np.log(sent) / temperatures[:, None])
+    expected = np.array([0.3, 0.4, 0.3]) @ calibrated
+    np.testing.assert_allclose(result["probs"], expected, rtol=1e-12)
+    assert result["label"] == LABELS[int(expected.argmax())]
+    assert result["members"]["bert"]["probs"] == [0.1, 0.2, 0.7]
+    label = int(expected.argmax())
+    assert result["members"]["bert"]["contribution"] == pytest.approx(0.3 * calibrated[0, label])
+    total = sum(m["contribution"] for m in result["members"].values())
+    assert total == pytest.approx(result["probs"][label], abs=1e-12)
+    uncalibrated = Fuser(config, "soft_vote").fuse(_requests())[0]
+    assert uncalibrated["label"] != result["label"]  # calibration changed the decision
+
+
+def test_the_fuser_with_every_temperature_one_is_the_plain_fuser() -> None:
+    """Temperatures of 1 give results equal to no calibration."""
+    config = make_config((0.3, 0.4, 0.3))
+    plain = Fuser(config, "soft_vote").fuse(_requests())
+    assert Fuser(config, "soft_vote", temperatures=np.ones(3)).fuse(_requests()) == plain
+
+
+def test_the_fuser_refuses_temperatures_that_do_not_fit() -> None:
+    """Temperatures of the wrong count or not > 0 stop the Fuser, naming the key."""
+    with pytest.raises(ConfigError, match=r"fusion\.calibration_file"):
+        Fuser(make_config((0.3, 0.4, 0.3)), temperatures=np.ones(2))
+    with pytest.raises(ConfigError, match=r"fusion\.calibration_file"):
+        Fuser(make_config((0.3, 0.4, 0.3)), temperatures=np.array([1.0, 0.0, 1.0]))

@@ -7,19 +7,29 @@ so a member's own accuracy is unchanged; what changes is how much it sways the o
 in a soft vote. T is fitted per member by minimising its log loss (a bounded scalar
 search over log T: deterministic, no random start). Pure numpy / scipy; reading files is
 ``fit``'s job and the artefact format is ``artefact``'s.
+
+The Fuser imports this module for ``apply_temperatures``; the fitting functions import
+scipy's optimiser and scikit-learn's model selection only when called, so that fusing
+does not pay for them at start.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from worker.errors import FusionError
 from worker.fusion.batch import BoolArray, FloatArray, IntArray
-from worker.fusion.learn import LOG_FLOOR, Learned, folds, member_scores, scores
+
+if TYPE_CHECKING:
+    from worker.fusion.learn import Learned
+
+# The floor of log p: the same as worker.fusion.learn.LOG_FLOOR (scikit-learn's log_loss
+# clip); not imported from there, which would load scikit-learn into the Fuser.
+LOG_FLOOR = 1e-15
 
 # Wide enough for naive Bayes' near-0/1 outputs (T of about 10) and for a timid model
 # (T well below 1); the search runs on log T, where the loss is smooth.
@@ -51,6 +61,8 @@ def _nll(logits: FloatArray, y: IntArray, temperature: float) -> float:
 def fit_temperature(probs: FloatArray, y: IntArray) -> float:
     """The temperature in [T_MIN, T_MAX] that minimises the log loss of one member's
     calibrated probs (n, k) against labels y (n,)."""
+    from scipy.optimize import minimize_scalar
+
     if len(y) == 0:
         raise FusionError("calibration needs at least one labelled prediction per member")
     logits = _logits(probs)
@@ -103,6 +115,8 @@ def fit_calibration(
     configured-weight soft vote on calibrated members, calibrated out of fold (each fold's
     requests with temperatures fitted on the other folds); members' scores raw and
     calibrated out of fold."""
+    from worker.fusion.learn import Learned, folds, member_scores, scores
+
     present = np.ones(probs.shape[:2], dtype=np.bool_)
     cv = folds(y, labels)
     calibrated = np.zeros_like(probs)
