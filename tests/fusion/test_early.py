@@ -54,6 +54,14 @@ def problems(draw: st.DrawFn) -> Problem:
     return probs, present, weights, draw(st.integers(0, 2**32 - 1))
 
 
+def _one(
+    strategy: str, probs: Array, present: Array, weights: Array, min_models: int = 1
+) -> int | None:
+    """decide_one on a request given as arrays: probs (m, k), present (m,)."""
+    rows = [probs[j].tolist() if present[j] else None for j in range(len(present))]
+    return decide_one(strategy, rows, weights.tolist(), min_models)
+
+
 def _completions(probs: Array, present: Array, k: int, rng: np.random.Generator) -> Batch:
     """Every completion of one request (probs (m, k), present (m,)) worth trying: all
     missing one-hot on each label; each missing member alone one-hot on each label, the
@@ -112,6 +120,20 @@ def test_a_decided_label_is_the_label_of_every_completion(strategy: str, problem
 
 
 @pytest.mark.parametrize("strategy", EARLY_STRATEGIES)
+@given(problem=problems(), min_models=st.integers(1, 3))
+def test_the_per_request_form_agrees_with_the_batch_form(
+    strategy: str, problem: Problem, min_models: int
+) -> None:
+    """decide_one (plain Python, for the join) gives the batch decide's answer, bit for
+    bit the same sums, on every request."""
+    probs, present, weights, _ = problem
+    batch = decide(strategy, probs, present, weights, min_models)
+    for i in range(len(probs)):
+        one = _one(strategy, probs[i], present[i], weights, min_models)
+        assert one == (int(batch.labels[i]) if batch.decided[i] else None)
+
+
+@pytest.mark.parametrize("strategy", EARLY_STRATEGIES)
 def test_it_decides_often_on_clear_requests(strategy: str) -> None:
     """Not vacuous: on 300 random requests with one member of three missing and peaked
     members, most are decided, and each decision holds."""
@@ -133,9 +155,9 @@ def test_hard_vote_tie_goes_to_the_lower_label_as_the_full_fusion() -> None:
     weights = np.ones(4)
     present = np.array([True, True, True, False])
     a_first = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    assert decide_one("hard_vote", a_first, present, weights) == 0
+    assert _one("hard_vote", a_first, present, weights) == 0
     b_first = a_first[:, ::-1].copy()  # the same votes with the label order reversed
-    assert decide_one("hard_vote", b_first, present, weights) is None
+    assert _one("hard_vote", b_first, present, weights) is None
 
 
 @pytest.mark.parametrize("strategy", ["weighted_average", "soft_vote"])
@@ -144,8 +166,8 @@ def test_soft_tie_goes_to_the_lower_label_as_the_full_fusion(strategy: str) -> N
     weights = np.ones(4)
     present = np.array([True, True, True, False])
     a_first = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    assert decide_one(strategy, a_first, present, weights) == 0
-    assert decide_one(strategy, a_first[:, ::-1].copy(), present, weights) is None
+    assert _one(strategy, a_first, present, weights) == 0
+    assert _one(strategy, a_first[:, ::-1].copy(), present, weights) is None
 
 
 def test_a_lead_equal_to_the_missing_weight_is_not_enough_against_a_lower_label() -> None:
@@ -153,9 +175,9 @@ def test_a_lead_equal_to_the_missing_weight_is_not_enough_against_a_lower_label(
     and win, so no decision; a hair more lead decides."""
     weights = np.array([1.0, 1.0])
     present = np.array([True, False])
-    assert decide_one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) is None
+    assert _one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) is None
     weights = np.array([1.0, 0.999])
-    assert decide_one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) == 1
+    assert _one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) == 1
 
 
 def test_complete_requests_are_decided_with_their_label() -> None:
@@ -171,15 +193,15 @@ def test_fewer_members_than_min_models_are_never_decided() -> None:
     probs = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     present = np.array([True, False, False])
     weights = np.array([10.0, 1.0, 1.0])
-    assert decide_one("soft_vote", probs, present, weights) == 0
-    assert decide_one("soft_vote", probs, present, weights, min_models=2) is None
+    assert _one("soft_vote", probs, present, weights) == 0
+    assert _one("soft_vote", probs, present, weights, min_models=2) is None
 
 
 def test_members_of_weight_zero_alone_are_never_decided() -> None:
     """Only weight-0 members present: the fusion would give no answer, so no decision."""
     probs = np.array([[1.0, 0.0], [0.0, 0.0]])
     present = np.array([True, False])
-    assert decide_one("hard_vote", probs, present, np.array([0.0, 1.0])) is None
+    assert _one("hard_vote", probs, present, np.array([0.0, 1.0])) is None
 
 
 def test_other_strategies_are_refused() -> None:
