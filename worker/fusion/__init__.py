@@ -5,6 +5,9 @@ requests in, one explained result per request out.
 strategies as array functions (``strategies``, ``stacking``), fitted artefacts
 (``artefact``), the result dicts (``result``) and offline fitting (``fit``, imported on
 its own because it needs scipy's optimiser and scikit-learn's model selection).
+Learning from feedback: member temperatures (``calibration``), adaptive weights
+(``adaptive``), the feedback memory (``feedback``), live quality windows (``quality``);
+and the early decision (``early``).
 """
 
 from __future__ import annotations
