@@ -129,3 +129,23 @@ def test_an_empty_window_has_no_scores() -> None:
     q = QualityWindows(("a",), window=5).snapshot()
     assert q["a"].count == 0
     assert q["a"].accuracy is None
+
+
+def test_a_fused_batch_is_remembered_row_by_row() -> None:
+    """remember_batch keeps each request's own rows, copied out of the batch arrays."""
+    memory = FeedbackMemory(memory_ms=1_000, memory_count=10)
+    probs = np.array([PROBS, PROBS[::-1]])
+    present = np.array([[True, True], [True, False]])
+    fused = np.array([[0.6, 0.4], [0.3, 0.7]])
+    memory.remember_batch(
+        ["r0", "r1"], [10, 11], present, probs, np.empty((2, 0)), fused, None, now_ms=11
+    )
+    probs[:] = 0.0  # the memory holds copies
+    joined = memory.join(LabelEvent("r1", 20, label=1), now_ms=20)
+    assert joined.request is not None
+    np.testing.assert_array_equal(joined.request.member_probs, PROBS[::-1])
+    assert joined.request.present.tolist() == [True, False]
+    assert joined.request.fused_probs is not None
+    assert joined.request.fused_probs.tolist() == [0.3, 0.7]
+    assert (joined.request.fused_ts, joined.request.fused_score) == (11, None)
+    assert len(memory) == 1

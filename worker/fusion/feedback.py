@@ -18,6 +18,7 @@ entries are, so that the outcome is told apart at a bounded cost. The clock is i
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker.errors import ConfigError
@@ -98,6 +99,35 @@ class FeedbackMemory:
         self._gone.pop(rid, None)
         self._entries[rid] = request
         self.expire(now_ms)
+
+    def remember_batch(
+        self,
+        request_ids: Sequence[str],
+        fused_ts: Sequence[int],
+        present: BoolArray,
+        member_probs: FloatArray,
+        member_scores: FloatArray,
+        fused_probs: FloatArray | None,
+        fused_scores: FloatArray | None,
+        now_ms: int,
+    ) -> None:
+        """``remember`` each request of a fused batch, from the fusion's arrays: present
+        (n, m), member_probs (n, m, k) as the strategy fused them (after calibration),
+        member_scores (n, m), fused_probs (n, k) or fused_scores (n,). Rows are copied,
+        so the batch's arrays are not kept alive by the memory."""
+        for i, rid in enumerate(request_ids):
+            self.remember(
+                Remembered(
+                    rid,
+                    fused_ts[i],
+                    present[i].copy(),
+                    member_probs[i].copy(),
+                    member_scores[i].copy(),
+                    None if fused_probs is None else fused_probs[i].copy(),
+                    None if fused_scores is None else float(fused_scores[i]),
+                ),
+                now_ms,
+            )
 
     def join(self, label: LabelEvent, now_ms: int) -> Joined:
         """Match ``label`` to a remembered request (see the module docstring)."""
