@@ -55,11 +55,16 @@ def problems(draw: st.DrawFn) -> Problem:
 
 
 def _one(
-    strategy: str, probs: Array, present: Array, weights: Array, min_models: int = 1
+    strategy: str,
+    probs: Array,
+    present: Array,
+    weights: Array,
+    min_models: int = 1,
+    max_prob: float = 1.0,
 ) -> int | None:
     """decide_one on a request given as arrays: probs (m, k), present (m,)."""
     rows = [probs[j].tolist() if present[j] else None for j in range(len(present))]
-    return decide_one(strategy, rows, weights.tolist(), min_models)
+    return decide_one(strategy, rows, weights.tolist(), min_models, max_prob)
 
 
 def _completions(probs: Array, present: Array, k: int, rng: np.random.Generator) -> Batch:
@@ -120,16 +125,20 @@ def test_a_decided_label_is_the_label_of_every_completion(strategy: str, problem
 
 
 @pytest.mark.parametrize("strategy", EARLY_STRATEGIES)
-@given(problem=problems(), min_models=st.integers(1, 3))
+@given(
+    problem=problems(),
+    min_models=st.integers(1, 3),
+    max_prob=st.sampled_from([1.0, 1.001]) | st.floats(1.0, 1.1),
+)
 def test_the_per_request_form_agrees_with_the_batch_form(
-    strategy: str, problem: Problem, min_models: int
+    strategy: str, problem: Problem, min_models: int, max_prob: float
 ) -> None:
     """decide_one (plain Python, for the join) gives the batch decide's answer, bit for
     bit the same sums, on every request."""
     probs, present, weights, _ = problem
-    batch = decide(strategy, probs, present, weights, min_models)
+    batch = decide(strategy, probs, present, weights, min_models, max_prob)
     for i in range(len(probs)):
-        one = _one(strategy, probs[i], present[i], weights, min_models)
+        one = _one(strategy, probs[i], present[i], weights, min_models, max_prob)
         assert one == (int(batch.labels[i]) if batch.decided[i] else None)
 
 
@@ -178,6 +187,24 @@ def test_a_lead_equal_to_the_missing_weight_is_not_enough_against_a_lower_label(
     assert _one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) is None
     weights = np.array([1.0, 0.999])
     assert _one("soft_vote", np.array([[0.0, 1.0], [0, 0]]), present, weights) == 1
+
+
+@pytest.mark.parametrize("strategy", ["weighted_average", "soft_vote"])
+def test_probabilities_above_one_within_the_tolerance_are_allowed_for(strategy: str) -> None:
+    """The decoder accepts [1.0005, 0] (sum within prob_tolerance 1e-3). A lead that such
+    a member could overturn is decided only when max_prob does not allow for it."""
+    weights = np.array([1.0, 0.9996])
+    probs = np.array([[0.0, 1.0], [0.0, 0.0]])
+    present = np.array([True, False])
+    assert _one(strategy, probs, present, weights) == 1  # assuming p <= 1: wrong here
+    completion = Batch(
+        np.array([[[0.0, 1.0], [1.0005, 0.0]]]), np.empty((1, 0)), np.ones((1, 2), dtype=bool)
+    )
+    config = make_config(weights.tolist(), labels=["c0", "c1"])
+    fused = Fuser(config, strategy).compute(completion)
+    assert fused.labels is not None
+    assert fused.labels.tolist() == [0]
+    assert _one(strategy, probs, present, weights, max_prob=1.001) is None
 
 
 def test_complete_requests_are_decided_with_their_label() -> None:

@@ -7,13 +7,15 @@ present S_c per label c and the leader L = argmax S (lowest index on ties, as th
 fusion): a missing member j adds at most its weight w_j to any one rival r, and nothing
 less than 0 to L. So the worst completion for L against r is "every missing member puts
 everything on r", which gives r the upper score U_r = S_r + sum of the missing weights.
+(The decoder accepts probabilities that sum to 1 within ``[fusion] prob_tolerance``
+without renormalising them, so "everything" is ``max_prob`` = 1 + that tolerance.)
 L is final when it beats every rival's U_r under the fusion's own tie rule:
 
     r > L (L wins a tie):  S_L >= U_r
     r < L (r wins a tie):  S_L >  U_r
 
 Exact in floating point, not only on paper: S and U are summed in member order exactly
-as worker.fusion.strategies sums them, with the missing members' terms (w_j * 1.0 = w_j,
+as worker.fusion.strategies sums them, with the missing members' terms (w_j * max_prob,
 or 0) in their places, and floating-point addition and multiplication are monotone, so
 any real completion's sums lie between S_L and U_r. soft_vote / weighted_average then
 divide by the weight present, which can round two different sums to one quotient (a tie
@@ -72,6 +74,7 @@ def decide(
     present: BoolArray,
     weights: FloatArray,
     min_models: int = 1,
+    max_prob: float = 1.0,
 ) -> Decision:
     """Which requests' labels are final.
 
@@ -80,6 +83,8 @@ def decide(
     present : ndarray of shape (n, m), bool
     weights : ndarray of shape (m,), the weights the Fuser uses, >= 0
     min_models : a request with fewer members present is never decided
+    max_prob : the largest probability a member may send: 1 + ``[fusion] prob_tolerance``,
+        since the decoder accepts sums within the tolerance without renormalising
 
     A request with no member missing is decided too (its label is the complete one).
     """
@@ -96,13 +101,15 @@ def decide(
     else:
         values = probs
     raw = np.where(present, w, 0.0)
+    # The most a missing member can add to one label, as the strategy would multiply it.
+    reach = w * max_prob if strategy != "hard_vote" else w
     # Member order, one term at a time, as strategies._weighted_sum and hard_vote do.
     low = np.zeros((n, k))
     high = np.zeros((n, k))
     for j in range(m):
         term = raw[:, j, None] * values[:, j]
         low += term
-        high += np.where(present[:, j, None], term, w[j])
+        high += np.where(present[:, j, None], term, reach[j])
     leader = low.argmax(axis=1)
     rows = np.arange(n)
     lead = low[rows, leader][:, None]
@@ -125,6 +132,7 @@ def decide_one(
     probs: Sequence[Sequence[float] | None],
     weights: Sequence[float],
     min_models: int = 1,
+    max_prob: float = 1.0,
 ) -> int | None:
     """``decide`` for one request, in plain Python for the join's per-event path (a
     numpy call per event costs about 110 us; this about 12 us for 3 members and 3
@@ -140,6 +148,7 @@ def decide_one(
     _, exponent = math.frexp(max(weights))
     scale = 2.0**-exponent
     hard = strategy == "hard_vote"
+    most = 1.0 if hard else max_prob
     low = [0.0] * k
     high = [0.0] * k
     count = 0
@@ -147,8 +156,9 @@ def decide_one(
     for p, weight in zip(probs, weights, strict=True):
         wj = weight * scale
         if p is None:
+            reach = wj * most
             for c in range(k):
-                high[c] += wj
+                high[c] += reach
             continue
         count += 1
         weight_present += wj
