@@ -103,13 +103,32 @@ def test_contribution_uses_the_probabilities_the_strategy_fused() -> None:
     assert result["members"]["b"]["contribution"] == 0.25
 
 
-def test_schema_refuses_a_contribution_above_one() -> None:
-    """The schema bounds a contribution to [0, 1] and refuses it on a regression member."""
+def test_schema_refuses_a_negative_contribution() -> None:
+    """The schema allows a contribution >= 0 on a classification member only."""
     (result,) = Fuser(make_config((0.3, 0.4, 0.3)), "soft_vote").fuse(_request())
     VALIDATOR.validate(result)
-    result["members"]["bert"]["contribution"] = 1.5
+    result["members"]["bert"]["contribution"] = -0.1
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(result)
+
+
+def test_schema_refuses_a_contribution_on_a_regression_member() -> None:
+    """A regression member has a score, not a contribution to a label."""
+    config = make_config((0.3, 0.4, 0.3), labels=())
+    events = {m: PredictionEvent("r", m, 1, score=1.0) for m in MODELS}
+    (result,) = Fuser(config).fuse([finished("r", events)])
+    VALIDATOR.validate(result)
+    result["members"]["bert"]["contribution"] = 0.3
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(result)
+
+
+def test_a_member_sending_slightly_more_than_one_still_validates() -> None:
+    """Probabilities summing to 1 within the tolerance can give a contribution above 1."""
+    events = {"bert": PredictionEvent("r", "bert", 1, probs=(1.0005, 0.0, 0.0))}
+    (result,) = Fuser(make_config((0.3, 0.4, 0.3)), "soft_vote").fuse([finished("r", events)])
+    assert result["members"]["bert"]["contribution"] > 1.0
+    VALIDATOR.validate(result)
 
 
 def test_set_weights_changes_the_weights_of_later_batches() -> None:
