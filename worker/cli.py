@@ -74,11 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--bootstrap", type=int, default=0, help="resamples for winner vs best member")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
-    sp = with_config("fit", "train a stacker or learned weights on labelled history")
+    sp = with_config(
+        "fit", "train a stacker, learned weights or member temperatures on labelled history"
+    )
     sp.add_argument("--predictions", type=Path, required=True, help="prediction events, JSON Lines")
     sp.add_argument("--labels", type=Path, required=True, help='{"request_id", "label"} JSON Lines')
     sp.add_argument("--out", type=Path, required=True, help="the artefact to write (JSON)")
-    sp.add_argument("--method", choices=["stacking", "weights"], default="stacking")
+    sp.add_argument("--method", choices=["stacking", "weights", "calibration"], default="stacking")
 
     sp = with_config("simulate", "simulated models publishing prediction events (for demos)")
     sp.add_argument("--rate", type=float, default=50.0, help="requests per second")

@@ -47,7 +47,11 @@ def test_label_only_member_is_a_one_hot_vote() -> None:
     )
     (result,) = Fuser(make_config((1.0, 1.0, 1.0)), "soft_vote").fuse([request])
     assert result["probs"] == pytest.approx([0.55, 0.1, 0.35])
-    assert result["members"]["roberta"] == {"weight": 0.5, "label": "negative"}
+    assert result["members"]["roberta"] == {
+        "weight": 0.5,
+        "label": "negative",
+        "contribution": 0.5,
+    }
     assert result["members"]["bert"]["probs"] == [0.1, 0.2, 0.7]
 
 

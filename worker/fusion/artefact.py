@@ -1,13 +1,15 @@
-"""Fitted artefacts on disk: a stacking meta-learner or learned member weights, as JSON.
+"""Fitted artefacts on disk: a stacking meta-learner, learned member weights or member
+temperatures (calibration), as JSON.
 
-One format for both kinds::
+One format for every kind::
 
     {"format": "fusion-worker-artefact", "format_version": 1,
-     "kind": "stacking" | "weights",
+     "kind": "stacking" | "weights" | "calibration",
      "members": [model, ...], "classes": [label, ...],
      "feature_layout": {"stack_method": ..., "columns": [...]},
      "coefficients": [[...]], "intercept": [...]      (stacking)
      "weights": [...]                                  (weights)
+     "temperatures": [...]                             (calibration)
      "training": {...}}                                (a summary, not read back)
 
 Loading checks everything against the configuration (members, labels, layout, shapes,
@@ -66,6 +68,30 @@ def weights_document(
     }
 
 
+def calibration_document(
+    models: Sequence[str],
+    labels: Sequence[str],
+    temperatures: FloatArray,
+    log_floor: float,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON document of member temperatures (m,), each > 0."""
+    return {
+        **_header("calibration", models, labels),
+        "feature_layout": _calibration_layout(models, log_floor),
+        "temperatures": np.asarray(temperatures, dtype=np.float64).tolist(),
+        "training": training,
+    }
+
+
+def _calibration_layout(models: Sequence[str], log_floor: float) -> dict[str, Any]:
+    return {
+        "transform": "softmax(log(max(p, log_floor)) / T)",
+        "log_floor": log_floor,
+        "columns": list(models),
+    }
+
+
 def _header(kind: str, models: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -120,6 +146,32 @@ def load_weights(
             f"{key} = {str(path)!r}: weights {weights.tolist()} must be >= 0 with a positive sum"
         )
     return weights
+
+
+def load_calibration(
+    path: str | Path,
+    models: Sequence[str],
+    labels: Sequence[str],
+    log_floor: float,
+    key: str = "fusion.calibration_file",
+) -> FloatArray:
+    """Read and check member temperatures: (m,) in the configured model order, each > 0,
+    fitted with the same transform (``log_floor``) this worker applies."""
+    path = Path(path)
+    doc = _read(path, "calibration", models, labels, key)
+    layout = doc.get("feature_layout")
+    expected_layout = _calibration_layout(models, log_floor)
+    if layout != expected_layout:
+        raise ArtefactError(
+            f"{key} = {str(path)!r}: feature_layout {_show(layout)} differs from the one "
+            f"this worker applies {_show(expected_layout)}; refit the calibration"
+        )
+    temperatures = _vector(doc.get("temperatures"), len(models), "temperatures", path, key)
+    if (temperatures <= 0).any():
+        raise ArtefactError(
+            f"{key} = {str(path)!r}: temperatures {temperatures.tolist()} must all be > 0"
+        )
+    return temperatures
 
 
 def _read(

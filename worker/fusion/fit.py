@@ -1,5 +1,6 @@
-"""`fusion-worker fit`: learn a stacker or member weights from labelled history and write
-the JSON artefact that ``[fusion] stacker`` / ``weights_file`` point at.
+"""`fusion-worker fit`: learn a stacker, member weights or member temperatures from
+labelled history and write the JSON artefact that ``[fusion] stacker`` / ``weights_file``
+/ ``calibration_file`` point at.
 
 Inputs: prediction events (JSON Lines, the v1 event contract, decoded by the same
 Decoder as the worker) and labels (JSON Lines ``{"request_id": ..., "label": ...}``).
@@ -25,13 +26,18 @@ from worker.config import Config
 from worker.decode import Decoder
 from worker.errors import ConfigError, FusionError, InvalidEvent
 from worker.events import FinishedRequest, PredictionEvent
-from worker.fusion.artefact import stacking_document, weights_document, write_artefact
+from worker.fusion.artefact import (
+    calibration_document,
+    stacking_document,
+    weights_document,
+    write_artefact,
+)
 from worker.fusion.batch import FloatArray, IntArray, build_batch
 from worker.fusion.learn import Learned, fit_stacker, fit_weights
 
 log = logging.getLogger(__name__)
 
-METHODS = ("stacking", "weights")
+METHODS = ("stacking", "weights", "calibration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +53,8 @@ class TrainingSet:
 def run_fit(
     config: Config, predictions: Path, labels: Path, out: Path, method: str = "stacking"
 ) -> int:
-    """Fit ``method`` ("stacking" or "weights") on the history, print the scores, write
-    the artefact to ``out``. Returns the exit code (0)."""
+    """Fit ``method`` ("stacking", "weights" or "calibration") on the history, print the
+    scores, write the artefact to ``out``. Returns the exit code (0)."""
     if method not in METHODS:
         raise ConfigError("--method", method, f"must be one of {', '.join(METHODS)}")
     if config.fusion.is_regression:
@@ -70,9 +76,16 @@ def run_fit(
     if method == "stacking":
         learned = fit_stacker(data.probs, data.y, models, label_names)
         fused_name = "stacker (out-of-fold)"
-    else:
+    elif method == "weights":
         learned = fit_weights(data.probs, data.y, models, label_names)
         fused_name = "learned weights (out-of-fold)"
+    else:
+        # Imported here: only this method needs it.
+        from worker.fusion.calibration import fit_calibration
+
+        weights = np.array(config.weights, dtype=np.float64)
+        learned = fit_calibration(data.probs, data.y, weights, models, label_names)
+        fused_name = "soft_vote calibrated (out-of-fold)"
     training = {
         "method": method,
         **summary,
@@ -87,10 +100,18 @@ def run_fit(
             models, label_names, p["coefficients"], p["intercept"], training
         )
         print(f"C = {learned.settings['C']:g}, chosen by {learned.settings['cv_folds']}-fold CV")
-    else:
+    elif method == "weights":
         weights = learned.parameters["weights"]
         document = weights_document(models, label_names, weights, training)
         print("weights: " + ", ".join(f"{n}={w:.4f}" for n, w in zip(models, weights, strict=True)))
+    else:
+        temperatures = learned.parameters["temperatures"]
+        floor = float(learned.settings["log_floor"])
+        document = calibration_document(models, label_names, temperatures, floor, training)
+        print(
+            "temperatures: "
+            + ", ".join(f"{n}={t:.4g}" for n, t in zip(models, temperatures, strict=True))
+        )
     _check_finite(learned)
     print(_table(fused_name, learned))
     write_artefact(out, document)

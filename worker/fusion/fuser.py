@@ -17,12 +17,16 @@ Decisions:
   ``[fusion] fallback`` and its result says so (``"fallback": "<strategy>"``). Its
   members report the (renormalised) configured weights, which also give ``agreement``.
 - A ``[fusion] weights_file`` replaces the configured weights for every strategy.
+- Member temperatures (calibration) apply to the members' probabilities before every
+  strategy; the results show the probabilities the members sent, and each member's
+  ``contribution`` is computed from the calibrated ones.
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -35,6 +39,7 @@ from worker.events import FinishedRequest
 from worker.fusion import registry
 from worker.fusion.artefact import load_stacker, load_weights
 from worker.fusion.batch import Batch, FloatArray, build_batch
+from worker.fusion.calibration import apply_temperatures
 from worker.fusion.result import Fused, classification_results, regression_results
 
 if TYPE_CHECKING:
@@ -55,12 +60,18 @@ def _power_of_two_scaled(weights: FloatArray) -> FloatArray:
 class Fuser:
     """Fuse batches of finished requests with one strategy.
 
-    ``strategy`` overrides ``[fusion] strategy``. Raises ConfigError for a strategy that
-    does not exist or does not fit the task, ArtefactError for an artefact that does not
-    match the configuration.
+    ``strategy`` overrides ``[fusion] strategy``. ``temperatures`` (m,), > 0, calibrate
+    the members (``worker.fusion.artefact.load_calibration``). Raises ConfigError for a
+    strategy that does not exist or does not fit the task, ArtefactError for an artefact
+    that does not match the configuration.
     """
 
-    def __init__(self, config: Config, strategy: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        strategy: str | None = None,
+        temperatures: FloatArray | None = None,
+    ) -> None:
         fusion = config.fusion
         name = strategy or fusion.strategy
         spec = registry.lookup(name, registry.task_of(fusion.labels))
@@ -90,13 +101,36 @@ class Fuser:
             stacker=stacker,
             fallback=self.fallback,
         )
+        self.temperatures: FloatArray | None = None
+        if temperatures is not None:
+            t = np.asarray(temperatures, dtype=np.float64)
+            if fusion.is_regression:
+                raise ConfigError(
+                    "fusion.calibration_file", t.tolist(), "calibration needs fusion.labels"
+                )
+            if t.shape != (len(self.models),) or not (np.isfinite(t) & (t > 0)).all():
+                raise ConfigError(
+                    "fusion.calibration_file",
+                    t.tolist(),
+                    f"needs {len(self.models)} finite temperatures > 0, one per model",
+                )
+            self.temperatures = t
+
+    def set_weights(self, weights: FloatArray) -> None:
+        """Fuse from now on with ``weights`` (m,), >= 0 with a positive sum (adaptive
+        weights move between batches; the results name the weights they used)."""
+        self.weights = np.array(weights, dtype=np.float64)
+        self._settings = dataclasses.replace(
+            self._settings, weights=_power_of_two_scaled(self.weights)
+        )
 
     def fuse(self, finished: Sequence[FinishedRequest]) -> list[dict[str, Any]]:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
         batch = build_batch(finished, self.models, self._n_labels)
-        fused = self.compute(batch)
+        scored = self.calibrate(batch)
+        fused = self.compute(scored)
         if self._n_labels == 0:
             return regression_results(finished, self.models, self.strategy, fused, batch.scores)
         return classification_results(
@@ -108,8 +142,19 @@ class Fuser:
             batch.probs,
             batch.member_labels,
             self.fallback,
+            scored.probs,
         )
 
+    def calibrate(self, batch: Batch) -> Batch:
+        """``batch`` with the members' probabilities calibrated (itself without
+        temperatures). Temperature scaling keeps each member's argmax, so hard_vote's
+        votes do not change."""
+        if self.temperatures is None:
+            return batch
+        probs = apply_temperatures(batch.probs, batch.present, self.temperatures)
+        return Batch(probs, batch.scores, batch.present)
+
     def compute(self, batch: Batch) -> Fused:
-        """The array part of ``fuse``: this Fuser's strategy over a whole batch."""
+        """The array part of ``fuse``: this Fuser's strategy over a whole batch, whose
+        probabilities are already calibrated (``calibrate``)."""
         return registry.fuse(self.strategy, batch, self._settings)

@@ -58,9 +58,17 @@ def classification_results(
     member_probs: FloatArray,
     member_labels: IntArray,
     fallback: str | None = None,
+    scored_probs: FloatArray | None = None,
 ) -> list[dict[str, Any]]:
     """One result per request, in input order. ``member_probs`` (n, m, k) and
-    ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members)."""
+    ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members).
+
+    Each member of an answered request carries its ``contribution`` to the fused label's
+    score: its weight times its probability of the fused label, from ``scored_probs``
+    (n, m, k), the probabilities the strategy fused (after calibration; default
+    ``member_probs``); in hard_vote, its weight when it voted for the fused label, else 0.
+    For weighted_average, soft_vote and hard_vote the contributions add up to the fused
+    label's probability."""
     assert fused.probs is not None
     assert fused.labels is not None
     label_names = list(labels)
@@ -74,6 +82,12 @@ def classification_results(
     answered = fused.answered.tolist()
     by_fallback = fused.fallback.tolist() if fused.fallback is not None else None
     m_probs = member_probs.tolist()
+    if strategy == "hard_vote":
+        share = chosen.astype(np.float64)
+    else:
+        scored = member_probs if scored_probs is None else scored_probs
+        share = np.take_along_axis(scored, fused.labels[:, None, None], axis=2)[:, :, 0]
+    contribution = (fused.weights * share).tolist()
     m_labels = member_labels.tolist()
     out: list[dict[str, Any]] = []
     for i, req in enumerate(finished):
@@ -90,6 +104,8 @@ def classification_results(
             member: dict[str, Any] = {"weight": w[j], "label": label_names[ml[j]]}
             if ev.probs is not None:
                 member["probs"] = mp[j]
+            if answered[i]:
+                member["contribution"] = contribution[i][j]
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
