@@ -163,12 +163,16 @@ def _consensus(
         index = np.flatnonzero(present[r])
         sims[r, index[:, None], index[None, :]] = matrix
     # sum_{j != i} w_j sim(i, j), summed in member order.
+    # Both sums run over j in member order (not total - w_i, which rounds differently).
     evidence = np.zeros((n, m))
+    others = np.zeros((n, m))
     for j in range(m):
         contribution = raw[:, j][:, None] * sims[:, :, j]
         contribution[:, j] = 0.0
         evidence += contribution
-    others = total[:, None] - raw
+        weight = np.broadcast_to(raw[:, j][:, None], (n, m)).copy()
+        weight[:, j] = 0.0
+        others += weight
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(others > 0, evidence / np.where(others > 0, others, 1.0), 1.0)
     score = np.where(present, score, -np.inf)
