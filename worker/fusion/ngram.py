@@ -65,31 +65,28 @@ def _overlaps(
     if last_char_mask:
         keep = (row_prefix & np.uint64(last_char_mask)) != 0
         counts, row_prefix = counts[keep], row_prefix[keep]
+        if not counts.shape[0]:
+            return out
     row_group = (row_prefix >> np.uint64(group_shift)).astype(np.int64)
-    # min(a, b) = sum_k [a >= k][b >= k]: a row with largest count c adds c - 1 rows of
-    # its counts above 1, 2, ...
-    binary = [np.minimum(counts, 1).astype(np.float32)]
-    groups = [row_group]
-    deep = counts.max(axis=1) > 1
-    rest, rest_group, level = counts[deep], row_group[deep], 1
-    while rest.shape[0]:
-        binary.append((rest > level).astype(np.float32))
-        groups.append(rest_group)
-        more = rest.max(axis=1) > level + 1
-        rest, rest_group, level = rest[more], rest_group[more], level + 1
-    flat = np.concatenate(binary) if len(binary) > 1 else binary[0]
-    group_of = np.concatenate(groups) if len(groups) > 1 else groups[0]
-    # One batched product: the rows of each group, padded to the longest group.
-    order = np.argsort(group_of, kind="stable") if len(groups) > 1 else None
-    if order is not None:
-        flat, group_of = flat[order], group_of[order]
-    per_group = np.bincount(group_of, minlength=n_groups)
-    starts = np.cumsum(per_group) - per_group
-    position = np.arange(group_of.size) - starts[group_of]
-    padded = np.zeros((n_groups, int(per_group.max()), m), dtype=np.float32)
-    padded[group_of, position] = flat
-    # float32 sums of 0/1 products are exact below 2**24 matches per pair.
-    out[:] = np.matmul(padded.transpose(0, 2, 1), padded)
+    # min(a, b) = sum_k [a >= k][b >= k]: a row whose largest count is c becomes c 0/1
+    # rows (its counts >= 1, >= 2, ...), still in group order. Then the overlaps of a
+    # group are B.T @ B over its contiguous block of rows (float32 sums of 0/1 products
+    # are exact below 2**24).
+    depth = counts.max(axis=1)
+    if int(depth.max()) == 1:
+        binary = counts.astype(np.float32)
+        groups = row_group
+    else:
+        expanded = np.repeat(counts, depth, axis=0)
+        level = np.arange(expanded.shape[0]) - np.repeat(np.cumsum(depth) - depth, depth)
+        binary = (expanded > level[:, None]).astype(np.float32)
+        groups = np.repeat(row_group, depth)
+    bounds = np.searchsorted(groups, np.arange(n_groups + 1))
+    for g in range(n_groups):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi > lo:
+            block = binary[lo:hi]
+            out[g] = block.T @ block
     return out
 
 
