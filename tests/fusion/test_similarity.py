@@ -92,6 +92,23 @@ def test_the_large_alphabet_path_equals_the_packed_one(groups: list[list[str]]) 
         np.testing.assert_array_equal(a, b)
 
 
+@given(st.lists(st.lists(texts(), min_size=1, max_size=4), min_size=1, max_size=6))
+@settings(max_examples=30)
+def test_chunks_of_groups_equal_one_pass(groups: list[list[str]]) -> None:
+    """Counting the groups in small chunks gives the same overlaps as in one chunk."""
+    whole = ngram.char_overlaps(groups, 6)
+    original = ngram.CHUNK_CHARS
+    ngram.CHUNK_CHARS = 5
+    try:
+        chunked = ngram.char_overlaps(groups, 6)
+    finally:
+        ngram.CHUNK_CHARS = original
+    for a, b in zip(whole[1], chunked[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(whole[0], chunked[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_chrf_of_a_chinese_text_uses_the_large_alphabet_path() -> None:
     """More than 1,000 distinct characters in one batch still give sacrebleu's chrF."""
     alphabet = "".join(chr(0x4E00 + i) for i in range(1500))

@@ -106,6 +106,12 @@ def _group_layout(sizes: Sequence[int], lengths: IntArray) -> tuple[IntArray, In
     return np.repeat(text_group, lengths), np.repeat(text_slot, lengths)
 
 
+# Groups are counted in chunks of about this many characters: the arrays of one chunk
+# (~8 bytes per character, a few at a time) stay in the CPU caches; a whole batch at once
+# measured about twice as slow per request.
+CHUNK_CHARS = 1 << 17
+
+
 def char_overlaps(
     groups: Sequence[Sequence[str]], max_order: int
 ) -> tuple[list[IntArray], list[FloatArray]]:
@@ -114,6 +120,23 @@ def char_overlaps(
     Returns, per group, the lengths of its texts without whitespace, shape (m_g,), and
     the overlaps of orders 1..max_order, shape (max_order, m_g, m_g).
     """
+    out_lengths: list[IntArray] = []
+    out_matches: list[FloatArray] = []
+    start, chars = 0, 0
+    for end, group in enumerate(groups, start=1):
+        chars += sum(len(text) for text in group)
+        if chars >= CHUNK_CHARS or end == len(groups):
+            lengths, matches = _char_overlaps(groups[start:end], max_order)
+            out_lengths.extend(lengths)
+            out_matches.extend(matches)
+            start, chars = end, 0
+    return out_lengths, out_matches
+
+
+def _char_overlaps(
+    groups: Sequence[Sequence[str]], max_order: int
+) -> tuple[list[IntArray], list[FloatArray]]:
+    """``char_overlaps`` of one chunk of groups."""
     sizes = [len(g) for g in groups]
     stripped = ["".join(text.split()) for g in groups for text in g]
     lengths = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
@@ -143,9 +166,13 @@ def char_overlaps(
             padded, real, char_group, char_slot, sizes, max_order, char_bits
         )
         return out_lengths, by_rank
-    grams = np.zeros(code_points.size, dtype=np.uint64)
-    for k in range(max_order):
-        grams |= padded[real + k] << np.uint64((max_order - 1 - k) * char_bits)
+    # The n-gram at every position of the padded array by contiguous shifted slices,
+    # then one gather of the positions that are characters.
+    span = padded.size - pad
+    every = padded[:span] << np.uint64(pad * char_bits)
+    for k in range(1, max_order):
+        every |= padded[k : k + span] << np.uint64((max_order - 1 - k) * char_bits)
+    grams = every[real]
     per_chunk = min(1 << (_KEY_BITS - fixed), len(sizes))
     firsts = [*range(0, len(sizes), per_chunk), len(sizes)]
     group_starts = np.searchsorted(char_group, firsts)
