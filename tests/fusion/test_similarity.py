@@ -109,6 +109,16 @@ def test_chunks_of_groups_equal_one_pass(groups: list[list[str]]) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_more_texts_than_the_mask_path_takes() -> None:
+    """A group of 14 texts (over MASK_MAX_TEXTS) gives sacrebleu's chrF for every pair."""
+    assert ngram.MASK_MAX_TEXTS < 14
+    group = [" ".join(WORDS[i : i + 3 + i % 4]) for i in range(14)]
+    matrix = chrf_matrices([group])[0]
+    for i, h in enumerate(group):
+        for j, r in enumerate(group):
+            assert abs(matrix[i, j] - sacrebleu_chrf(h, r)) <= TOL
+
+
 def test_chrf_of_a_chinese_text_uses_the_large_alphabet_path() -> None:
     """More than 1,000 distinct characters in one batch still give sacrebleu's chrF."""
     alphabet = "".join(chr(0x4E00 + i) for i in range(1500))
