@@ -11,7 +11,7 @@ from sacrebleu.metrics import CHRF
 
 from worker.fusion.similarity import token_f1, wer
 from worker.fusion.text import TextOptions, fuse_text, fuse_text_batch
-from worker.fusion.textnorm import NONE, TextNormalisation, normalise
+from worker.fusion.textnorm import NONE, TextNormalisation, _punctuation_table, normalise, prepare
 
 SACREBLEU_CHRF = CHRF()
 RAW = TextOptions(normalisation=NONE)
@@ -47,6 +47,15 @@ def test_no_step_leaves_the_text_alone() -> None:
     """With every step off the text is unchanged."""
     text = " «\uff30aris»  "
     assert normalise(text, NONE) == text
+
+
+def test_prepare_builds_the_punctuation_table() -> None:
+    """prepare() builds the table at start, so normalise() later finds it cached."""
+    _punctuation_table.cache_clear()
+    prepare(TextNormalisation(punctuation=False))
+    assert _punctuation_table.cache_info().currsize == 0
+    prepare(TextNormalisation())
+    assert _punctuation_table.cache_info().currsize == 1
 
 
 def test_steps_by_name() -> None:

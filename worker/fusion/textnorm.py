@@ -65,6 +65,13 @@ def _punctuation_table() -> dict[int, None]:
     }
 
 
+def prepare(options: TextNormalisation) -> None:
+    """Build what ``normalise`` needs for ``options`` now (the punctuation table takes
+    ~0.4 s): call it at start, so that the first request does not wait for it."""
+    if options.punctuation:
+        _punctuation_table()
+
+
 def normalise(text: str, options: TextNormalisation) -> str:
     """``text`` with the steps of ``options`` applied, in the module doc's order."""
     if options.nfkc:
