@@ -42,7 +42,12 @@ from worker.decode import CONFIG_REASONS, REASONS, Decoder
 from worker.errors import InvalidEvent
 from worker.fusion.textnorm import TextNormalisation
 from worker.runtime.app import dead_letter
-from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_fields
+from worker.text_event import (
+    TEXT_CONFIG_REASONS,
+    TEXT_MAX_CHARS,
+    TEXT_REASONS,
+    check_text_fields,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = json.loads((REPO / "tests" / "data" / "prediction_cases.json").read_text("utf-8"))
@@ -282,15 +287,18 @@ def test_the_runtimes_dead_letter_headers_match_the_schema(case: dict[str, Any])
 # -- text events ---------------------------------------------------------------------------
 
 TEXT_CASES = json.loads((REPO / "tests" / "data" / "text_prediction_cases.json").read_text("utf-8"))
-TEXT_MAX_CHARS = TEXT_CASES["config"]["fusion"]["max_text_chars"]
+CONFIG_MAX_CHARS = TEXT_CASES["config"]["fusion"]["max_text_chars"]
 TEXT_NORMALISATION = TextNormalisation.of(TEXT_CASES["config"]["fusion"]["normalise"])
+for _case in TEXT_CASES["cases"]:  # "LONG" stands for a text one over the wire bound
+    if _case["event"].get("text") == "LONG":
+        _case["event"]["text"] = "x" * (TEXT_MAX_CHARS + 1)
 OWNED = [c for c in TEXT_CASES["cases"] if c["owner"] == "text_event"]
 
 
 def text_checks_say(doc: dict[str, Any]) -> str:
     """ "ok" or the reason of the text checks the decoder will call."""
     try:
-        check_text_fields(doc, TEXT_MAX_CHARS, TEXT_NORMALISATION)
+        check_text_fields(doc, CONFIG_MAX_CHARS, TEXT_NORMALISATION)
     except InvalidEvent as exc:
         return exc.reason
     return "ok"

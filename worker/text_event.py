@@ -5,6 +5,8 @@ Reasons (``InvalidEvent.reason``, the DLQ header ``error``), in the order checke
 checks first, as the decoder does):
 
 - ``text_type``      ``text`` is not a JSON string (a wire reason: the schema sees it).
+- ``schema``         ``text`` longer than ``TEXT_MAX_CHARS`` (65,536), the wire bound of
+                     the schema and of the client kit (``worker.client``).
 - ``schema``         ``confidence`` is not a number in [0, 1] (a bool is not a number),
                      or is sent without ``text`` -- the decoder's usual wire reason.
 - ``text_too_long``  more than ``max_text_chars`` characters (code points), as sent
@@ -27,6 +29,9 @@ TEXT_REASONS = ("text_type", "text_too_long", "text_empty")
 # The text reasons that depend on the configuration (the schema cannot see them).
 TEXT_CONFIG_REASONS = frozenset({"text_too_long", "text_empty"})
 TEXT_FIELDS = frozenset({"text", "confidence"})
+# The wire bound (schemas/prediction.v1.json maxLength, worker.client's TEXT_MAX_CHARS);
+# [fusion] max_text_chars may only lower it.
+TEXT_MAX_CHARS = 65_536
 
 
 def _show(value: object, limit: int = 80) -> str:
@@ -40,9 +45,14 @@ def check_text(value: object, max_text_chars: int, normalisation: TextNormalisat
 
 
 def check_text_type(value: object) -> str:
-    """The wire check of ``text``: a string, else InvalidEvent("text_type")."""
+    """The wire checks of ``text``: a string (else ``text_type``) of at most
+    ``TEXT_MAX_CHARS`` characters (else ``schema``)."""
     if type(value) is not str:
         raise InvalidEvent("text_type", f"text must be a string, got {_show(value)}")
+    if len(value) > TEXT_MAX_CHARS:
+        raise InvalidEvent(
+            "schema", f"text has {len(value)} characters, more than {TEXT_MAX_CHARS}"
+        )
     return value
 
 
