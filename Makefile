@@ -10,7 +10,7 @@ export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
 .PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
-	backtest-demo chaos clean
+	backtest-demo demo-langid chaos chaos-at-least-once clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,13 @@ test: .venv promtool  ## lint, types and the whole test suite against a real loc
 demo: .venv kafka-up  ## the whole loop: simulated models -> worker -> fused results, and the metrics URL
 	$(BIN)/fusion-worker demo
 
+$(VENV)/.langid: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[langid]'
+	touch $@
+
+demo-langid: .venv $(VENV)/.langid kafka-up  ## 4 pre-trained language identifiers as model services, fused live; accuracies
+	$(BIN)/python -m worker.demo_langid demo --bootstrap 127.0.0.1:$(KAFKA_PORT)
+
 DEMO_DIR := .cache/backtest-demo
 backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digits data, HTML report
 	$(BIN)/python -m worker.demo_dataset $(DEMO_DIR)
@@ -66,6 +73,9 @@ backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digi
 
 chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes, 0 lost, 0 duplicates
 	$(BIN)/python -m tests.integration.chaos --bootstrap 127.0.0.1:$(KAFKA_PORT)
+
+chaos-at-least-once: .venv kafka-up  ## at-least-once under 5 kill -9: prints lost, repeated, degraded
+	$(BIN)/python -m tests.integration.chaos_at_least_once --bootstrap 127.0.0.1:$(KAFKA_PORT)
 
 bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory
 	$(BIN)/python -m bench.run --bootstrap 127.0.0.1:$(KAFKA_PORT)

@@ -35,10 +35,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from worker.config import STRATEGIES, Config, build_config  # noqa: E402
+from worker.config import Config, build_config  # noqa: E402
 from worker.events import FinishedRequest, PredictionEvent  # noqa: E402
 from worker.fusion import Fuser, build_batch  # noqa: E402
 from worker.fusion.artefact import stacking_document, write_artefact  # noqa: E402
+from worker.fusion.registry import STRATEGIES  # noqa: E402
 
 MODELS = ("bert-base", "roberta-large", "distilbert")
 LABELS = ("negative", "neutral", "positive")

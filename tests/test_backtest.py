@@ -32,10 +32,11 @@ from worker.backtest.metrics import (
     reliability_bins,
 )
 from worker.backtest.run import backtest, pick_winner
-from worker.config import STRATEGIES, Config, build_config, load_config
+from worker.config import Config, build_config, load_config
 from worker.demo_dataset import write_demo_dataset
 from worker.errors import ConfigError
 from worker.fusion import Fuser
+from worker.fusion.registry import STRATEGIES
 from worker.offline import fuse_records
 from worker.replay import Position, TopicRange
 

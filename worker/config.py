@@ -1,113 +1,116 @@
 """Configuration: one TOML file plus ``FUSION_SECTION__KEY`` environment overrides,
-validated once at start into frozen dataclasses that the rest of the code receives.
+validated once at start into frozen msgspec Structs that the rest of the code receives.
 
-Nothing below this module reads the environment. Every error names the key and the
-bad value (``ConfigError``), so an operator can fix it from the message alone.
+Every Struct is frozen and forbids unknown fields, so a misspelt key is an error rather
+than silently ignored. Types, enumerations (``Literal``) and bounds (``Meta``) are
+declared on the fields and checked by ``msgspec.convert``; what spans several keys is
+checked in ``_validate``. Nothing below this module reads the environment. Every error
+names the key and the bad value (``ConfigError``), so an operator can fix it from the
+message alone; reading the file and the environment, and wording msgspec's errors, is
+``worker.config_source``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
+from msgspec import Meta
+
+from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
+from worker.fusion import registry
 
-STRATEGIES = (
-    "weighted_average",
-    "soft_vote",
-    "hard_vote",
-    "geometric_mean",
-    "median",
-    "trimmed_mean",
-    "stacking",
-)
-DELIVERIES = ("at-least-once", "exactly-once")
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-ENV_PREFIX = "FUSION_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What ``commit_interval_ms = 0`` means for each delivery mode, resolved at load.
+DEFAULT_COMMIT_INTERVAL_MS = {"at-least-once": 1000, "exactly-once": 100}
+
+Positive = Annotated[int, Meta(gt=0)]
+NonNegative = Annotated[int, Meta(ge=0)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaConfig:
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "fusion-worker"
+    group_id: NonEmpty = "fusion-worker"
     client_id: str = "fusion-worker"
-    input_topics: tuple[str, ...] = ("predictions",)
-    output_topic: str = "fused"
-    dlq_topic: str = "fusion-dlq"
+    input_topics: Annotated[tuple[str, ...], Meta(min_length=1)] = ("predictions",)
+    output_topic: NonEmpty = "fused"
+    dlq_topic: NonEmpty = "fusion-dlq"
     # Empty: late events are only counted, not forwarded.
     late_topic: str = ""
-    delivery: str = "at-least-once"
-    auto_offset_reset: str = "earliest"
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Reject (DLQ, reason ``key_mismatch``) records whose Kafka key is not their request_id.
+    check_keys: bool = True
     # Values larger than this go to the DLQ with reason ``too_large``.
-    max_event_bytes: int = 1_048_576
-    fetch_max_records: int = 10_000
-    fetch_timeout_ms: int = 100
+    max_event_bytes: Positive = 1_048_576
+    fetch_max_records: Positive = 10_000
+    fetch_timeout_ms: Positive = 100
     # How often offsets are committed (at-least-once) or a transaction is committed
-    # (exactly-once). 0: the mode's default, 1000 ms and 100 ms.
-    commit_interval_ms: int = 0
-    transaction_timeout_ms: int = 60_000
-    shutdown_timeout_ms: int = 10_000
-    request_timeout_ms: int = 30_000
-    retry_backoff_ms: int = 500
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
+    # (exactly-once). 0 in the file: the mode's default (DEFAULT_COMMIT_INTERVAL_MS),
+    # resolved when the config is built, so the loaded value is always the one in force.
+    commit_interval_ms: NonNegative = 0
+    transaction_timeout_ms: Positive = 60_000
+    shutdown_timeout_ms: Positive = 10_000
+    request_timeout_ms: Positive = 30_000
+    retry_backoff_ms: Positive = 500
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
     sasl_username: str = ""
     # Secrets: set FUSION_KAFKA__SASL_PASSWORD or point sasl_password_file at a file.
-    # Never logged (repr=False).
-    sasl_password: str = field(default="", repr=False)
+    # Never logged: __repr__ hides it.
+    sasl_password: str = ""
     sasl_password_file: str = ""
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
 
-    @property
-    def commit_every_ms(self) -> int:
-        if self.commit_interval_ms:
-            return self.commit_interval_ms
-        return 100 if self.delivery == "exactly-once" else 1000
+    def __repr__(self) -> str:
+        shown = (
+            f"{name}={'<hidden>' if name == 'sasl_password' else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"KafkaConfig({', '.join(shown)})"
 
     @property
     def exactly_once(self) -> bool:
         return self.delivery == "exactly-once"
 
 
-@dataclass(frozen=True, slots=True)
-class JoinConfig:
-    timeout_ms: int = 1000
-    min_models: int = 1
-    max_pending: int = 100_000
+class JoinConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    timeout_ms: Positive = 1000
+    min_models: Positive = 1
+    max_pending: Positive = 100_000
     # How long and how many fused request ids are remembered to recognise late events.
-    fused_memory_ms: int = 0  # 0: five timeouts
-    fused_memory_count: int = 100_000
+    fused_memory_ms: NonNegative = 0  # 0: five timeouts
+    fused_memory_count: Positive = 100_000
 
     @property
     def fused_memory_effective_ms(self) -> int:
         return self.fused_memory_ms or 5 * self.timeout_ms
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
-    name: str
-    weight: float = 1.0
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: NonEmpty
+    weight: Annotated[float, Meta(ge=0)] = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class FusionConfig:
+class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # A name of worker.fusion.registry.STRATEGIES, valid for the task.
     strategy: str = "soft_vote"
     # Empty: the models predict scores (regression).
     labels: tuple[str, ...] = ()
     # |sum(probs) - 1| above this is an invalid event (reason ``not_normalised``).
-    prob_tolerance: float = 1e-3
+    prob_tolerance: Annotated[float, Meta(gt=0, lt=0.5)] = 1e-3
     # Share cut from each end by ``trimmed_mean`` (as scipy.stats.trim_mean).
-    trim_proportion: float = 0.2
+    trim_proportion: Annotated[float, Meta(ge=0, lt=0.5)] = 0.2
     # ``geometric_mean`` clips probabilities to this floor before taking logs.
-    geometric_floor: float = 1e-9
+    geometric_floor: Annotated[float, Meta(gt=0, lt=1)] = 1e-9
     stacker: str = ""
     fallback: str = "soft_vote"
     weights_file: str = ""
@@ -117,29 +120,28 @@ class FusionConfig:
         return not self.labels
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     host: str = "0.0.0.0"  # noqa: S104 - a container exposes metrics on all interfaces
-    port: int = 9400
+    port: Annotated[int, Meta(ge=1, le=65535)] = 9400
     # /healthz fails when the loop has not iterated for this long.
-    liveness_timeout_ms: int = 30_000
+    liveness_timeout_ms: Positive = 30_000
 
 
-@dataclass(frozen=True, slots=True)
-class LogConfig:
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Any case: "info" is INFO, as logging itself takes it after upper().
     level: str = "INFO"
-    format: str = "text"  # or "json"
+    format: Literal["text", "json"] = "text"
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    kafka: KafkaConfig
-    join: JoinConfig
-    fusion: FusionConfig
-    models: tuple[ModelConfig, ...]
-    metrics: MetricsConfig
-    log: LogConfig
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    kafka: KafkaConfig = KafkaConfig()
+    join: JoinConfig = JoinConfig()
+    fusion: FusionConfig = FusionConfig()
+    models: Annotated[tuple[ModelConfig, ...], Meta(min_length=1)]
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    # Where the config came from; set by load_config, not a key of the file.
     source: str = "<defaults>"
 
     @property
@@ -151,210 +153,61 @@ class Config:
         return tuple(m.weight for m in self.models)
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "kafka": KafkaConfig,
-    "join": JoinConfig,
-    "fusion": FusionConfig,
-    "metrics": MetricsConfig,
-    "log": LogConfig,
-}
+SECTIONS = tuple(name for name in Config.__struct_fields__ if name != "source")
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (TOML), apply ``FUSION_SECTION__KEY`` overrides from ``env``
     (default: ``os.environ``) and validate. Raises ConfigError naming the key."""
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("--config", str(p), "file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", str(p), f"not valid TOML: {exc}") from None
-        source = str(p)
-    _apply_env(raw, os.environ if env is None else env)
-    return build_config(raw, source=source)
+    raw: dict[str, Any] = {} if path is None else read_toml(Path(path))
+    apply_env(raw, env, Config, SECTIONS)
+    return build_config(raw, source="<defaults>" if path is None else str(path))
 
 
 def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Validate a parsed TOML document into a Config."""
-    for key in raw:
-        if key not in _SECTIONS and key != "models":
-            raise ConfigError(key, raw[key], f"unknown section; expected one of {_known()}")
-    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    models = _models(raw.get("models"))
-    cfg = Config(models=models, source=source, **sections)
-    _validate(cfg)
-    return cfg
-
-
-def _known() -> str:
-    return ", ".join([*_SECTIONS, "models"])
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if section not in _SECTIONS:
-            raise ConfigError(
-                name, value, f"unknown section {section!r}; expected one of {_known()}"
-            )
-        table = raw.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(section, table, "must be a table")
-        table[key] = _env_value(name, value, _SECTIONS[section], key)
-
-
-def _env_value(name: str, value: str, cls: type[Any], key: str) -> Any:
-    kinds = {f.name: f.type for f in fields(cls)}
-    kind = kinds.get(key)
-    if kind is None:
-        raise ConfigError(name, value, f"unknown key {key!r}")
-    if kind == "str":
-        return value
-    # Lists, numbers and booleans are written as TOML values: "[\"a\", \"b\"]", 100, true.
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        raise ConfigError(name, value, f"not a TOML value of type {kind}") from None
-
-
-def _section(name: str, cls: type[Any], table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(name, table, "must be a table")
-    kinds = {f.name: f.type for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{name}.{key}"
-        if key not in kinds:
-            raise ConfigError(full, value, f"unknown key; expected one of {', '.join(kinds)}")
-        values[key] = _coerce(full, value, str(kinds[key]))
-    return cls(**values)
-
-
-def _coerce(key: str, value: Any, kind: str) -> Any:
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(key, value, "must be a string")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "must be true or false")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, "must be an integer")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, value, "must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(key, value, "must be finite")
-        return float(value)
-    if kind == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, value, "must be a list of strings")
-        return tuple(value)
-    raise AssertionError(f"no coercion for {kind}")  # pragma: no cover - a new field type
-
-
-def _models(value: Any) -> tuple[ModelConfig, ...]:
-    if value is None or value == []:
-        raise ConfigError("models", value, "at least one [[models]] entry is required")
-    if not isinstance(value, list):
-        raise ConfigError("models", value, "must be an array of tables ([[models]])")
-    out: list[ModelConfig] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(value):
-        key = f"models[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(key, entry, "must be a table with name and weight")
-        extra = set(entry) - {"name", "weight"}
-        if extra:
-            raise ConfigError(f"{key}.{sorted(extra)[0]}", entry[sorted(extra)[0]], "unknown key")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{key}.name", name, "must be a non-empty string")
-        if name in seen:
-            raise ConfigError(f"{key}.name", name, "duplicate model name")
-        seen.add(name)
-        weight = _coerce(f"{key}.weight", entry.get("weight", 1.0), "float")
-        if weight < 0:
-            raise ConfigError(f"{key}.weight", weight, "must be >= 0")
-        out.append(ModelConfig(name=name, weight=weight))
-    if sum(m.weight for m in out) <= 0:
+    if "source" in raw:
         raise ConfigError(
-            "models[*].weight", [m.weight for m in out], "at least one weight must be > 0"
+            "source", raw["source"], f"unknown section; expected one of {', '.join(SECTIONS)}"
         )
-    return tuple(out)
-
-
-def _positive(key: str, value: int | float) -> None:
-    if value <= 0:
-        raise ConfigError(key, value, "must be > 0")
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise conversion_error(exc, raw, Config, SECTIONS) from None
+    _validate(cfg)
+    kafka = cfg.kafka
+    if not kafka.commit_interval_ms:
+        commit_interval_ms = DEFAULT_COMMIT_INTERVAL_MS[kafka.delivery]
+        kafka = msgspec.structs.replace(kafka, commit_interval_ms=commit_interval_ms)
+    _validate_commit_interval(kafka)
+    return msgspec.structs.replace(cfg, kafka=kafka, source=source)
 
 
 def _validate(cfg: Config) -> None:
-    k, j, f, m = cfg.kafka, cfg.join, cfg.fusion, cfg.metrics
+    _validate_kafka(cfg.kafka)
+    _validate_models(cfg)
+    _validate_fusion(cfg.fusion)
+    if cfg.log.level.upper() not in LOG_LEVELS:
+        raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _validate_kafka(k: KafkaConfig) -> None:
     if not k.bootstrap_servers.strip():
         raise ConfigError("kafka.bootstrap_servers", k.bootstrap_servers, "must not be empty")
-    if not k.input_topics:
-        raise ConfigError(
-            "kafka.input_topics", list(k.input_topics), "at least one topic is required"
-        )
     if len(set(k.input_topics)) != len(k.input_topics):
         raise ConfigError("kafka.input_topics", list(k.input_topics), "lists a topic twice")
-    for key in ("output_topic", "dlq_topic", "group_id"):
-        if not getattr(k, key):
-            raise ConfigError(f"kafka.{key}", getattr(k, key), "must not be empty")
     outputs = {k.output_topic, k.dlq_topic, k.late_topic} - {""}
     clash = outputs & set(k.input_topics)
     if clash:
         raise ConfigError(
             "kafka.input_topics", list(k.input_topics), f"also used as an output: {sorted(clash)}"
         )
-    if k.delivery not in DELIVERIES:
-        raise ConfigError("kafka.delivery", k.delivery, f"must be one of {', '.join(DELIVERIES)}")
-    if k.auto_offset_reset not in ("earliest", "latest"):
-        raise ConfigError(
-            "kafka.auto_offset_reset", k.auto_offset_reset, "must be earliest or latest"
-        )
-    for key in (
-        "max_event_bytes",
-        "fetch_max_records",
-        "fetch_timeout_ms",
-        "transaction_timeout_ms",
-        "shutdown_timeout_ms",
-        "request_timeout_ms",
-        "retry_backoff_ms",
-    ):
-        _positive(f"kafka.{key}", getattr(k, key))
-    if k.commit_interval_ms < 0:
-        raise ConfigError(
-            "kafka.commit_interval_ms", k.commit_interval_ms, "must be >= 0 (0: default)"
-        )
-    if k.delivery == "exactly-once" and k.commit_every_ms * 10 > k.transaction_timeout_ms:
-        raise ConfigError(
-            "kafka.commit_interval_ms",
-            k.commit_interval_ms,
-            f"must be at most a tenth of kafka.transaction_timeout_ms ({k.transaction_timeout_ms})",
-        )
-    if k.security_protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(
-            "kafka.security_protocol",
-            k.security_protocol,
-            f"must be one of {', '.join(SECURITY_PROTOCOLS)}",
-        )
     if k.security_protocol.startswith("SASL"):
-        if k.sasl_mechanism not in SASL_MECHANISMS:
+        if not k.sasl_mechanism:
             raise ConfigError(
                 "kafka.sasl_mechanism",
                 k.sasl_mechanism,
-                f"must be one of {', '.join(SASL_MECHANISMS)}",
+                f"must be one of {', '.join(SASL_MECHANISMS)} with {k.security_protocol}",
             )
         if not k.sasl_username:
             raise ConfigError(
@@ -373,54 +226,57 @@ def _validate(cfg: Config) -> None:
         if value and not Path(value).is_file():
             raise ConfigError(f"kafka.{key}", value, "file not found")
 
-    _positive("join.timeout_ms", j.timeout_ms)
-    _positive("join.max_pending", j.max_pending)
-    _positive("join.fused_memory_count", j.fused_memory_count)
-    if j.fused_memory_ms < 0:
+
+def _validate_commit_interval(k: KafkaConfig) -> None:
+    # A transaction left open longer than a tenth of its timeout risks being aborted
+    # by the broker under a slow commit.
+    if k.exactly_once and k.commit_interval_ms * 10 > k.transaction_timeout_ms:
         raise ConfigError(
-            "join.fused_memory_ms", j.fused_memory_ms, "must be >= 0 (0: five timeouts)"
+            "kafka.commit_interval_ms",
+            k.commit_interval_ms,
+            f"must be at most a tenth of kafka.transaction_timeout_ms ({k.transaction_timeout_ms})",
         )
-    if not 1 <= j.min_models <= len(cfg.models):
+
+
+def _validate_models(cfg: Config) -> None:
+    seen: set[str] = set()
+    for i, model in enumerate(cfg.models):
+        if model.name in seen:
+            raise ConfigError(f"models[{i}].name", model.name, "duplicate model name")
+        seen.add(model.name)
+        if not math.isfinite(model.weight):
+            raise ConfigError(f"models[{i}].weight", model.weight, "must be finite")
+    if sum(cfg.weights) <= 0:
+        raise ConfigError("models[*].weight", list(cfg.weights), "at least one weight must be > 0")
+    if cfg.join.min_models > len(cfg.models):
         raise ConfigError(
             "join.min_models",
-            j.min_models,
+            cfg.join.min_models,
             f"must be between 1 and the number of models ({len(cfg.models)})",
         )
 
-    if f.strategy not in STRATEGIES:
-        raise ConfigError("fusion.strategy", f.strategy, f"must be one of {', '.join(STRATEGIES)}")
+
+def _validate_fusion(f: FusionConfig) -> None:
     if len(set(f.labels)) != len(f.labels):
         raise ConfigError("fusion.labels", list(f.labels), "lists a label twice")
     if len(f.labels) == 1:
         raise ConfigError(
             "fusion.labels", list(f.labels), "needs at least two labels (or none for scores)"
         )
-    if f.is_regression and f.strategy in ("soft_vote", "hard_vote", "geometric_mean", "stacking"):
+    strategy = registry.lookup(f.strategy, registry.task_of(f.labels), key="fusion.strategy")
+    if strategy.needs_stacker and not f.stacker:
+        raise ConfigError("fusion.stacker", f.stacker, f"required with strategy = {f.strategy!r}")
+    fallbacks = registry.names(stacker=False)
+    if f.fallback not in fallbacks:
         raise ConfigError(
-            "fusion.strategy", f.strategy, "needs fusion.labels (a classification task)"
+            "fusion.fallback",
+            f.fallback,
+            f"must be a strategy that needs no stacker: one of {', '.join(fallbacks)}",
         )
-    if not 0 < f.prob_tolerance < 0.5:
-        raise ConfigError("fusion.prob_tolerance", f.prob_tolerance, "must be in (0, 0.5)")
-    if not 0 <= f.trim_proportion < 0.5:
-        raise ConfigError("fusion.trim_proportion", f.trim_proportion, "must be in [0, 0.5)")
-    if not 0 < f.geometric_floor < 1:
-        raise ConfigError("fusion.geometric_floor", f.geometric_floor, "must be in (0, 1)")
-    if f.strategy == "stacking" and not f.stacker:
-        raise ConfigError("fusion.stacker", f.stacker, "required with strategy = 'stacking'")
-    if f.fallback not in STRATEGIES or f.fallback == "stacking":
-        raise ConfigError("fusion.fallback", f.fallback, "must be a strategy other than stacking")
     for key in ("stacker", "weights_file"):
         value = getattr(f, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"fusion.{key}", value, "file not found")
-
-    if not 0 < m.port < 65536:
-        raise ConfigError("metrics.port", m.port, "must be a TCP port (1-65535)")
-    _positive("metrics.liveness_timeout_ms", m.liveness_timeout_ms)
-    if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("log.level", cfg.log.level, "must be DEBUG, INFO, WARNING or ERROR")
-    if cfg.log.format not in ("text", "json"):
-        raise ConfigError("log.format", cfg.log.format, "must be text or json")
 
 
 def sasl_password(cfg: KafkaConfig) -> str:

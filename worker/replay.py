@@ -35,10 +35,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.config import STRATEGIES, Config
+from worker.config import Config
 from worker.errors import ConfigError, FusionError, KafkaSetupError
 from worker.events import FinishedRequest
-from worker.fusion import Fuser
+from worker.fusion import Fuser, registry
 from worker.offline import BatchFuser, fuse_records
 from worker.runtime.connect import client_options
 from worker.runtime.topics import partition_counts
@@ -165,9 +165,9 @@ class MultiFuser:
 def make_fuser(config: Config, strategies: Sequence[str] | None) -> Fuser | MultiFuser:
     """The configured strategy's Fuser, or a MultiFuser for several (names checked)."""
     names = list(strategies) if strategies else [config.fusion.strategy]
+    task = registry.task_of(config.fusion.labels)
     for name in names:
-        if name not in STRATEGIES:
-            raise ConfigError("--strategy", name, f"must be one of {', '.join(STRATEGIES)}")
+        registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):
         raise ConfigError("--strategy", ",".join(names), "lists a strategy twice")
     if len(names) == 1:

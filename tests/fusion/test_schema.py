@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from tests.fusion.factories import MODELS, finished, make_config
-from worker.config import STRATEGIES
 from worker.events import FinishedRequest, PredictionEvent
 from worker.fusion import Fuser
 from worker.fusion.artefact import stacking_document, write_artefact
+from worker.fusion.registry import STRATEGIES
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "fused.v1.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())

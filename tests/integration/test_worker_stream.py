@@ -37,7 +37,9 @@ async def test_every_request_fused_once_with_the_engine_values(
     """3 models x 5,000 requests on 4 partitions (one topic, or one per model): every
     request is fused exactly once, with the values the fusion engine gives."""
     p: Pipeline = await pipeline(partitions=4, inputs=inputs)
-    cfg = p.config(weights=[0.3, 0.4, 0.3])
+    # Topic per model: the three topics are produced one after the other, which on a
+    # busy machine takes longer than the default timeout; this test is about joining.
+    cfg = p.config(weights=[0.3, 0.4, 0.3], join={"timeout_ms": 60_000})
     events = make_events(5000, seed=inputs)
     worker = spawn_worker(cfg, p.port)
     worker.wait_ready()

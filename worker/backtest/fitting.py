@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from worker.backtest.inputs import Label, request_ids
@@ -137,9 +138,9 @@ def _write_weights(config: Config, data: TrainingSet, base: dict[str, Any], path
 
 
 def with_fusion(config: Config, stacker: str = "", weights_file: str = "") -> Config:
-    fusion = dataclasses.replace(
+    fusion = msgspec.structs.replace(
         config.fusion,
         stacker=stacker or config.fusion.stacker,
         weights_file=weights_file or config.fusion.weights_file,
     )
-    return dataclasses.replace(config, fusion=fusion)
+    return msgspec.structs.replace(config, fusion=fusion)

@@ -28,15 +28,13 @@ from worker.backtest.inputs import (
 )
 from worker.backtest.split import DEFAULT_TRAIN_SHARE, TimeSplit, time_split
 from worker.backtest.table import format_table
-from worker.config import STRATEGIES, Config
+from worker.config import Config
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
-from worker.fusion import Fuser
+from worker.fusion import Fuser, registry
 from worker.replay import Record, replay_results
 
 log = logging.getLogger(__name__)
-
-REGRESSION_STRATEGIES = ("weighted_average", "median", "trimmed_mean")
 
 
 class _Collect:
@@ -57,10 +55,8 @@ class _Collect:
 
 
 def default_strategies(config: Config) -> list[str]:
-    """Every strategy valid for the config but stacking (which needs an artefact)."""
-    if config.fusion.is_regression:
-        return list(REGRESSION_STRATEGIES)
-    return [s for s in STRATEGIES if s != "stacking"]
+    """Every strategy valid for the config's task but those that need a fitted stacker."""
+    return list(registry.names(registry.task_of(config.fusion.labels), stacker=False))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,9 +182,9 @@ def run_backtest(
 
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
     names = list(strategies) if strategies else default_strategies(config)
+    task = registry.task_of(config.fusion.labels)
     for name in names:
-        if name not in STRATEGIES:
-            raise ConfigError("--strategy", name, f"must be one of {', '.join(STRATEGIES)}")
+        registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):
         raise ConfigError("--strategy", ",".join(names), "lists a strategy twice")
     if "stacking" in names:

@@ -2,7 +2,8 @@
 requests in, one explained result per request out.
 
 ``Fuser`` is the entry point; the modules below it hold the batch form (``batch``), the
-strategies as array functions (``strategies``, ``stacking``), fitted artefacts
+table of strategies (``registry``: each declared once, with its task), the strategies as
+array functions (``strategies``, ``stacking``), fitted artefacts
 (``artefact``), the result dicts (``result``) and offline fitting (``fit``, imported on
 its own because it needs scipy's optimiser and scikit-learn's model selection).
 """

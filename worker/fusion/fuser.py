@@ -17,6 +17,8 @@ Decisions:
   ``[fusion] fallback`` and its result says so (``"fallback": "<strategy>"``). Its
   members report the (renormalised) configured weights, which also give ``agreement``.
 - A ``[fusion] weights_file`` replaces the configured weights for every strategy.
+
+The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
 
 from __future__ import annotations
@@ -24,23 +26,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.config import STRATEGIES, Config
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
-from worker.fusion import strategies as st
+from worker.fusion import registry
 from worker.fusion.artefact import load_stacker, load_weights
-from worker.fusion.batch import Batch, BoolArray, FloatArray, build_batch
+from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.result import Fused, classification_results, regression_results
-from worker.fusion.stacking import Stacker, meta_features
+
+if TYPE_CHECKING:
+    # Only a type here: worker.config imports the registry, and so this package.
+    from worker.config import Config
 
 log = logging.getLogger(__name__)
-
-CLASSIFICATION_ONLY = frozenset({"soft_vote", "hard_vote", "geometric_mean", "stacking"})
-UNWEIGHTED = frozenset({"median", "trimmed_mean"})
 
 
 def _power_of_two_scaled(weights: FloatArray) -> FloatArray:
@@ -62,33 +63,33 @@ class Fuser:
     def __init__(self, config: Config, strategy: str | None = None) -> None:
         fusion = config.fusion
         name = strategy or fusion.strategy
-        if name not in STRATEGIES:
-            raise ConfigError("fusion.strategy", name, f"must be one of {', '.join(STRATEGIES)}")
-        if fusion.is_regression and name in CLASSIFICATION_ONLY:
-            raise ConfigError(
-                "fusion.strategy", name, "needs fusion.labels (a classification task)"
-            )
+        spec = registry.lookup(name, registry.task_of(fusion.labels))
         self.strategy = name
         self.models = config.model_names
         self.labels = fusion.labels
-        self.min_models = config.join.min_models
         self._n_labels = len(fusion.labels)
-        self._floor = fusion.geometric_floor
-        self._trim = fusion.trim_proportion
         weights = np.array(config.weights, dtype=np.float64)
         if fusion.weights_file:
             weights = load_weights(fusion.weights_file, self.models, self.labels)
             log.info("learned weights from %s: %s", fusion.weights_file, weights.tolist())
         self.weights = weights
-        self._weights = _power_of_two_scaled(weights)
         self.fallback: str | None = None
-        self._stacker: Stacker | None = None
-        if name == "stacking":
+        stacker = None
+        if spec.needs_stacker:
             if not fusion.stacker:
-                raise ConfigError("fusion.stacker", fusion.stacker, "required with stacking")
-            self._stacker = load_stacker(fusion.stacker, self.models, self.labels)
+                raise ConfigError("fusion.stacker", fusion.stacker, f"required with {name}")
+            stacker = load_stacker(fusion.stacker, self.models, self.labels)
             self.fallback = fusion.fallback
             log.info("stacker from %s, fallback %s", fusion.stacker, self.fallback)
+        self._settings = registry.Settings(
+            weights=_power_of_two_scaled(weights),
+            min_models=config.join.min_models,
+            n_labels=self._n_labels,
+            trim_proportion=fusion.trim_proportion,
+            geometric_floor=fusion.geometric_floor,
+            stacker=stacker,
+            fallback=self.fallback,
+        )
 
     def fuse(self, finished: Sequence[FinishedRequest]) -> list[dict[str, Any]]:
         """One fused result per request of ``finished``, in the same order."""
@@ -111,70 +112,4 @@ class Fuser:
 
     def compute(self, batch: Batch) -> Fused:
         """The array part of ``fuse``: this Fuser's strategy over a whole batch."""
-        if self._stacker is not None:
-            return self._stack(batch, self._stacker)
-        return self._strategy(self.strategy, batch)
-
-    def _strategy(self, name: str, batch: Batch) -> Fused:
-        present = batch.present
-        count = present.sum(axis=1)
-        enough = count >= self.min_models
-        if name in UNWEIGHTED:
-            weights = present / np.maximum(count, 1)[:, None]
-            if self._n_labels == 0:
-                if name == "median":
-                    score = st.median(batch.scores, present)
-                else:
-                    score = st.trimmed_mean(batch.scores, present, self._trim)
-                return Fused(None, None, score, weights, enough)
-            if name == "median":
-                pooled = st.median(batch.probs, present)
-            else:
-                pooled = st.trimmed_mean(batch.probs, present, self._trim)
-            probs = st.renormalise(pooled, batch.probs, present)
-            return Fused(probs, probs.argmax(axis=1), None, weights, enough)
-
-        raw, total = st.masked_weights(present, self._weights)
-        weights = st.normalised(raw, total)
-        answered = enough & (total > 0)
-        if self._n_labels == 0:
-            score = st.weighted_average_scores(batch.scores, weights)
-            return Fused(None, None, score, weights, answered)
-        if name == "hard_vote":
-            counts = st.hard_vote(batch.member_labels, raw, self._n_labels)
-            # The label comes from the raw counts: dividing could merge near-ties.
-            labels = counts.argmax(axis=1)
-            probs = np.zeros_like(counts)
-            np.divide(counts, total[:, None], out=probs, where=total[:, None] > 0)
-            return Fused(probs, labels, None, weights, answered)
-        if name == "geometric_mean":
-            probs = st.geometric_mean(batch.probs, weights, self._floor)
-        else:  # weighted_average, soft_vote: the same numbers, argmax for the label
-            probs = st.weighted_average_probs(batch.probs, raw, total)
-        return Fused(probs, probs.argmax(axis=1), None, weights, answered)
-
-    def _stack(self, batch: Batch, stacker: Stacker) -> Fused:
-        complete: BoolArray = np.all(batch.present, axis=1)
-        rows = np.flatnonzero(complete)
-        if len(rows) == batch.n_requests:
-            base = None
-        else:
-            assert self.fallback is not None
-            base = self._strategy(self.fallback, batch)
-        n, k = batch.n_requests, self._n_labels
-        probs = np.zeros((n, k)) if base is None else base.probs
-        labels = np.zeros(n, dtype=np.int64) if base is None else base.labels
-        answered = complete.copy() if base is None else base.answered
-        assert probs is not None
-        assert labels is not None
-        raw, total = st.masked_weights(batch.present, self._weights)
-        weights = st.normalised(raw, total)
-        if base is not None:
-            # Rows the fallback answered report the weights it used.
-            weights = np.where(complete[:, None], weights, base.weights)
-        if len(rows):
-            stacked, stacked_labels = stacker.predict(meta_features(batch.probs[rows]))
-            probs[rows] = stacked
-            labels[rows] = stacked_labels
-            answered[rows] = True
-        return Fused(probs, labels, None, weights, answered, ~complete)
+        return registry.fuse(self.strategy, batch, self._settings)

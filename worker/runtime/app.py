@@ -479,7 +479,7 @@ class Worker:
             log.info("resumed fetching: %d pending requests", pending)
 
     async def _periodic(self) -> None:
-        self._next_commit = time.monotonic() + self.config.kafka.commit_every_ms / 1000
+        self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
         await self._commit()
         self._observe_state()
 
