@@ -14,6 +14,13 @@ The decoder rejects more than the schema by design:
   never sees it, since it is not JSON at all, so both count it invalid.
 
 dlq.v1.json: the headers the runtime writes on a dead-letter record match it.
+
+Text events (tests/data/text_prediction_cases.json): the decoder does not decode ``text``
+yet, so these cases are checked against the schema and against the text checks the
+decoder will call (``worker.text_event``), on the fields those checks own; the cases
+about the one-of prediction kinds are schema-only until the decoder learns ``text``.
+The DLQ reason list is the decoder's reasons plus ``TEXT_REASONS``, which the decoder
+will then raise itself.
 """
 
 from __future__ import annotations
@@ -33,7 +40,14 @@ from tests.strategies import json_values
 from worker.config import build_config
 from worker.decode import CONFIG_REASONS, REASONS, Decoder
 from worker.errors import InvalidEvent
+from worker.fusion.textnorm import TextNormalisation
 from worker.runtime.app import dead_letter
+from worker.text_event import (
+    TEXT_CONFIG_REASONS,
+    TEXT_MAX_CHARS,
+    TEXT_REASONS,
+    check_text_fields,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = json.loads((REPO / "tests" / "data" / "prediction_cases.json").read_text("utf-8"))
@@ -120,9 +134,10 @@ def test_schema_examples_validate(name: str) -> None:
 
 def test_the_prediction_examples_decode() -> None:
     """The schema's examples are accepted by the decoder (their models configured)."""
-    models = {e["model"] for e in schema("prediction.v1.json")["examples"]}
+    examples = [e for e in schema("prediction.v1.json")["examples"] if "text" not in e]
+    models = {e["model"] for e in examples}
     cfg = build_config({**CASES["config"], "models": [{"name": m} for m in sorted(models)]})
-    for example in schema("prediction.v1.json")["examples"]:
+    for example in examples:
         Decoder(cfg).decode(orjson.dumps(example), RECORD_TS)
 
 
@@ -237,7 +252,9 @@ def test_schema_and_decoder_agree_on_generated_events(
 
 def test_the_dlq_schema_lists_every_reason() -> None:
     """The ``error`` header's enum is exactly the decoder's reason codes."""
-    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(REASONS)
+    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(REASONS) | set(
+        TEXT_REASONS
+    )
 
 
 @pytest.mark.parametrize("case", [c for c in CASES["cases"] if c["decoder"] != "ok"][:12])
@@ -265,3 +282,76 @@ def test_the_runtimes_dead_letter_headers_match_the_schema(case: dict[str, Any])
     headers = {name: raw.decode("utf-8") for name, raw in out.headers or []}
     DLQ.validate(headers)
     assert headers["error"] == case["decoder"]
+
+
+# -- text events ---------------------------------------------------------------------------
+
+TEXT_CASES = json.loads((REPO / "tests" / "data" / "text_prediction_cases.json").read_text("utf-8"))
+CONFIG_MAX_CHARS = TEXT_CASES["config"]["fusion"]["max_text_chars"]
+TEXT_NORMALISATION = TextNormalisation.of(TEXT_CASES["config"]["fusion"]["normalise"])
+for _case in TEXT_CASES["cases"]:  # "LONG" stands for a text one over the wire bound
+    if _case["event"].get("text") == "LONG":
+        _case["event"]["text"] = "x" * (TEXT_MAX_CHARS + 1)
+OWNED = [c for c in TEXT_CASES["cases"] if c["owner"] == "text_event"]
+
+
+def text_checks_say(doc: dict[str, Any]) -> str:
+    """ "ok" or the reason of the text checks the decoder will call."""
+    try:
+        check_text_fields(doc, CONFIG_MAX_CHARS, TEXT_NORMALISATION)
+    except InvalidEvent as exc:
+        return exc.reason
+    return "ok"
+
+
+@pytest.mark.parametrize("case", TEXT_CASES["cases"], ids=[c["case"] for c in TEXT_CASES["cases"]])
+def test_schema_verdict_on_the_text_table(case: dict[str, Any]) -> None:
+    """The schema accepts or rejects each text event as the table says."""
+    assert schema_says(orjson.dumps(case["event"])) is case["schema"]
+
+
+@pytest.mark.parametrize("case", OWNED, ids=[c["case"] for c in OWNED])
+def test_text_checks_verdict_on_the_text_table(case: dict[str, Any]) -> None:
+    """The text checks accept each event or reject it with the reason the table says."""
+    assert text_checks_say(case["event"]) == case["decoder"]
+
+
+@pytest.mark.parametrize("case", OWNED, ids=[c["case"] for c in OWNED])
+def test_schema_and_text_checks_agree(case: dict[str, Any]) -> None:
+    """Schema-invalid -> rejected, never for a configuration reason; schema-valid ->
+    accepted or rejected only for a configuration reason."""
+    verdict = text_checks_say(case["event"])
+    if case["schema"]:
+        assert verdict == "ok" or verdict in TEXT_CONFIG_REASONS
+    else:
+        assert verdict != "ok"
+        assert verdict not in TEXT_CONFIG_REASONS
+
+
+def test_the_text_table_covers_every_text_reason() -> None:
+    """Each text reason code appears in the table."""
+    assert set(TEXT_REASONS) <= {c["decoder"] for c in TEXT_CASES["cases"]}
+
+
+@given(st.one_of(json_values(2**65, 4, 4), st.text(max_size=60)), st.none() | json_values(2, 2, 2))
+def test_schema_and_text_checks_agree_on_generated_fields(text: Any, confidence: Any) -> None:
+    """Property: any JSON value as text (and as confidence, or none): the schema and the
+    text checks agree as above."""
+    doc: dict[str, Any] = {"request_id": "r1", "model": "roberta", "ts": 5, "text": text}
+    if confidence is not None:
+        doc["confidence"] = confidence
+    valid, verdict = schema_says(json.dumps(doc).encode()), text_checks_say(doc)
+    if valid:
+        assert verdict == "ok" or verdict in TEXT_CONFIG_REASONS, (doc, verdict)
+    else:
+        assert verdict != "ok", (doc, "the text checks accept what the schema rejects")
+        assert verdict not in TEXT_CONFIG_REASONS, (doc, verdict)
+
+
+def test_the_fused_text_example_validates() -> None:
+    """fused.v1.json accepts its text example and refuses a text result with a label."""
+    fused = Draft202012Validator(schema("fused.v1.json"))
+    example = next(e for e in schema("fused.v1.json")["examples"] if "text" in e)
+    fused.validate(example)
+    assert not fused.is_valid({**example, "label": "x"})
+    assert not fused.is_valid({**example, "agreement": None})
