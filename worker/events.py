@@ -84,5 +84,5 @@ class FinishedRequest:
     members: dict[str, PredictionEvent]
     first_ts: int  # event time of the first event received
     opened_ms: int  # clock time when the first event arrived
-    closed_ms: int  # clock time when the request was finished
+    fused_ts: int  # clock time when the request was finished (the wire field `fused_ts`)
     expired: bool  # True: closed by the deadline, not by completion

@@ -11,7 +11,7 @@ takes the current time ``now_ms`` from the caller:
 - replay and ``fuse`` (``event_time=True``): ``now_ms`` is the partition's stream time
   (the largest event ts seen on it so far, computed by the caller); a request's deadline
   is its first event's own ``ts`` + ``timeout_ms``, so the same input always closes the
-  same requests with the same members. An expired request's ``closed_ms`` is then its
+  same requests with the same members. An expired request's ``fused_ts`` is then its
   deadline (when event time passed it, as production would have closed it), not the
   stream time of whichever later event moved the clock on.
 
@@ -193,7 +193,7 @@ class JoinTable:
 
     def close_all(self, now_ms: int) -> None:
         """End of input: close everything pending (``expired=True``), in deadline order;
-        ``closed_ms`` is ``now_ms`` (live) or each request's deadline (event time)."""
+        ``fused_ts`` is ``now_ms`` (live) or each request's deadline (event time)."""
         heap = self._deadlines
         pending = self._pending
         while heap:
