@@ -7,6 +7,7 @@ bad value (``ConfigError``), so an operator can fix it from the message alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
@@ -49,7 +50,8 @@ class KafkaConfig:
     fetch_max_records: int = 10_000
     fetch_timeout_ms: int = 100
     # How often offsets are committed (at-least-once) or a transaction is committed
-    # (exactly-once). 0: the mode's default, 1000 ms and 100 ms.
+    # (exactly-once). 0 in the file: the mode's default, resolved at load (1000 ms
+    # at-least-once, 100 ms exactly-once), so this always holds the effective value.
     commit_interval_ms: int = 0
     transaction_timeout_ms: int = 60_000
     shutdown_timeout_ms: int = 10_000
@@ -65,12 +67,9 @@ class KafkaConfig:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
-
-    @property
-    def commit_every_ms(self) -> int:
-        if self.commit_interval_ms:
-            return self.commit_interval_ms
-        return 100 if self.delivery == "exactly-once" else 1000
+    # A record whose Kafka key is not its request_id goes to the DLQ (``key_mismatch``);
+    # false only for single-partition topics, where a wrong key cannot misplace it.
+    check_keys: bool = True
 
     @property
     def exactly_once(self) -> bool:
@@ -187,7 +186,16 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     models = _models(raw.get("models"))
     cfg = Config(models=models, source=source, **sections)
     _validate(cfg)
-    return cfg
+    return _resolved(cfg)
+
+
+def _resolved(cfg: Config) -> Config:
+    """Defaults that depend on other keys, filled in once so readers see one value."""
+    k = cfg.kafka
+    if k.commit_interval_ms:
+        return cfg
+    interval = 100 if k.exactly_once else 1000
+    return dataclasses.replace(cfg, kafka=dataclasses.replace(k, commit_interval_ms=interval))
 
 
 def _known() -> str:
@@ -337,7 +345,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "kafka.commit_interval_ms", k.commit_interval_ms, "must be >= 0 (0: default)"
         )
-    if k.delivery == "exactly-once" and k.commit_every_ms * 10 > k.transaction_timeout_ms:
+    interval_ms = k.commit_interval_ms or (100 if k.exactly_once else 1000)
+    if k.exactly_once and interval_ms * 10 > k.transaction_timeout_ms:
         raise ConfigError(
             "kafka.commit_interval_ms",
             k.commit_interval_ms,
