@@ -29,6 +29,7 @@ from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
+from worker.offsets import safe_commit_offset
 from worker.runtime.connect import (
     admin_client,
     client_options,
@@ -89,6 +90,9 @@ class Worker:
         )
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # Per input partition, the (first, last) offsets of requests fused from it that a
+        # commit may still fall inside (see worker/offsets.py); pruned at each commit.
+        self._spans: dict[TopicPartition, list[tuple[int, int]]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sink: Sink | None = None
@@ -342,6 +346,12 @@ class Worker:
         )
         for (topic, partition), position in step.positions.items():
             self._positions[TopicPartition(topic, partition)] = position
+        if self._tracks_spans:
+            spans = self._spans
+            for done, p in zip(step.finished, step.result_partitions, strict=True):
+                if done.spans is not None:
+                    for topic, span in done.spans.items():
+                        spans.setdefault(TopicPartition(topic, p), []).append(span)
         if self._tracks_touched:
             for p, ids in step.touched.items():
                 self._touched(p, ids)
@@ -358,6 +368,9 @@ class Worker:
 
     # Whether _touched wants the request ids (the at-least-once worker does not).
     _tracks_touched = False
+    # Whether commits must stay out of fused requests' offset spans (exactly-once
+    # commits the position: its pending state is in the changelog).
+    _tracks_spans = True
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
         """Requests whose pending state changed (opened, grew or finished)."""
@@ -430,7 +443,8 @@ class Worker:
     # -- offsets ----------------------------------------------------------------------
 
     def _commit_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Per partition: the oldest offset of a still-pending request, else the position."""
+        """Per partition: the oldest offset of a still-pending request, else the position,
+        lowered out of the offset span of any request fused since (``safe_commit_offset``)."""
         oldest: dict[int, dict[str, int]] = {}
         offsets: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -442,6 +456,14 @@ class Worker:
                 oldest[tp.partition] = table.oldest_offsets()
             low = oldest.get(tp.partition, {}).get(tp.topic)
             offset = position if low is None else min(low, position)
+            # A repeat is never worse than the original: not inside a fused span.
+            spans = self._spans.get(tp)
+            if spans:
+                committed = self._committed.get(tp)
+                if committed is not None:
+                    # A span wholly below the last commit is never read again.
+                    spans[:] = [span for span in spans if span[1] >= committed]
+                offset = safe_commit_offset(offset, spans)
             if self._committed.get(tp) != offset:
                 offsets[tp] = offset
         return offsets
@@ -468,6 +490,10 @@ class Worker:
         else:
             self._committed.update(offsets)
             self.metrics.commit(ok=True)
+            for tp, offset in offsets.items():
+                spans = self._spans.get(tp)
+                if spans:
+                    spans[:] = [span for span in spans if span[1] >= offset]
 
     # -- rebalances ---------------------------------------------------------------------
 
@@ -501,6 +527,7 @@ class Worker:
             if tp not in assigned:
                 self._positions.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._spans.pop(tp, None)
                 self.metrics.forget_partition(tp.topic, tp.partition)
         self._adopt(numbers - set(self.tables))
         for tp in assigned:

@@ -127,6 +127,7 @@ class ExactlyOnceWorker(Worker):
     # -- delivery hooks -------------------------------------------------------------------
 
     _tracks_touched = True
+    _tracks_spans = False
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
         part = self._parts.get(partition)
