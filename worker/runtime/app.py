@@ -93,6 +93,8 @@ class Worker:
         # Per input partition, the (first, last) offsets of requests fused from it that a
         # commit may still fall inside (see worker/offsets.py); pruned at each commit.
         self._spans: dict[TopicPartition, list[tuple[int, int]]] = {}
+        # The partition numbers of the last assignment the loop applied.
+        self.owned: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sink: Sink | None = None
@@ -520,6 +522,7 @@ class Worker:
         Callers hold ``self._lock``."""
         assert self._consumer is not None
         numbers = {tp.partition for tp in assigned}
+        self.owned = numbers
         for p in list(self.tables):
             if p not in numbers:
                 self.engine.close(p)

@@ -276,9 +276,8 @@ class ExactlyOnceWorker(Worker):
                 self._opening.add(partition)
 
     def _owns(self, partition: int) -> bool:
-        return self._consumer is not None and any(
-            tp.partition == partition for tp in self._consumer.assignment()
-        )
+        """Whether the last assignment applied gave us ``partition``."""
+        return partition in self.owned
 
     async def _close(self, partition: int) -> None:
         """Forget a partition number's state and pause its input; what it did not commit
