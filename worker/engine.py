@@ -43,16 +43,38 @@ from worker.murmur2 import partition_for
 Headers = list[tuple[str, bytes]]
 
 
+class Record(Protocol):
+    """What the engine reads of an input record. aiokafka's ``ConsumerRecord`` has these
+    attributes (so the loop hands its records over as they are); offline sources use
+    ``InRecord``. ``timestamp`` is the record timestamp in ms (None or < 0: none)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InRecord:
-    """One input record as the engine sees it (the runtime converts aiokafka's)."""
+    """One input record from a source that is not a Kafka consumer (a file, a replay).
+    ``timestamp`` is the record timestamp in ms, named as aiokafka names it."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int | None = None
+    timestamp: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
@@ -82,7 +104,7 @@ class Step:
     results: list[dict[str, Any]] = field(default_factory=list)
     finished: list[FinishedRequest] = field(default_factory=list)
     result_partitions: list[int] = field(default_factory=list)
-    invalid: list[tuple[InRecord, InvalidEvent]] = field(default_factory=list)
+    invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     touched: dict[int, list[str]] = field(default_factory=dict)
     records: int = 0
@@ -175,7 +197,7 @@ class Engine:
 
     # -- the step -------------------------------------------------------------------------
 
-    def step(self, records: Sequence[InRecord], now_ms: int = 0) -> Step:
+    def step(self, records: Sequence[Record], now_ms: int = 0) -> Step:
         """Join ``records`` (in order), close what is due, fuse everything that closed."""
         out = Step()
         finished: list[tuple[int, FinishedRequest]] = []
@@ -200,34 +222,52 @@ class Engine:
         self._fuse(finished, out)
         return out
 
-    def _join_live(self, records: Sequence[InRecord], now_ms: int, out: Step) -> None:
+    def _join_live(self, records: Sequence[Record], now_ms: int, out: Step) -> None:
         decode = self._decoder.decode
+        check = check_key if self._check_keys else None
         tables = self.tables
         track = self._track
+        accepted: dict[str, int] = {}
+        positions = out.positions
+        # Records come grouped by topic partition (a fetch is): look the table up and
+        # note the position once per group, not once per record.
+        table: JoinTable | None = None
+        tp: tuple[str, int] | None = None
+        last = -1
+        n = 0
         for r in records:
-            table = tables.get(r.partition)
+            topic, partition, offset = r.topic, r.partition, r.offset
+            if tp is None or tp[1] != partition or tp[0] != topic:
+                if tp is not None and table is not None:
+                    positions[tp] = last + 1
+                tp = (topic, partition)
+                table = tables.get(partition)
             if table is None:
                 continue  # not (or no longer) ours
-            out.records += 1
-            out.positions[(r.topic, r.partition)] = r.offset + 1
+            n += 1
+            last = offset
             try:
-                ev = decode(r.value, r.timestamp_ms)
-                if self._check_keys:
-                    check_key(r.key, ev)
+                ev = decode(r.value, r.timestamp)
+                if check is not None:
+                    check(r.key, ev)
             except InvalidEvent as exc:
                 self._dead(r, exc, out)
                 continue
-            outcome = table.add(ev, now_ms, r.topic, r.offset)
+            outcome = table.add(ev, now_ms, topic, offset)
             if outcome == "accepted":
-                out.accepted[ev.model] += 1
+                accepted[ev.model] = accepted.get(ev.model, 0) + 1
                 if track:
-                    out.touched.setdefault(r.partition, []).append(ev.request_id)
+                    out.touched.setdefault(partition, []).append(ev.request_id)
             else:
                 self._not_joined(r, ev.model, outcome, out)
+        if tp is not None and table is not None:
+            positions[tp] = last + 1
+        out.records += n
+        out.accepted.update(accepted)
 
     def _join_event_time(
         self,
-        records: Sequence[InRecord],
+        records: Sequence[Record],
         out: Step,
         finished: list[tuple[int, FinishedRequest]],
     ) -> None:
@@ -236,7 +276,7 @@ class Engine:
         for r in records:
             out.records += 1
             try:
-                ev = decode(r.value, r.timestamp_ms)
+                ev = decode(r.value, r.timestamp)
                 if self._check_keys:
                     check_key(r.key, ev)
             except InvalidEvent as exc:
@@ -257,13 +297,13 @@ class Engine:
                 self._not_joined(r, ev.model, outcome, out)
             finished += [(p, f) for f in table.drain()]
 
-    def _dead(self, r: InRecord, exc: InvalidEvent, out: Step) -> None:
+    def _dead(self, r: Record, exc: InvalidEvent, out: Step) -> None:
         out.invalid.append((r, exc))
         out.dead_letters[exc.reason] += 1
         if self._encode:
             out.outputs.setdefault(r.partition, []).append(dead_letter(self._dlq_topic, r, exc))
 
-    def _not_joined(self, r: InRecord, model: str, outcome: str, out: Step) -> None:
+    def _not_joined(self, r: Record, model: str, outcome: str, out: Step) -> None:
         out.other[(model, outcome)] += 1
         if outcome == "late" and self._late_topic:
             out.late += 1
@@ -293,7 +333,7 @@ class Engine:
                 out.touched.setdefault(p, []).append(f.request_id)
 
 
-def dead_letter(topic: str, record: InRecord, exc: InvalidEvent) -> OutRecord:
+def dead_letter(topic: str, record: Record, exc: InvalidEvent) -> OutRecord:
     """The original bytes and headers, unchanged, with the reason and the source
     coordinates added (schemas/dlq.v1.json)."""
     headers: Headers = [

@@ -23,7 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.config import Config
-from worker.engine import Engine, InRecord, OutRecord, Step
+from worker.engine import Engine, OutRecord, Step
 from worker.errors import FusionError, KafkaSetupError
 from worker.fusion import Fuser
 from worker.health import Health, HealthServer
@@ -336,16 +336,8 @@ class Worker:
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         """Run the engine step over a fetched batch, queue its outputs, tally it."""
         now = int(self._clock_ms())
-        step = self.engine.step(
-            [
-                InRecord(
-                    r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers)
-                )
-                for records in batch.values()
-                for r in records
-            ],
-            now,
-        )
+        # ConsumerRecords have what the engine reads (engine.Record): no conversion.
+        step = self.engine.step([r for records in batch.values() for r in records], now)
         for (topic, partition), position in step.positions.items():
             self._positions[TopicPartition(topic, partition)] = position
         if self._tracks_spans:
