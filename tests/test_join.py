@@ -49,7 +49,7 @@ def test_complete_request_closes_at_once() -> None:
     assert t.add(ev("r", "b", 7), 12) == "accepted"
     [done] = t.drain()
     assert done.request_id == "r"
-    assert (done.first_ts, done.opened_ms, done.closed_ms, done.expired) == (5, 10, 12, False)
+    assert (done.first_ts, done.opened_ms, done.fused_ts, done.expired) == (5, 10, 12, False)
     assert len(t) == 0
     assert t.next_deadline_ms() is None
 
@@ -65,7 +65,7 @@ def test_deadline_closes_with_the_members_present() -> None:
     t.expire(1100)
     [done] = t.drain()
     assert set(done.members) == {"a", "b"}
-    assert (done.opened_ms, done.closed_ms, done.expired) == (1000, 1100, True)
+    assert (done.opened_ms, done.fused_ts, done.expired) == (1000, 1100, True)
 
 
 def test_event_time_deadline_counts_from_the_first_events_ts() -> None:
@@ -81,14 +81,14 @@ def test_event_time_deadline_counts_from_the_first_events_ts() -> None:
 
 
 def test_event_time_expiry_closes_at_the_deadline() -> None:
-    """event_time=True: an expired request's closed_ms is its deadline, whatever stream
+    """event_time=True: an expired request's fused_ts is its deadline, whatever stream
     time made it expire, so results do not depend on when the clock moved on."""
     t = table(timeout_ms=100, event_time=True)
     t.add(ev("r1", "a", ts=500), now_ms=500)
     t.add(ev("r2", "a", ts=550), now_ms=550)
     t.expire(5000)
     t.close_all(5000)
-    assert [(d.request_id, d.closed_ms) for d in t.drain()] == [("r1", 600), ("r2", 650)]
+    assert [(d.request_id, d.fused_ts) for d in t.drain()] == [("r1", 600), ("r2", 650)]
 
 
 def test_single_model_configuration_completes_on_the_first_event() -> None:
@@ -118,7 +118,7 @@ def test_close_all_closes_everything_pending_as_expired() -> None:
     t.close_all(5)
     done = t.drain()
     assert [d.request_id for d in done] == ["r1", "r2", "r3"]
-    assert all(d.expired and d.closed_ms == 5 for d in done)
+    assert all(d.expired and d.fused_ts == 5 for d in done)
     assert len(t) == 0
 
 
@@ -336,7 +336,7 @@ def test_pending_state_round_trips_through_json() -> None:
     [done] = fresh.drain()
     assert done.members["a"] == a
     assert done.members["c"] == b
-    assert (done.first_ts, done.opened_ms, done.closed_ms, done.expired) == (3, 10, 50, False)
+    assert (done.first_ts, done.opened_ms, done.fused_ts, done.expired) == (3, 10, 50, False)
 
 
 def test_pending_state_holds_probs_as_a_list_of_floats() -> None:

@@ -31,17 +31,16 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from tests.strategies import json_values
 from worker.config import build_config
-from worker.decode import CONFIG_REASONS, REASONS, Decoder
+from worker.decode import CONFIG_REASONS, DLQ_REASONS, REASONS, Decoder
+from worker.engine import InRecord, dead_letter
 from worker.errors import InvalidEvent
 from worker.fusion.textnorm import TextNormalisation
-from worker.runtime.app import dead_letter
 from worker.text_event import (
     TEXT_CONFIG_REASONS,
     TEXT_MAX_CHARS,
@@ -251,10 +250,13 @@ def test_schema_and_decoder_agree_on_generated_events(
 
 
 def test_the_dlq_schema_lists_every_reason() -> None:
-    """The ``error`` header's enum is exactly the decoder's reason codes."""
-    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(REASONS) | set(
+    """The ``error`` header's enum is exactly the dead-letter reason codes: the decoder's,
+    the record checks' (``key_mismatch``) and the text checks' (until the decoder applies
+    them)."""
+    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(DLQ_REASONS) | set(
         TEXT_REASONS
     )
+    assert set(REASONS) < set(DLQ_REASONS)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES["cases"] if c["decoder"] != "ok"][:12])
@@ -262,19 +264,7 @@ def test_the_runtimes_dead_letter_headers_match_the_schema(case: dict[str, Any])
     """The headers the runtime puts on a dead-letter record validate against dlq.v1.json,
     and the record keeps the original value."""
     value = case_value(case)
-    record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
-        topic="predictions",
-        partition=3,
-        offset=1024,
-        timestamp=RECORD_TS,
-        timestamp_type=0,
-        key=b"r1",
-        value=value,
-        checksum=None,
-        serialized_key_size=2,
-        serialized_value_size=len(value),
-        headers=[],
-    )
+    record = InRecord("predictions", 3, 1024, b"r1", value, RECORD_TS)
     with pytest.raises(InvalidEvent) as info:
         DECODER.decode(value, RECORD_TS)
     out = dead_letter("fusion-dlq", record, info.value)

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "run":
-        from worker.runtime.app import run
+        from worker.runtime.main import run
 
         return run(config)
     if args.command == "check":

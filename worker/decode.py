@@ -71,6 +71,12 @@ REASONS = (
     "label_mismatch",
     "not_normalised",
 )
+# Reasons about the Kafka record around a valid event, checked by the engine step
+# (``check_key``): the value alone cannot show them.
+RECORD_REASONS = ("key_mismatch",)
+# Every reason code a dead letter can carry: the one list the metrics and the DLQ schema
+# follow (a fused result too large for its topic is ``too_large`` too).
+DLQ_REASONS = (*REASONS, *RECORD_REASONS)
 # The reasons that depend on the configuration: the schema cannot see these.
 CONFIG_REASONS = frozenset({"unknown_model", "unknown_label", "label_mismatch", "not_normalised"})
 FIELDS = frozenset(
@@ -394,3 +400,13 @@ def _score(value: object) -> float:
     if not math.isfinite(score):
         raise InvalidEvent("non_finite", f"score must be finite, got {value!r}")
     return score
+
+
+def check_key(key: bytes | None, event: PredictionEvent) -> None:
+    """Raise ``key_mismatch`` unless the record's Kafka key is the event's request_id:
+    a record keyed otherwise may sit on another partition than its request's other
+    events, which would then never be joined with it."""
+    rid = event.request_id
+    if key is None or key != rid.encode():
+        shown = "none" if key is None else _show(key.decode("utf-8", "replace"))
+        raise InvalidEvent("key_mismatch", f"record key {shown} is not request_id {_show(rid)}")

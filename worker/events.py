@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def pack_probs(values: Iterable[float]) -> bytes:
@@ -84,5 +84,9 @@ class FinishedRequest:
     members: dict[str, PredictionEvent]
     first_ts: int  # event time of the first event received
     opened_ms: int  # clock time when the first event arrived
-    closed_ms: int  # clock time when the request was finished
+    fused_ts: int  # clock time when the request was finished (the wire field `fused_ts`)
     expired: bool  # True: closed by the deadline, not by completion
+    # Per input source (topic), the (first, last) offset of the events it was fused
+    # from; None when the caller did not give offsets (offline). Bookkeeping for the
+    # commit, not part of what was fused: equality ignores it.
+    spans: dict[str, tuple[int, int]] | None = field(default=None, compare=False)

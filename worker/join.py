@@ -11,7 +11,7 @@ takes the current time ``now_ms`` from the caller:
 - replay and ``fuse`` (``event_time=True``): ``now_ms`` is the partition's stream time
   (the largest event ts seen on it so far, computed by the caller); a request's deadline
   is its first event's own ``ts`` + ``timeout_ms``, so the same input always closes the
-  same requests with the same members. An expired request's ``closed_ms`` is then its
+  same requests with the same members. An expired request's ``fused_ts`` is then its
   deadline (when event time passed it, as production would have closed it), not the
   stream time of whichever later event moved the clock on.
 
@@ -54,13 +54,26 @@ class _Pending(list[PredictionEvent | None]):
     # int in base len(models) + 1 (a small int: no extra object for a few models).
     # source/low: the first source an event came from and the smallest offset tracked
     # for it; more: the same for any further source (multi-topic input only).
-    __slots__ = ("arrival", "deadline_ms", "first_ts", "low", "more", "opened_ms", "source")
+    # high/more_high: the largest offset of each source (the span a result came from).
+    __slots__ = (
+        "arrival",
+        "deadline_ms",
+        "first_ts",
+        "high",
+        "low",
+        "more",
+        "more_high",
+        "opened_ms",
+        "source",
+    )
 
     arrival: int
     deadline_ms: int
     first_ts: int
+    high: int
     low: int
     more: dict[str, int] | None
+    more_high: dict[str, int] | None
     opened_ms: int
     source: str | None
 
@@ -162,6 +175,8 @@ class JoinTable:
             p.more = None
             if None not in p:  # a single configured model: complete at once
                 self._finish(rid, p, now_ms, expired=False)
+                if offset >= 0:
+                    self._widen_last(source, offset)
                 return "accepted"
             self._pending[rid] = p
             heapq.heappush(self._deadlines, (p.deadline_ms, rid))
@@ -173,6 +188,8 @@ class JoinTable:
             p.arrival = p.arrival * self._base_digits + i + 1
             if None not in p:
                 self._close(rid, p, now_ms, expired=False)
+                if offset >= 0:
+                    self._widen_last(source, offset)
                 return "accepted"
         if offset >= 0:
             self._track(rid, p, source, offset)
@@ -193,7 +210,7 @@ class JoinTable:
 
     def close_all(self, now_ms: int) -> None:
         """End of input: close everything pending (``expired=True``), in deadline order;
-        ``closed_ms`` is ``now_ms`` (live) or each request's deadline (event time)."""
+        ``fused_ts`` is ``now_ms`` (live) or each request's deadline (event time)."""
         heap = self._deadlines
         pending = self._pending
         while heap:
@@ -321,9 +338,11 @@ class JoinTable:
         this request (later events of a source normally have larger offsets)."""
         if p.source is None:
             p.source = source
-            p.low = offset
+            p.low = p.high = offset
             self._offset_tracked += 1
         elif p.source == source:
+            if offset > p.high:
+                p.high = offset
             if offset >= p.low:
                 return
             p.low = offset  # a re-read after a seek back
@@ -331,6 +350,11 @@ class JoinTable:
             more = p.more
             if more is None:
                 more = p.more = {}
+                p.more_high = {}
+            assert p.more_high is not None
+            high = p.more_high.get(source)
+            if high is None or offset > high:
+                p.more_high[source] = offset
             low = more.get(source)
             if low is not None and offset >= low:
                 return
@@ -342,6 +366,14 @@ class JoinTable:
             heap = self._offsets[source] = []
         heapq.heappush(heap, (offset, rid))
         self._offset_entries += 1
+
+    def _widen_last(self, source: str, offset: int) -> None:
+        """The event that completed the request just closed joins its span."""
+        done = self._closed[-1]
+        spans = done.spans if done.spans is not None else {}
+        first, last = spans.get(source, (offset, offset))
+        spans[source] = (min(first, offset), max(last, offset))
+        done.spans = spans
 
     def _offset_live(self, source: str, offset: int, rid: str) -> bool:
         p = self._pending.get(rid)
@@ -372,7 +404,10 @@ class JoinTable:
     def _finish(self, rid: str, p: _Pending, now_ms: int, expired: bool) -> None:
         models = self.models
         members = {models[i]: ev for i, ev in self._arrived(p)}
-        self._closed.append(FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired))
+        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired)
+        if p.source is not None:
+            done.spans = _spans(p)
+        self._closed.append(done)
         if self.fused_memory_count:
             entry = (now_ms + self.fused_memory_ms, rid)
             self._fused[rid] = entry
@@ -422,6 +457,16 @@ def _share(event: PredictionEvent, p: _Pending) -> None:
             event.request_id = other.request_id
             if other.trace_id is not None:
                 event.trace_id = None
+
+
+def _spans(p: _Pending) -> dict[str, tuple[int, int]]:
+    """Per source, the (first, last) offset of a request's tracked events."""
+    assert p.source is not None
+    out = {p.source: (p.low, p.high)}
+    if p.more is not None and p.more_high is not None:
+        for source, low in p.more.items():
+            out[source] = (low, p.more_high[source])
+    return out
 
 
 def _tracked(p: _Pending) -> int:

@@ -37,23 +37,13 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from worker._version import __version__
+from worker.decode import DLQ_REASONS as DLQ_REASONS
 from worker.events import FinishedRequest
 
 log = logging.getLogger(__name__)
 
 EVENT_OUTCOMES = ("accepted", "duplicate", "late", "invalid")
 STATUSES = ("complete", "partial", "insufficient")
-DLQ_REASONS = (
-    "json",
-    "schema",
-    "unknown_model",
-    "unknown_label",
-    "label_mismatch",
-    "non_finite",
-    "negative",
-    "not_normalised",
-    "too_large",
-)
 COMMIT_OUTCOMES = ("ok", "failed")
 TRANSACTION_OUTCOMES = ("committed", "aborted", "fenced")
 # The model label of invalid events and of names outside the configuration: a model

@@ -1,4 +1,4 @@
-"""The offline engine: the same decode, join and fusion as the streaming worker, over
+"""The offline driver: the engine step of the streaming worker (worker/engine.py), over
 records read from a file or a replayed topic range, on the event-time clock.
 
 ``fuse_records`` serves ``replay`` and ``backtest``; ``run_fuse`` is the body of
@@ -26,73 +26,48 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import orjson
 
 from worker.config import Config
-from worker.decode import Decoder
+from worker.engine import BatchFuser, Engine, InRecord, Step
 from worker.errors import ConfigError, FusionError, InvalidEvent
-from worker.events import FinishedRequest, PredictionEvent
 from worker.fusion import Fuser
-from worker.join import JoinTable
-from worker.murmur2 import partition_for
 
 log = logging.getLogger(__name__)
 
-# Finished requests are fused in batches of this many (the fusion is vectorised).
+# Records go to the engine in steps of this many; what closes in a step is fused as one
+# batch (the fusion is vectorised). Any step size gives the same results.
 FUSE_BATCH = 4096
+
+__all__ = ["FUSE_BATCH", "BatchFuser", "fuse_records", "run_fuse"]
 
 OnInvalid = Callable[[int, bytes | None, InvalidEvent], None]
 
 
-class BatchFuser(Protocol):
-    """What the engine needs of a fuser: ``worker.fusion.Fuser`` or any wrapper of it."""
-
-    def fuse(self, finished: list[FinishedRequest], /) -> list[dict[str, Any]]: ...
-
-
-class EventTimeJoin:
-    """Join tables per partition number on the event-time clock (see the module doc)."""
-
-    def __init__(self, config: Config) -> None:
-        j = config.join
-        self._args = (config.model_names, j.timeout_ms, j.fused_memory_effective_ms)
-        self._count = j.fused_memory_count
-        self._tables: dict[int, JoinTable] = {}
-        self._stream_ms: dict[int, int] = {}
-        # accepted / duplicate / late: valid events the join did not use are counted
-        self.outcomes: Counter[str] = Counter()
-
-    def add(self, partition: int, event: PredictionEvent) -> list[FinishedRequest]:
-        """Add one event; returns the requests that closed because of it, in order."""
-        table = self._tables.get(partition)
-        if table is None:
-            table = self._tables[partition] = JoinTable(*self._args, self._count, event_time=True)
-        now = max(self._stream_ms.get(partition, event.ts), event.ts)
-        self._stream_ms[partition] = now
-        table.expire(now)
-        self.outcomes[table.add(event, now)] += 1
-        table.expire(now)
-        return table.drain()
-
-    def close_all(self) -> list[FinishedRequest]:
-        """End of input: close every pending request, partition after partition."""
-        out: list[FinishedRequest] = []
-        for partition in sorted(self._tables):
-            table = self._tables[partition]
-            table.close_all(self._stream_ms[partition])
-            out += table.drain()
-        return out
-
-
-def fuse_events(
-    config: Config, events: Iterable[tuple[int, PredictionEvent]], fuser: BatchFuser
+def _steps(
+    engine: Engine, records: Iterable[InRecord], on_invalid: OnInvalid | None
 ) -> Iterator[dict[str, Any]]:
-    """Fused results of decoded ``(partition, event)`` pairs, in closing order."""
-    join = EventTimeJoin(config)
-    yield from _fuse_joined(join, events, fuser)
-    outcomes = join.outcomes
+    """Drive ``engine`` over ``records`` in steps of FUSE_BATCH records, then finish."""
+    chunk: list[InRecord] = []
+    outcomes: Counter[str] = Counter()
+
+    def run(step: Step) -> list[dict[str, Any]]:
+        outcomes.update(outcome for (_, outcome), n in step.other.items() for _ in range(n))
+        if on_invalid is not None:
+            for record, exc in step.invalid:
+                on_invalid(record.offset, record.value, exc)
+        return step.results
+
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= FUSE_BATCH:
+            yield from run(engine.step(chunk))
+            chunk = []
+    if chunk:
+        yield from run(engine.step(chunk))
+    yield from run(engine.finish())
     if outcomes["duplicate"] or outcomes["late"]:
         log.info(
             "%d duplicate and %d late events were not fused (a model's first event counts; "
@@ -100,22 +75,6 @@ def fuse_events(
             outcomes["duplicate"],
             outcomes["late"],
         )
-
-
-def _fuse_joined(
-    join: EventTimeJoin, events: Iterable[tuple[int, PredictionEvent]], fuser: BatchFuser
-) -> Iterator[dict[str, Any]]:
-    batch: list[FinishedRequest] = []
-    for partition, event in events:
-        closed = join.add(partition, event)
-        if closed:
-            batch += closed
-            if len(batch) >= FUSE_BATCH:
-                yield from fuser.fuse(batch)
-                batch = []
-    batch += join.close_all()
-    if batch:
-        yield from fuser.fuse(batch)
 
 
 def fuse_records(
@@ -131,7 +90,6 @@ def fuse_records(
     0-based position in ``records``. Without it, invalid records are logged and a warning
     with their count per reason is logged at the end.
     """
-    decoder = Decoder(config)
     seen: Counter[str] = Counter()
 
     def report(index: int, value: bytes | None, exc: InvalidEvent) -> None:
@@ -145,14 +103,9 @@ def fuse_records(
 
     handle = on_invalid or report
 
-    def events() -> Iterator[tuple[int, PredictionEvent]]:
-        for index, (partition, value, ts) in enumerate(records):
-            try:
-                yield partition, decoder.decode(value, ts)
-            except InvalidEvent as exc:
-                handle(index, value, exc)
-
-    yield from fuse_events(config, events(), fuser)
+    engine = Engine(config, fuser, event_time=True, encode=False)
+    rows = (InRecord("", p, i, None, value, ts) for i, (p, value, ts) in enumerate(records))
+    yield from _steps(engine, rows, handle)
     if seen:
         log.warning(
             "%d invalid records were not fused: %s",
@@ -182,7 +135,6 @@ def run_fuse(
     if partitions < 1:
         raise ConfigError("--partitions", partitions, "must be >= 1")
     fuser = Fuser(config)
-    decoder = Decoder(config)
     invalid: Counter[str] = Counter()
     first_invalid: list[str] = []
     written = 0
@@ -193,27 +145,28 @@ def run_fuse(
         )
         dead = None if dlq is None else stack.enter_context(_open(dlq, write=True))
 
-        def events() -> Iterator[tuple[int, PredictionEvent]]:
+        def lines() -> Iterator[InRecord]:
             for number, line in enumerate(source, 1):
                 value = line.rstrip(b"\r\n")
-                if not value.strip():
-                    continue
-                try:
-                    event = decoder.decode(value, None)
-                except InvalidEvent as exc:
-                    invalid[exc.reason] += 1
-                    if not first_invalid:
-                        first_invalid.append(f"line {number}: {exc}")
-                    if dead is not None:
-                        dead.write(_dead_letter(number, value, exc))
-                    continue
-                if partitions == 1:
-                    yield 0, event
-                else:
-                    yield partition_for(event.request_id.encode(), partitions), event
+                if value.strip():
+                    yield InRecord("", 0, number, None, value)
 
+        def on_invalid(number: int, value: bytes | None, exc: InvalidEvent) -> None:
+            invalid[exc.reason] += 1
+            if not first_invalid:
+                first_invalid.append(f"line {number}: {exc}")
+            if dead is not None:
+                dead.write(_dead_letter(number, value or b"", exc))
+
+        engine = Engine(
+            config,
+            fuser,
+            event_time=True,
+            encode=False,
+            partitions=partitions if partitions > 1 else None,
+        )
         try:
-            for result in fuse_events(config, events(), fuser):
+            for result in _steps(engine, lines(), on_invalid):
                 sink.write(orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE))
                 written += 1
             sink.flush()

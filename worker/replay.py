@@ -33,14 +33,13 @@ from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import Config
 from worker.errors import ConfigError, FusionError, KafkaSetupError
 from worker.events import FinishedRequest
 from worker.fusion import Fuser, registry
 from worker.offline import BatchFuser, fuse_records
-from worker.runtime.connect import client_options
+from worker.runtime.connect import admin_client, client_options, producer_options
 from worker.runtime.topics import partition_counts
 
 log = logging.getLogger(__name__)
@@ -236,12 +235,8 @@ class RangeReader:
 
     async def _partition_counts(self) -> dict[str, int]:
         cfg = self.config.kafka
-        admin = AIOKafkaAdminClient(client_id=f"{cfg.client_id}-replay", **client_options(cfg))
-        await admin.start()
-        try:
+        async with admin_client(cfg, client_id=f"{cfg.client_id}-replay") as admin:
             counts = await partition_counts(admin, self.topics)
-        finally:
-            await admin.close()
         missing = [t for t in self.topics if not counts.get(t)]
         if missing:
             raise KafkaSetupError(f"topics {missing} do not exist on {cfg.bootstrap_servers}")
@@ -382,11 +377,7 @@ async def _replay(
     producer: AIOKafkaProducer | None = None
     if topic is not None:
         producer = AIOKafkaProducer(
-            client_id=f"{config.kafka.client_id}-replay",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            **client_options(config.kafka),
+            **producer_options(config.kafka, client_id=f"{config.kafka.client_id}-replay")
         )
         await producer.start()
     topics = config.kafka.input_topics

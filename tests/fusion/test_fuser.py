@@ -79,7 +79,7 @@ def test_results_keep_the_input_order() -> None:
 
 
 def test_times_versions_and_trace_id() -> None:
-    """first_ts, fused_ts (= closed_ms), latency_ms (closed - opened), model_versions of
+    """first_ts, fused_ts, latency_ms (fused_ts - opened_ms), model_versions of
     the members that sent one, trace_id of the first member to arrive that has one."""
     request = FinishedRequest(
         "r",
@@ -90,7 +90,7 @@ def test_times_versions_and_trace_id() -> None:
         },
         first_ts=100,
         opened_ms=5_000,
-        closed_ms=5_042,
+        fused_ts=5_042,
         expired=False,
     )
     (result,) = Fuser(make_config()).fuse([request])

@@ -134,8 +134,8 @@ def classification_results(
         result["members"] = members
         result["missing"] = missing
         result["first_ts"] = req.first_ts
-        result["fused_ts"] = req.closed_ms
-        result["latency_ms"] = req.closed_ms - req.opened_ms
+        result["fused_ts"] = req.fused_ts
+        result["latency_ms"] = req.fused_ts - req.opened_ms
         result["model_versions"] = versions
         result["trace_id"] = _trace_id(req)
         if by_fallback is not None and by_fallback[i] and answered[i]:
@@ -182,8 +182,8 @@ def regression_results(
             "members": members,
             "missing": missing,
             "first_ts": req.first_ts,
-            "fused_ts": req.closed_ms,
-            "latency_ms": req.closed_ms - req.opened_ms,
+            "fused_ts": req.fused_ts,
+            "latency_ms": req.fused_ts - req.opened_ms,
             "model_versions": versions,
             "trace_id": _trace_id(req),
         }

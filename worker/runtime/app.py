@@ -12,30 +12,33 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.config import Config
-from worker.decode import Decoder
-from worker.errors import FusionError, InvalidEvent, KafkaSetupError
-from worker.events import FinishedRequest
+from worker.engine import Engine, OutRecord, Step
+from worker.errors import FusionError, KafkaSetupError
 from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
-from worker.runtime.connect import client_options, close_client, probe_credentials
-from worker.runtime.sink import OutRecord, Sink
+from worker.offsets import safe_commit_offset
+from worker.runtime.connect import (
+    admin_client,
+    client_options,
+    close_client,
+    probe_credentials,
+    producer_options,
+)
+from worker.runtime.retry import Backoff, is_fatal
+from worker.runtime.sink import Divert, Sink
 from worker.runtime.topics import check_topics
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,20 @@ class Worker:
         )
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
-        self._decoder = Decoder(config)
-        self._fuser = Fuser(config)
-        self.tables: dict[int, JoinTable] = {}
+        # The pure step; its join tables (one per open partition number) are the loop's.
+        self.engine = Engine(
+            config,
+            Fuser(config),
+            check_keys=k.check_keys,
+            track_touched=self._tracks_touched,
+        )
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # Per input partition, the (first, last) offsets of requests fused from it that a
+        # commit may still fall inside (see worker/offsets.py); pruned at each commit.
+        self._spans: dict[TopicPartition, list[tuple[int, int]]] = {}
+        # The partition numbers of the last assignment the loop applied.
+        self.owned: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sink: Sink | None = None
@@ -145,7 +157,18 @@ class Worker:
             self.config.kafka.retry_backoff_ms,
             on_wait=self._beat,
             renew=self._renew_producer,
+            divert=self._divert(),
         )
+
+    def _divert(self) -> Divert:
+        """Fused results too large for the output topic go to the DLQ, counted."""
+        k = self.config.kafka
+
+        def count() -> None:
+            self.metrics.dlq("too_large")
+            self.metrics.output(k.dlq_topic, 1)
+
+        return Divert(k.output_topic, k.dlq_topic, count)
 
     async def _renew_producer(self) -> AIOKafkaProducer:
         """Start a new idempotent producer (a new producer id) in place of the current one.
@@ -153,18 +176,9 @@ class Worker:
         The sink asks for one after the broker refused a batch: aiokafka does not reset an
         idempotent producer's sequence numbers then, so every later batch to that
         partition would fail with OutOfOrderSequenceNumber."""
-        cfg = self.config.kafka
         old, self._producer = (
             self._producer,
-            AIOKafkaProducer(
-                client_id=cfg.client_id,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                max_batch_size=256 * 1024,
-                max_request_size=max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
-                **client_options(cfg),
-            ),
+            AIOKafkaProducer(**producer_options(self.config.kafka)),
         )
         if old is not None:
             await close_client(old, 5.0)
@@ -173,16 +187,12 @@ class Worker:
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
         await probe_credentials(self.config.kafka)
-        admin = AIOKafkaAdminClient(client_id=self.config.kafka.client_id, **opts)
-        await admin.start()
-        try:
+        async with admin_client(self.config.kafka) as admin:
             await check_topics(admin, self.config.kafka)
-        finally:
-            await admin.close()
 
     async def _retry_until_connected(self, connect: Callable[[], Any]) -> None:
         """Keep trying while the broker is unreachable; configuration errors stop at once."""
-        backoff = self.config.kafka.retry_backoff_ms / 1000
+        backoff = Backoff(self.config.kafka.retry_backoff_ms)
         while True:
             self._beat()
             try:
@@ -191,16 +201,16 @@ class Worker:
             except FusionError:
                 raise
             except KafkaError as exc:
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     where = self.config.kafka.bootstrap_servers
                     raise KafkaSetupError(
                         f"cannot use {where}: {type(exc).__name__}: {exc}"
                     ) from None
                 if self._stopping.is_set():
                     raise KafkaSetupError(f"stopped while connecting: {exc}") from None
-                log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = backoff.next_s()
+                log.warning("broker not reachable (%s); retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)
 
     def _beat(self) -> None:
         """Liveness: the loop is alive (also while it waits out an outage)."""
@@ -272,7 +282,7 @@ class Worker:
 
     async def _loop(self) -> None:
         assert self._consumer is not None
-        backoff = self.config.kafka.retry_backoff_ms / 1000
+        backoff = Backoff(self.config.kafka.retry_backoff_ms)
         while not self._stopping.is_set():
             self._beat()
             try:
@@ -289,14 +299,14 @@ class Worker:
                     await asyncio.sleep(YIELD_S)
                     if time.monotonic() >= self._next_commit:
                         await self._periodic()
-                backoff = self.config.kafka.retry_backoff_ms / 1000
+                backoff.reset()
             except KafkaError as exc:
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     raise KafkaSetupError(f"{type(exc).__name__}: {exc}") from None
                 self.health.set_connected(False)
-                log.warning("kafka error in the loop (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = backoff.next_s()
+                log.warning("kafka error in the loop (%s); retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)
 
     def _fetch_timeout_ms(self) -> int:
         """Wait for records at most until the next request deadline, so a silent
@@ -304,9 +314,9 @@ class Worker:
         timeout = self.config.kafka.fetch_timeout_ms
         if self._holding():
             timeout = min(timeout, HOLD_RECHECK_MS)
-        deadlines = [d for t in self.tables.values() if (d := t.next_deadline_ms()) is not None]
-        if deadlines:
-            timeout = min(timeout, max(0, int(min(deadlines) - self._clock_ms()) + 1))
+        deadline = self.engine.next_deadline_ms()
+        if deadline is not None:
+            timeout = min(timeout, max(0, int(deadline - self._clock_ms()) + 1))
         return timeout
 
     def _max_records(self) -> int:
@@ -316,111 +326,45 @@ class Worker:
 
     @property
     def pending(self) -> int:
-        return sum(len(t) for t in self.tables.values())
+        return self.engine.pending
+
+    @property
+    def tables(self) -> dict[int, JoinTable]:
+        """The engine's join tables, by partition number."""
+        return self.engine.tables
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
-        """Decode and join a fetched batch, fuse what finished, queue the outputs.
-
-        The per-record loop does only what each record needs (decode, add, tally);
-        everything else happens once per batch."""
+        """Run the engine step over a fetched batch, queue its outputs, tally it."""
         now = int(self._clock_ms())
-        outs: dict[int, list[OutRecord]] = {}
-        accepted: dict[str, int] = dict.fromkeys(self.config.model_names, 0)
-        other: Counter[tuple[str, str]] = Counter()
-        dlq: Counter[str] = Counter()
-        cfg = self.config.kafka
-        decode = self._decoder.decode
-        track = self._tracks_touched
-        n = 0
-        for tp, records in batch.items():
-            table = self.tables.get(tp.partition)
-            if table is None or not records:
-                continue
-            n += len(records)
-            add = table.add
-            topic = tp.topic
-            out = outs.setdefault(tp.partition, [])
-            touched: list[str] = []
-            for r in records:
-                try:
-                    ev = decode(r.value, r.timestamp)
-                except InvalidEvent as exc:
-                    out.append(dead_letter(cfg.dlq_topic, r, exc))
-                    dlq[exc.reason] += 1
-                    continue
-                outcome = add(ev, now, topic, r.offset)
-                if outcome == "accepted":
-                    accepted[ev.model] += 1
-                    if track:
-                        touched.append(ev.request_id)
-                else:
-                    other[(ev.model, outcome)] += 1
-                    if outcome == "late" and cfg.late_topic:
-                        out.append(OutRecord(cfg.late_topic, r.key, r.value, list(r.headers)))
-            if track:
-                self._touched(tp.partition, touched)
-            self._positions[tp] = records[-1].offset + 1
-        fused = self._fuse_finished(now, outs)
-        for p, recs in outs.items():
+        # ConsumerRecords have what the engine reads (engine.Record): no conversion.
+        step = self.engine.step([r for records in batch.values() for r in records], now)
+        for (topic, partition), position in step.positions.items():
+            self._positions[TopicPartition(topic, partition)] = position
+        if self._tracks_spans:
+            spans = self._spans
+            for done, p in zip(step.finished, step.result_partitions, strict=True):
+                if done.spans is not None:
+                    for topic, span in done.spans.items():
+                        spans.setdefault(TopicPartition(topic, p), []).append(span)
+        if self._tracks_touched:
+            for p, ids in step.touched.items():
+                self._touched(p, ids)
+        for p, recs in step.outputs.items():
             if recs:
                 await self._emit(p, recs)
         await self._emitted()
-        if fused:
-            self.metrics.output(cfg.output_topic, fused)
-        if dlq:
-            self.metrics.output(cfg.dlq_topic, dlq.total())
-        if other and cfg.late_topic:
-            late = sum(count for (_, kind), count in other.items() if kind == "late")
-            if late:
-                self.metrics.output(cfg.late_topic, late)
-        if n:
-            self.metrics.batch(n)
+        if step.records:
             self.health.set_connected(True)
-        for model, count in accepted.items():
-            if count:
-                self.metrics.count_events(model, "accepted", count)
-        for (model, kind), count in other.items():
-            self.metrics.count_events(model, kind, count)
-        for reason, count in dlq.items():
-            self.metrics.dlq(reason, count)
+        tally(self.metrics, self.config, step)
         self._backpressure()
-
-    def _fuse_finished(self, now: int, outs: dict[int, list[OutRecord]]) -> int:
-        """Close what is due, fuse all finished requests as one batch, route the results
-        to the partition they came from. Returns the number of results."""
-        finished: list[FinishedRequest] = []
-        spans: list[tuple[int, int]] = []
-        for p, table in self.tables.items():
-            table.expire(now)
-            done = table.drain()
-            if done:
-                spans.append((p, len(done)))
-                finished.extend(done)
-        if not finished:
-            return 0
-        results = self._fuser.fuse(finished)
-        topic = self.config.kafka.output_topic
-        dumps = orjson.dumps
-        i = 0
-        for p, count in spans:
-            requests = finished[i : i + count]
-            outs.setdefault(p, []).extend(
-                [
-                    OutRecord(topic, f.request_id.encode(), dumps(r))
-                    for f, r in zip(requests, results[i : i + count], strict=True)
-                ]
-            )
-            if self._tracks_touched:
-                self._touched(p, [f.request_id for f in requests])
-            i += count
-        self.metrics.observe_results(results)
-        self.metrics.observe_arrivals(finished)
-        return len(results)
 
     # -- delivery hooks (the exactly-once worker overrides these) -----------------------
 
     # Whether _touched wants the request ids (the at-least-once worker does not).
     _tracks_touched = False
+    # Whether commits must stay out of fused requests' offset spans (exactly-once
+    # commits the position: its pending state is in the changelog).
+    _tracks_spans = True
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
         """Requests whose pending state changed (opened, grew or finished)."""
@@ -451,13 +395,7 @@ class Worker:
         """Take on newly assigned partition numbers: an empty table each (at-least-once
         reads them from the committed offset)."""
         for p in numbers:
-            self.tables[p] = self._new_table()
-
-    def _new_table(self) -> JoinTable:
-        j = self.config.join
-        return JoinTable(
-            self.config.model_names, j.timeout_ms, j.fused_memory_effective_ms, j.fused_memory_count
-        )
+            self.engine.open(p)
 
     def _backpressure(self) -> None:
         """Pause every partition at max_pending; resume below RESUME_SHARE of it.
@@ -486,8 +424,8 @@ class Worker:
     def _observe_state(self) -> None:
         assert self._consumer is not None
         now = self._clock_ms()
-        opened = [o for t in self.tables.values() if (o := t.oldest_opened_ms()) is not None]
-        self.metrics.set_pending(self.pending, (now - min(opened)) / 1000 if opened else 0.0)
+        opened = self.engine.oldest_opened_ms()
+        self.metrics.set_pending(self.pending, (now - opened) / 1000 if opened is not None else 0.0)
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
             position = self._positions.get(tp)
@@ -499,7 +437,8 @@ class Worker:
     # -- offsets ----------------------------------------------------------------------
 
     def _commit_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Per partition: the oldest offset of a still-pending request, else the position."""
+        """Per partition: the oldest offset of a still-pending request, else the position,
+        lowered out of the offset span of any request fused since (``safe_commit_offset``)."""
         oldest: dict[int, dict[str, int]] = {}
         offsets: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -511,6 +450,14 @@ class Worker:
                 oldest[tp.partition] = table.oldest_offsets()
             low = oldest.get(tp.partition, {}).get(tp.topic)
             offset = position if low is None else min(low, position)
+            # A repeat is never worse than the original: not inside a fused span.
+            spans = self._spans.get(tp)
+            if spans:
+                committed = self._committed.get(tp)
+                if committed is not None:
+                    # A span wholly below the last commit is never read again.
+                    spans[:] = [span for span in spans if span[1] >= committed]
+                offset = safe_commit_offset(offset, spans)
             if self._committed.get(tp) != offset:
                 offsets[tp] = offset
         return offsets
@@ -537,6 +484,10 @@ class Worker:
         else:
             self._committed.update(offsets)
             self.metrics.commit(ok=True)
+            for tp, offset in offsets.items():
+                spans = self._spans.get(tp)
+                if spans:
+                    spans[:] = [span for span in spans if span[1] >= offset]
 
     # -- rebalances ---------------------------------------------------------------------
 
@@ -549,29 +500,38 @@ class Worker:
         log.info("partitions revoked: %s", _fmt(revoked))
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        assert self._consumer is not None
+        """After a rebalance: apply the new assignment between two batches of the loop
+        (under its lock), never while it emits or commits."""
         async with self._lock:
-            numbers = {tp.partition for tp in assigned}
-            for p in list(self.tables):
-                if p not in numbers:
-                    del self.tables[p]
-            for tp in list(self._positions):
-                if tp not in assigned:
-                    self._positions.pop(tp, None)
-                    self._committed.pop(tp, None)
-                    self.metrics.forget_partition(tp.topic, tp.partition)
-            self._adopt(numbers - set(self.tables))
-            for tp in assigned:
-                # A partition we kept: continue where we were, not from the commit
-                # (which sits below our pending requests and would re-fuse some).
-                if tp in self._positions:
-                    self._consumer.seek(tp, self._positions[tp])
-            if self._paused:
-                self._consumer.pause(*assigned)
+            await self._apply_assignment(assigned)
         self.health.set_assigned(bool(assigned))
         if assigned:
             self.assigned.set()
         log.info("partitions assigned: %s", _fmt(assigned))
+
+    async def _apply_assignment(self, assigned: list[TopicPartition]) -> None:
+        """Keep the tables of partitions that stay, drop the others, adopt new ones.
+        Callers hold ``self._lock``."""
+        assert self._consumer is not None
+        numbers = {tp.partition for tp in assigned}
+        self.owned = numbers
+        for p in list(self.tables):
+            if p not in numbers:
+                self.engine.close(p)
+        for tp in list(self._positions):
+            if tp not in assigned:
+                self._positions.pop(tp, None)
+                self._committed.pop(tp, None)
+                self._spans.pop(tp, None)
+                self.metrics.forget_partition(tp.topic, tp.partition)
+        self._adopt(numbers - set(self.tables))
+        for tp in assigned:
+            # A partition we kept: continue where we were, not from the commit
+            # (which sits below our pending requests and would re-fuse some).
+            if tp in self._positions:
+                self._consumer.seek(tp, self._positions[tp])
+        if self._paused:
+            self._consumer.pause(*assigned)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -585,38 +545,29 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker.on_assigned(list(assigned))
 
 
-def dead_letter(topic: str, record: ConsumerRecord[Any, Any], exc: InvalidEvent) -> OutRecord:
-    """The original bytes, unchanged, with the reason and the source coordinates."""
-    headers = [
-        ("error", exc.reason.encode()),
-        ("error_detail", exc.detail[:1000].encode("utf-8", "replace")),
-        ("source_topic", record.topic.encode()),
-        ("source_partition", str(record.partition).encode()),
-        ("source_offset", str(record.offset).encode()),
-    ]
-    value = record.value if record.value is not None else b""
-    return OutRecord(topic, record.key, value, headers)
-
-
 def _fmt(tps: Iterable[TopicPartition]) -> str:
     return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"
 
 
-_FATAL = (
-    "AuthenticationFailedError",
-    "SaslAuthenticationFailed",
-    "AuthenticationMethodNotSupported",
-    "UnsupportedSaslMechanismError",
-    "IllegalSaslStateError",
-    "TopicAuthorizationFailedError",
-    "GroupAuthorizationFailedError",
-    "ClusterAuthorizationFailedError",
-)
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Errors that waiting will not cure: credentials and permissions."""
-    return type(exc).__name__ in _FATAL
+def tally(metrics: Metrics, config: Config, step: Step) -> None:
+    """Count what one engine step did (once per batch, not per record)."""
+    k = config.kafka
+    if step.results:
+        metrics.output(k.output_topic, len(step.results))
+        metrics.observe_results(step.results)
+        metrics.observe_arrivals(step.finished)
+    if step.dead_letters:
+        metrics.output(k.dlq_topic, step.dead_letters.total())
+    if step.late and k.late_topic:
+        metrics.output(k.late_topic, step.late)
+    if step.records:
+        metrics.batch(step.records)
+    for model, count in step.accepted.items():
+        metrics.count_events(model, "accepted", count)
+    for (model, kind), count in step.other.items():
+        metrics.count_events(model, kind, count)
+    for reason, count in step.dead_letters.items():
+        metrics.dlq(reason, count)
 
 
 def tune_gc() -> None:
@@ -630,34 +581,3 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def run(config: Config) -> int:
-    """The body of `fusion-worker run`."""
-    return asyncio.run(_main(config))
-
-
-def make_worker(config: Config, registry: CollectorRegistry | None = None) -> Worker:
-    """The worker for the configured delivery mode."""
-    if config.kafka.exactly_once:
-        from worker.runtime.exactly_once import ExactlyOnceWorker
-
-        return ExactlyOnceWorker(config, registry)
-    return Worker(config, registry)
-
-
-async def _main(config: Config) -> int:
-    worker = make_worker(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
-    try:
-        await worker.start()
-        tune_gc()
-        await worker.run()
-    except KafkaSetupError as exc:
-        log.error("%s", exc)
-        await worker.stop()
-        return 1
-    await worker.stop()
-    return 0

@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from worker.config import Config
 from worker.errors import KafkaSetupError
-from worker.runtime.connect import client_options, probe_credentials
+from worker.runtime.connect import admin_client, probe_credentials
 from worker.runtime.topics import check_topics
 
 
 async def _check(config: Config) -> int:
     cfg = config.kafka
     await probe_credentials(cfg)
-    admin = AIOKafkaAdminClient(client_id=cfg.client_id, **client_options(cfg))
     try:
-        await admin.start()
+        async with admin_client(cfg) as admin:
+            partitions = await check_topics(admin, cfg)
     except KafkaError as exc:
         raise KafkaSetupError(f"cannot connect to {cfg.bootstrap_servers}: {exc}") from None
-    try:
-        partitions = await check_topics(admin, cfg)
-    finally:
-        await admin.close()
     models, strategy = len(config.models), config.fusion.strategy
     print(f"config: {config.source}: ok ({models} models, strategy {strategy})")
     print(f"broker: {cfg.bootstrap_servers}: ok")

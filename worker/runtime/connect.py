@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.helpers import create_ssl_context
@@ -36,6 +38,39 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         opts["sasl_plain_username"] = cfg.sasl_username
         opts["sasl_plain_password"] = sasl_password(cfg)
     return opts
+
+
+def producer_options(
+    cfg: KafkaConfig, transactional_id: str | None = None, client_id: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for every AIOKafkaProducer the worker opens: idempotent, acks
+    from all replicas, batches as large as the sink fills them; with ``transactional_id``
+    a transactional producer (exactly-once, one per input partition number)."""
+    opts: dict[str, Any] = {
+        "client_id": client_id or cfg.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        # A dead letter carries its whole input value (up to max_event_bytes).
+        "max_request_size": max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
+        **client_options(cfg),
+    }
+    if transactional_id is not None:
+        opts["transactional_id"] = transactional_id
+        opts["transaction_timeout_ms"] = cfg.transaction_timeout_ms
+    return opts
+
+
+@contextlib.asynccontextmanager
+async def admin_client(cfg: KafkaConfig, client_id: str | None = None) -> AsyncIterator[Any]:
+    """A started AIOKafkaAdminClient, closed on the way out."""
+    admin = AIOKafkaAdminClient(client_id=client_id or cfg.client_id, **client_options(cfg))
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 async def probe_credentials(cfg: KafkaConfig) -> None:

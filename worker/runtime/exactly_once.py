@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     IllegalOperation,
     InvalidProducerEpoch,
@@ -44,10 +43,12 @@ from aiokafka.errors import (
 from prometheus_client import CollectorRegistry
 
 from worker.config import Config
+from worker.engine import OutRecord
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
-from worker.runtime.connect import client_options, close_client
-from worker.runtime.sink import BatchWriter, OutRecord, Sent, SizeLimits, settled
+from worker.runtime.connect import admin_client, close_client, producer_options
+from worker.runtime.retry import Backoff
+from worker.runtime.sink import BatchWriter, Divert, Sent, SizeLimits, settled
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ class SendRefused(KafkaError):  # type: ignore[misc]
 class _Partition:
     """The transactional side of one open input partition number."""
 
-    def __init__(self, producer: AIOKafkaProducer, limits: SizeLimits) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, limits: SizeLimits, divert: Divert | None = None
+    ) -> None:
         self.producer = producer
         # No retries: a failed send fails the transaction, which is rewound.
-        self.writer = BatchWriter(producer, limits=limits)
+        self.writer = BatchWriter(producer, limits=limits, divert=divert)
         self.in_txn = False
         self.sent: list[Sent] = []  # handed to the producer in the open transaction
         self.dirty: set[str] = set()
@@ -91,7 +94,7 @@ class ExactlyOnceWorker(Worker):
         self._opening: set[int] = set()
         self._parked: set[int] = set()
         self._open_at = 0.0  # monotonic time of the next attempt to open
-        self._open_backoff = config.kafka.retry_backoff_ms / 1000
+        self._open_backoff = Backoff(config.kafka.retry_backoff_ms)
         self._changelog = changelog_topic(config)
         # What the broker refused as too large, learnt so that the rewound transaction
         # passes (see _acknowledged); shared by every partition's writer.
@@ -108,38 +111,36 @@ class ExactlyOnceWorker(Worker):
 
     async def _check_cluster(self, opts: dict[str, Any]) -> None:
         await super()._check_cluster(opts)
-        admin = AIOKafkaAdminClient(client_id=self.config.kafka.client_id, **opts)
-        await admin.start()
-        try:
+        async with admin_client(self.config.kafka) as admin:
             await ensure_changelog(admin, self.config)
-        finally:
-            await admin.close()
 
     def _new_producer(self, partition: int) -> AIOKafkaProducer:
         cfg = self.config.kafka
         return AIOKafkaProducer(
-            client_id=f"{cfg.client_id}-{partition}",
-            transactional_id=f"{cfg.group_id}-{partition}",
-            transaction_timeout_ms=cfg.transaction_timeout_ms,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            max_request_size=max(4 * 1024 * 1024, cfg.max_event_bytes + 64 * 1024),
-            **client_options(cfg),
+            **producer_options(
+                cfg,
+                transactional_id=f"{cfg.group_id}-{partition}",
+                client_id=f"{cfg.client_id}-{partition}",
+            )
         )
 
     # -- delivery hooks -------------------------------------------------------------------
 
     _tracks_touched = True
+    _tracks_spans = False
 
     def _touched(self, partition: int, request_ids: list[str]) -> None:
-        self._parts[partition].dirty.update(request_ids)
+        part = self._parts.get(partition)
+        if part is not None:
+            part.dirty.update(request_ids)
 
     async def _emit(self, partition: int, records: list[OutRecord]) -> None:
-        # Only open partitions have a table, so only they have outputs: a KeyError
-        # here is a bug, never an output silently dropped.
-        part = self._parts[partition]
+        # Only open partitions have a table, so only they have outputs; one closed
+        # since (its transaction failed earlier in this batch) is read again by
+        # whoever opens it next, so its outputs are not sent.
+        part = self._parts.get(partition)
+        if part is None:
+            return
         try:
             await self._begin(part)
             part.sent += await part.writer.write(records)
@@ -189,7 +190,10 @@ class ExactlyOnceWorker(Worker):
             for tp, pos in self._positions.items()
             if tp.partition == p and self._committed.get(tp) != pos
         }
-        delta = net_change(self.tables[p], part.dirty, part.logged)
+        table = self.tables.get(p)
+        if table is None:
+            return  # closed meanwhile: nothing of it may be committed
+        delta = net_change(table, part.dirty, part.logged)
         if not (part.in_txn or offsets or delta):
             return  # no empty transactions
         await self._begin(part)
@@ -256,7 +260,8 @@ class ExactlyOnceWorker(Worker):
                 exc,
             )
             self.metrics.transaction("fenced")
-            self._parked.add(partition)
+            if self._owns(partition):
+                self._parked.add(partition)
             _request_rejoin(self._consumer)
         else:
             log.warning(
@@ -265,13 +270,20 @@ class ExactlyOnceWorker(Worker):
                 _describe(exc),
             )
             self.metrics.transaction("aborted")
-            self._opening.add(partition)
+            # Only a partition we still own is opened again: opening one that moved
+            # would init its transactional id and fence its new owner.
+            if self._owns(partition):
+                self._opening.add(partition)
+
+    def _owns(self, partition: int) -> bool:
+        """Whether the last assignment applied gave us ``partition``."""
+        return partition in self.owned
 
     async def _close(self, partition: int) -> None:
         """Forget a partition number's state and pause its input; what it did not commit
         is read again by whoever opens it next."""
         part = self._parts.pop(partition, None)
-        self.tables.pop(partition, None)
+        self.engine.close(partition)
         if self._consumer is not None:
             mine = [tp for tp in self._consumer.assignment() if tp.partition == partition]
             self._consumer.pause(*mine)
@@ -310,25 +322,24 @@ class ExactlyOnceWorker(Worker):
         except TXN_ERRORS as exc:
             for producer in producers.values():
                 await close_client(producer, PRODUCER_STOP_S)
+            wait = self._open_backoff.next_s()
             log.warning(
                 "opening partitions %s failed (%s); retrying in %.1fs",
                 numbers,
                 _describe(exc),
-                self._open_backoff,
+                wait,
             )
-            self._open_at = time.monotonic() + self._open_backoff
-            self._open_backoff = min(self._open_backoff * 2, 10.0)
+            self._open_at = time.monotonic() + wait
             return
         assert self._consumer is not None
         for p in numbers:
-            table = self._new_table()
+            table = self.engine.open(p)
             for state in restored[p].values():
                 table.restore(state)
-            self.tables[p] = table
-            self._parts[p] = _Partition(producers[p], self._size_limits)
+            self._parts[p] = _Partition(producers[p], self._size_limits, self._divert())
             self._parts[p].logged = set(restored[p])
         self._opening -= set(numbers)
-        self._open_backoff = self.config.kafka.retry_backoff_ms / 1000
+        self._open_backoff.reset()
         # A rebalance may have begun meanwhile (its callbacks wait for the lock we hold):
         # touch only what is still assigned; the callbacks close the rest.
         current = self._consumer.assignment()
@@ -365,14 +376,20 @@ class ExactlyOnceWorker(Worker):
         assert self._consumer is not None
         # aiokafka may fetch a new partition from before the callback returns: pause the
         # ones we have not opened at once (the fetcher drops what it fetched for them).
+        # Pausing touches only the consumer; partition state changes under the lock.
         self._consumer.pause(*[tp for tp in assigned if tp.partition not in self._parts])
+        await super().on_assigned(assigned)
+
+    async def _apply_assignment(self, assigned: list[TopicPartition]) -> None:
+        """Close what we lost, then as at-least-once. Under the loop's lock: never while
+        the loop emits into or commits a partition's transaction."""
         numbers = {tp.partition for tp in assigned}
         for p in list(self._parts):
             if p not in numbers:
                 await self._close(p)
         self._opening &= numbers
         self._parked &= numbers
-        await super().on_assigned(assigned)
+        await super()._apply_assignment(assigned)
 
     async def stop(self) -> None:
         await super().stop()

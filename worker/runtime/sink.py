@@ -29,7 +29,9 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
+from worker.engine import OutRecord
 from worker.murmur2 import murmur2
+from worker.runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,6 @@ _VECTOR_MIN_KEYS = 16
 _SEED = 0x9747B28C
 T = TypeVar("T")
 _M = np.uint32(0x5BD1E995)
-
-
-@dataclass(slots=True)
-class OutRecord:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +85,33 @@ class SizeLimits:
                 self.single_topics.add(item.topic)
 
 
+class Divert:
+    """Turns a fused result the output topic refuses as too large into a dead letter
+    (reason ``too_large``, keyed by request_id, the result as value), and counts it."""
+
+    def __init__(
+        self, output_topic: str, dlq_topic: str, on_divert: Callable[[], None] | None = None
+    ) -> None:
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self._on_divert = on_divert
+
+    def __call__(self, rec: OutRecord) -> OutRecord:
+        size = len(rec.value or b"")
+        log.warning(
+            "fused result of %d bytes too large for %s; sent to %s", size, rec.topic, self.dlq_topic
+        )
+        if self._on_divert is not None:
+            self._on_divert()
+        headers = [
+            *(rec.headers or []),
+            ("error", b"too_large"),
+            ("error_detail", f"fused result of {size} bytes refused by {rec.topic}".encode()),
+            ("output_topic", rec.topic.encode()),
+        ]
+        return OutRecord(self.dlq_topic, rec.key, rec.value or b"", headers)
+
+
 class _Open:
     """A batch being filled for one topic partition, with its records."""
 
@@ -129,8 +150,10 @@ class BatchWriter:
         max_retry_backoff_ms: int = 10_000,
         limits: SizeLimits | None = None,
         on_wait: Callable[[], None] | None = None,
+        divert: Divert | None = None,
     ) -> None:
         self._producer = producer
+        self._divert = divert
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
         limits = limits if limits is not None else SizeLimits()
@@ -158,7 +181,7 @@ class BatchWriter:
         for rec in records:
             value = rec.value
             if limits and value is not None and len(value) > limits.get(rec.topic, len(value)):
-                rec = _shrunk(rec)
+                rec = self._too_large(rec)
                 value = rec.value
             if (
                 value is not None
@@ -277,8 +300,16 @@ class BatchWriter:
         except MessageSizeTooLargeError:
             if self._backoff_s is None:
                 raise
-            small = _shrunk(rec)
+            small = self._too_large(rec)
             return await self._retrying(what, lambda: send(small))
+
+    def _too_large(self, rec: OutRecord) -> OutRecord:
+        """What goes instead of a record over its topic's limit: a fused result becomes
+        a dead letter (never a null value, a tombstone on a compacted output topic); a
+        dead letter goes without its value."""
+        if self._divert is not None and rec.topic == self._divert.output_topic:
+            return self._divert(rec)
+        return _shrunk(rec)
 
     async def _partition_count(self, topic: str) -> int:
         partitions = await self._retrying(
@@ -289,7 +320,11 @@ class BatchWriter:
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """``step()``; when retrying, a KafkaError other than a too-large record is
         retried with backoff until it passes, else it goes to the caller."""
-        backoff = self._backoff_s
+        backoff = (
+            None
+            if self._backoff_s is None
+            else Backoff(int(self._backoff_s * 1000), int(self._max_backoff_s * 1000))
+        )
         while True:
             try:
                 return await step()
@@ -298,11 +333,11 @@ class BatchWriter:
             except KafkaError as exc:
                 if backoff is None:
                     raise
-                log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, backoff)
+                wait = backoff.next_s()
+                log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, wait)
                 if self._on_wait is not None:
                     self._on_wait()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+                await asyncio.sleep(wait)
 
 
 class Sink:
@@ -315,11 +350,17 @@ class Sink:
         max_retry_backoff_ms: int = 10_000,
         on_wait: Callable[[], None] | None = None,
         renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        divert: Divert | None = None,
     ) -> None:
         self._renew = renew
         self._limits = SizeLimits()
         self._writer = BatchWriter(
-            producer, retry_backoff_ms, max_retry_backoff_ms, limits=self._limits, on_wait=on_wait
+            producer,
+            retry_backoff_ms,
+            max_retry_backoff_ms,
+            limits=self._limits,
+            on_wait=on_wait,
+            divert=divert,
         )
         self._on_wait = on_wait
         self._in_flight: list[Sent] = []
@@ -350,7 +391,7 @@ class Sink:
         Returns only when all are written; during an outage it keeps retrying with
         backoff (the caller bounds it with a timeout at shutdown).
         """
-        backoff = self._backoff_s
+        backoff = Backoff(int(self._backoff_s * 1000), int(self._max_backoff_s * 1000))
         await self.submit(force=True)
         while self._in_flight:
             batch, self._in_flight = self._in_flight, []
@@ -375,17 +416,17 @@ class Sink:
                 # Nothing is in flight now; the new producer starts its sequences afresh.
                 self._writer.use(await self._renew())
             if failed:
+                wait = backoff.next_s()
                 log.warning(
                     "%d records not acknowledged (%s); re-sending in %.1fs",
                     len(failed),
                     _first_error(results),
-                    backoff,
+                    wait,
                 )
                 if self._on_wait is not None:
                     self._on_wait()
                 self._writer.forget_partition_counts()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+                await asyncio.sleep(wait)
                 await self.send_many(failed)
 
 

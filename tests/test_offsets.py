@@ -1,0 +1,74 @@
+"""The at-least-once commit rule (worker/offsets.py): never commit inside the offset
+span of a request fused since the last commit, so a repeat is never worse."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.events import PredictionEvent
+from worker.join import JoinTable
+from worker.offsets import safe_commit_offset
+
+SPANS = st.lists(
+    st.tuples(st.integers(0, 60), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])),
+    max_size=12,
+)
+
+
+def inside(offset: int, spans: list[tuple[int, int]]) -> bool:
+    return any(first < offset <= last for first, last in spans)
+
+
+@given(st.integers(0, 100), SPANS)
+def test_the_commit_is_inside_no_span(base: int, spans: list[tuple[int, int]]) -> None:
+    """The offset is <= base and a restart from it reads every event of each fused
+    request or none of them."""
+    offset = safe_commit_offset(base, spans)
+    assert offset <= base
+    assert not inside(offset, spans)
+
+
+@given(st.integers(0, 100), SPANS)
+def test_the_commit_is_the_highest_such_offset(base: int, spans: list[tuple[int, int]]) -> None:
+    """Nothing is re-read needlessly: every offset above the result, up to base, lies
+    inside some span."""
+    offset = safe_commit_offset(base, spans)
+    assert all(inside(c, spans) for c in range(offset + 1, base + 1))
+
+
+def test_a_pending_event_inside_a_fused_span_pulls_the_commit_to_its_start() -> None:
+    """Request A fused from offsets 3 and 9; request B pending from offset 5: committing
+    5 would re-read only A's event 9, so the commit is 3."""
+    assert safe_commit_offset(5, [(3, 9)]) == 3
+    assert safe_commit_offset(10, [(3, 9)]) == 10
+
+
+def test_chained_spans_are_followed() -> None:
+    """Lowering into one span's start can land inside another: follow it down."""
+    assert safe_commit_offset(8, [(5, 9), (2, 6)]) == 2
+
+
+def event(rid: str, model: str) -> PredictionEvent:
+    return PredictionEvent(rid, model, 1, label=0)
+
+
+def test_the_join_reports_each_fused_request_s_span_per_source() -> None:
+    """A finished request carries, per source, the first and last offset it was fused
+    from, the completing event included."""
+    t = JoinTable(["a", "b"], 1000, 0, 0)
+    t.add(event("r", "a"), 0, "in", 4)
+    t.add(event("x", "a"), 0, "in", 5)
+    t.add(event("r", "b"), 0, "in", 9)
+    [done] = t.drain()
+    assert done.spans == {"in": (4, 9)}
+
+
+def test_spans_of_an_expired_request_and_of_several_sources() -> None:
+    """An expired request's span covers the events it had; each source has its own."""
+    t = JoinTable(["a", "b", "c"], 1000, 0, 0)
+    t.add(event("r", "a"), 0, "t1", 7)
+    t.add(event("r", "b"), 0, "t2", 2)
+    t.expire(1000)
+    [done] = t.drain()
+    assert done.spans == {"t1": (7, 7), "t2": (2, 2)}

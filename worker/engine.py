@@ -1,0 +1,348 @@
+"""The engine step: raw input records in; fused results, dead letters, late records and
+tallies out. Pure: no Kafka, no clock, no I/O.
+
+``run`` (live topics), ``replay``, ``fuse`` and ``backtest`` all drive ``Engine.step``,
+so a backtest computes what production computes. The engine owns one ``JoinTable`` per
+input partition number; whoever owns the engine (the worker loop, or the offline driver)
+owns that state.
+
+Two clocks (DESIGN.md, "Join semantics"):
+
+- live (``event_time=False``): ``now_ms`` is the caller's wall clock; a step joins every
+  record at ``now_ms``, then closes what is due at ``now_ms``. Only partitions the caller
+  opened (``open``) take records; records of any other partition are ignored (the
+  caller no longer owns them).
+- event time (``event_time=True``): ``now_ms`` is ignored. Each partition number's
+  stream time is the largest event ts seen on it; before and after an event joins,
+  every request of its partition whose deadline is <= the stream time closes.
+  ``finish`` closes everything pending (end of input), partitions in ascending order.
+  The output depends only on the records' content and order, never on how they were
+  split into steps.
+
+Within a step the outputs of each input partition number come in input order: a dead
+letter or late record where its record was, then the step's fused results, in closing
+order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from worker.config import Config
+from worker.decode import Decoder, check_key
+from worker.errors import InvalidEvent
+from worker.events import FinishedRequest
+from worker.join import JoinTable
+from worker.murmur2 import partition_for
+
+Headers = list[tuple[str, bytes]]
+
+
+class Record(Protocol):
+    """What the engine reads of an input record. aiokafka's ``ConsumerRecord`` has these
+    attributes (so the loop hands its records over as they are); offline sources use
+    ``InRecord``. ``timestamp`` is the record timestamp in ms (None or < 0: none)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One input record from a source that is not a Kafka consumer (a file, a replay).
+    ``timestamp`` is the record timestamp in ms, named as aiokafka names it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """One record to publish: a fused result, a dead letter or a late event."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    """What one engine step produced.
+
+    ``outputs``: per input partition number, the records to publish, in order (empty
+    unless the engine encodes records). ``results``: the fused result dicts, in closing
+    order, with ``finished`` (the same requests) and ``result_partitions`` (the partition
+    number of each). ``positions``: per (topic, partition) the offset after the last
+    record the step consumed. ``touched``: per partition number, the request ids whose
+    pending state changed (only when the engine tracks them).
+    """
+
+    outputs: dict[int, list[OutRecord]] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[FinishedRequest] = field(default_factory=list)
+    result_partitions: list[int] = field(default_factory=list)
+    invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    touched: dict[int, list[str]] = field(default_factory=dict)
+    records: int = 0
+    accepted: Counter[str] = field(default_factory=Counter)
+    other: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, outcome)
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
+    late: int = 0  # late records forwarded to the late topic
+
+
+class BatchFuser(Protocol):
+    """What the engine needs of a fuser: ``worker.fusion.Fuser`` or any wrapper of it."""
+
+    def fuse(self, finished: list[FinishedRequest], /) -> list[dict[str, Any]]: ...
+
+
+class Engine:
+    """Decode, join and fuse; see the module docstring.
+
+    Parameters
+    ----------
+    config : the validated configuration.
+    fuser : fuses a batch of finished requests.
+    event_time : the event-time clock (offline) instead of the caller's ``now_ms``.
+    encode : build the ``OutRecord``s of ``Step.outputs`` (the live worker publishes
+        them; offline drivers only read ``Step.results``).
+    check_keys : dead-letter a record whose key is not its request_id (``key_mismatch``).
+    track_touched : report in ``Step.touched`` which requests changed (exactly-once
+        writes their net change to the changelog).
+    partitions : place each valid event on ``murmur2(request_id) % partitions`` instead
+        of its record's partition (``fuse`` of a file, as Kafka's partitioner would).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        fuser: BatchFuser,
+        *,
+        event_time: bool = False,
+        encode: bool = True,
+        check_keys: bool = False,
+        track_touched: bool = False,
+        partitions: int | None = None,
+    ) -> None:
+        self.config = config
+        self._decoder = Decoder(config)
+        self._fuser = fuser
+        self.event_time = event_time
+        self._encode = encode
+        self._check_keys = check_keys
+        self._track = track_touched
+        self._partitions = partitions
+        self.tables: dict[int, JoinTable] = {}
+        self._stream_ms: dict[int, int] = {}
+        k = config.kafka
+        self._dlq_topic = k.dlq_topic
+        self._late_topic = k.late_topic
+        self._output_topic = k.output_topic
+
+    # -- partition state ----------------------------------------------------------------
+
+    def open(self, partition: int) -> JoinTable:
+        """An empty table for ``partition`` (replacing any), which then takes records."""
+        j = self.config.join
+        table = JoinTable(
+            self.config.model_names,
+            j.timeout_ms,
+            j.fused_memory_effective_ms,
+            j.fused_memory_count,
+            event_time=self.event_time,
+        )
+        self.tables[partition] = table
+        return table
+
+    def close(self, partition: int) -> None:
+        """Forget ``partition``'s pending requests (whoever owns it next reads them again)."""
+        self.tables.pop(partition, None)
+        self._stream_ms.pop(partition, None)
+
+    @property
+    def pending(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [d for t in self.tables.values() if (d := t.next_deadline_ms()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def oldest_opened_ms(self) -> int | None:
+        opened = [o for t in self.tables.values() if (o := t.oldest_opened_ms()) is not None]
+        return min(opened) if opened else None
+
+    # -- the step -------------------------------------------------------------------------
+
+    def step(self, records: Sequence[Record], now_ms: int = 0) -> Step:
+        """Join ``records`` (in order), close what is due, fuse everything that closed."""
+        out = Step()
+        finished: list[tuple[int, FinishedRequest]] = []
+        if self.event_time:
+            self._join_event_time(records, out, finished)
+        else:
+            self._join_live(records, now_ms, out)
+            for p, table in self.tables.items():
+                table.expire(now_ms)
+                finished += [(p, f) for f in table.drain()]
+        self._fuse(finished, out)
+        return out
+
+    def finish(self) -> Step:
+        """End of input (event time): close every pending request and fuse it."""
+        out = Step()
+        finished: list[tuple[int, FinishedRequest]] = []
+        for p in sorted(self.tables):
+            table = self.tables[p]
+            table.close_all(self._stream_ms.get(p, 0))
+            finished += [(p, f) for f in table.drain()]
+        self._fuse(finished, out)
+        return out
+
+    def _join_live(self, records: Sequence[Record], now_ms: int, out: Step) -> None:
+        decode = self._decoder.decode
+        check = check_key if self._check_keys else None
+        tables = self.tables
+        track = self._track
+        accepted: dict[str, int] = {}
+        positions = out.positions
+        # Records come grouped by topic partition (a fetch is): look the table up and
+        # note the position once per group, not once per record.
+        table: JoinTable | None = None
+        tp: tuple[str, int] | None = None
+        last = -1
+        n = 0
+        for r in records:
+            topic, partition, offset = r.topic, r.partition, r.offset
+            if tp is None or tp[1] != partition or tp[0] != topic:
+                if tp is not None and table is not None:
+                    positions[tp] = last + 1
+                tp = (topic, partition)
+                table = tables.get(partition)
+            if table is None:
+                continue  # not (or no longer) ours
+            n += 1
+            last = offset
+            try:
+                ev = decode(r.value, r.timestamp)
+                if check is not None:
+                    check(r.key, ev)
+            except InvalidEvent as exc:
+                self._dead(r, exc, out)
+                continue
+            outcome = table.add(ev, now_ms, topic, offset)
+            if outcome == "accepted":
+                accepted[ev.model] = accepted.get(ev.model, 0) + 1
+                if track:
+                    out.touched.setdefault(partition, []).append(ev.request_id)
+            else:
+                self._not_joined(r, ev.model, outcome, out)
+        if tp is not None and table is not None:
+            positions[tp] = last + 1
+        out.records += n
+        out.accepted.update(accepted)
+
+    def _join_event_time(
+        self,
+        records: Sequence[Record],
+        out: Step,
+        finished: list[tuple[int, FinishedRequest]],
+    ) -> None:
+        decode = self._decoder.decode
+        n = self._partitions
+        for r in records:
+            out.records += 1
+            try:
+                ev = decode(r.value, r.timestamp)
+                if self._check_keys:
+                    check_key(r.key, ev)
+            except InvalidEvent as exc:
+                self._dead(r, exc, out)
+                continue
+            p = r.partition if n is None else partition_for(ev.request_id.encode(), n)
+            table = self.tables.get(p)
+            if table is None:
+                table = self.open(p)
+            now = max(self._stream_ms.get(p, ev.ts), ev.ts)
+            self._stream_ms[p] = now
+            table.expire(now)
+            outcome = table.add(ev, now)
+            table.expire(now)
+            if outcome == "accepted":
+                out.accepted[ev.model] += 1
+            else:
+                self._not_joined(r, ev.model, outcome, out)
+            finished += [(p, f) for f in table.drain()]
+
+    def _dead(self, r: Record, exc: InvalidEvent, out: Step) -> None:
+        out.invalid.append((r, exc))
+        out.dead_letters[exc.reason] += 1
+        if self._encode:
+            out.outputs.setdefault(r.partition, []).append(dead_letter(self._dlq_topic, r, exc))
+
+    def _not_joined(self, r: Record, model: str, outcome: str, out: Step) -> None:
+        out.other[(model, outcome)] += 1
+        if outcome == "late" and self._late_topic:
+            out.late += 1
+            if self._encode:
+                out.outputs.setdefault(r.partition, []).append(
+                    OutRecord(self._late_topic, r.key, r.value, list(r.headers))
+                )
+
+    def _fuse(self, finished: list[tuple[int, FinishedRequest]], out: Step) -> None:
+        if not finished:
+            return
+        requests = [f for _, f in finished]
+        results = self._fuser.fuse(requests)
+        out.results = results
+        out.finished = requests
+        out.result_partitions = [p for p, _ in finished]
+        if self._encode:
+            topic = self._output_topic
+            dumps = orjson.dumps
+            outputs = out.outputs
+            for (p, f), result in zip(finished, results, strict=True):
+                outputs.setdefault(p, []).append(
+                    OutRecord(topic, f.request_id.encode(), dumps(result))
+                )
+        if self._track:
+            for p, f in finished:
+                out.touched.setdefault(p, []).append(f.request_id)
+
+
+def dead_letter(topic: str, record: Record, exc: InvalidEvent) -> OutRecord:
+    """The original bytes and headers, unchanged, with the reason and the source
+    coordinates added (schemas/dlq.v1.json)."""
+    headers: Headers = [
+        *record.headers,
+        ("error", exc.reason.encode()),
+        ("error_detail", exc.detail[:1000].encode("utf-8", "replace")),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    value = record.value if record.value is not None else b""
+    return OutRecord(topic, record.key, value, headers)

@@ -1,0 +1,31 @@
+"""Which input offset at-least-once may commit. Pure: no Kafka, no clock.
+
+A repeat must never be worse than the original (DESIGN.md, "Delivery"): after a crash a
+request may be fused again only from all the events it was first fused from. So the
+committed offset of an input partition never falls inside the offset span of a request
+fused since the last commit: a restart from inside it would re-read only its later
+events and fuse a poorer result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def safe_commit_offset(base: int, spans: Iterable[tuple[int, int]]) -> int:
+    """The largest offset <= ``base`` that lies inside no span.
+
+    ``base`` is the offset the partition could commit otherwise (its consumed position,
+    or the first offset of a still-pending request if lower). ``spans`` are the
+    ``(first, last)`` offsets of the events of each request fused from this partition;
+    an offset ``c`` is inside a span when ``first < c <= last`` (a restart from ``c``
+    would miss ``first`` but read ``last``).
+
+    Spans are visited by descending ``first``: lowering to one span's ``first`` can only
+    land inside a span with a smaller ``first``, which comes later.
+    """
+    offset = base
+    for first, last in sorted(spans, reverse=True):
+        if first < offset <= last:
+            offset = first
+    return offset
