@@ -22,7 +22,7 @@ def restore_logging() -> Iterator[None]:
     aiokafka.setLevel(saved[2])
 
 
-@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR"])
+@pytest.mark.parametrize("level", ["INFO", "WARNING", "ERROR"])
 def test_aiokafka_follows_the_worker_level(level: str) -> None:
     """aiokafka's loggers are enabled exactly from the worker's [log] level up."""
     setup_logging(level, "text")
@@ -32,6 +32,16 @@ def test_aiokafka_follows_the_worker_level(level: str) -> None:
         assert logger.getEffectiveLevel() == want
         assert logger.isEnabledFor(want)
         assert not logger.isEnabledFor(want - 1)
+
+
+def test_aiokafka_stays_at_info_when_the_worker_logs_debug() -> None:
+    """At [log] level DEBUG the worker's own loggers log DEBUG, aiokafka's only INFO and
+    up: its DEBUG records dump protocol requests, SASL PLAIN passwords included."""
+    setup_logging("DEBUG", "text")
+    assert logging.getLogger("worker.runtime.app").isEnabledFor(logging.DEBUG)
+    conn = logging.getLogger("aiokafka.conn")
+    assert conn.isEnabledFor(logging.INFO)
+    assert not conn.isEnabledFor(logging.DEBUG)
 
 
 def test_aiokafka_level_set_elsewhere_is_undone() -> None:

@@ -32,7 +32,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str) -> None:
     """Send every record at ``level`` and above (the worker's and its libraries', aiokafka
-    included) to standard error, as text or JSON (``fmt``)."""
+    included, though never aiokafka's DEBUG) to standard error, as text or JSON
+    (``fmt``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -42,6 +43,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiokafka's records (group joins, retries, reconnects) are what an operator needs
-    # when a broker misbehaves, so they follow [log] level like the worker's own; NOTSET
-    # also undoes a level an earlier call or an embedding application left on it.
-    logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+    # when a broker misbehaves, so they follow [log] level like the worker's own, but
+    # never below INFO: its DEBUG records dump every protocol request, the SASL
+    # handshake's bytes among them, which hold a PLAIN password in clear.
+    logging.getLogger("aiokafka").setLevel(max(root.level, logging.INFO))
