@@ -10,7 +10,7 @@ export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
 .PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
-	backtest-demo demo-langid chaos chaos-at-least-once clean
+	backtest-demo demo-langid chaos chaos-at-least-once clean lock
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,13 +18,26 @@ help:  ## list the targets
 .venv: $(VENV)/.installed  ## create the virtualenv with the package and its dev extra
 venv: .venv
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is required ($(PYTHON) not found)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $@
+
+# The exact versions the suite passes with, for CPython 3.11 on Linux (the image's and
+# CI's platform): a universal lock would add versions for other Pythons that nothing ran.
+# Pins already in constraints.txt are kept while they still fit; LOCK_ARGS=--upgrade
+# moves everything to the newest versions (then run `make test` before committing).
+LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+LOCK_ARGS ?=
+# Not `lock: .venv`: a pyproject.toml edit that the old lock contradicts must still lock.
+lock:  ## regenerate constraints.txt (exact versions of runtime and dev deps) with uv
+	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	  $(BIN)/python -m pip install -q uv -c constraints.txt; }
+	$(BIN)/uv pip compile pyproject.toml --all-extras $(LOCK_PLATFORM) \
+	  $(LOCK_ARGS) --custom-compile-command 'make lock' --output-file constraints.txt
 
 kafka-up:  ## start the local Kafka broker (fetched from Maven Central once)
 	$(KAFKA) up

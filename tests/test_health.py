@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import time
 import urllib.error
@@ -11,7 +12,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from worker.config import MetricsConfig
 from worker.errors import ConfigError
@@ -35,6 +38,17 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
             return resp.status, resp.headers["Content-Type"], resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def fetch(
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, response headers, raw body) of one request sent with ``headers``."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers=headers or {}, method=method
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status, dict(resp.headers.items()), resp.read()
 
 
 @pytest.fixture
@@ -108,11 +122,66 @@ def test_readyz_fails_when_not_live(server: HealthServer, health: Health, clock:
 
 
 def test_metrics_serves_the_registry(server: HealthServer) -> None:
-    """/metrics answers the registry's exposition with Prometheus' content type."""
+    """/metrics answers the registry's exposition; without an Accept header, in the
+    Prometheus text format 0.0.4 (what prometheus_client's exposition negotiates)."""
     status, content_type, body = get(server.port, "/metrics")
     assert status == 200
-    assert content_type == CONTENT_TYPE_LATEST
+    assert content_type == CONTENT_TYPE_PLAIN_0_0_4
     assert 'fusion_events_total{model="bert",outcome="accepted"} 0.0' in body
+
+
+def test_metrics_in_openmetrics_when_the_accept_header_asks(server: HealthServer) -> None:
+    """A scraper that accepts OpenMetrics (as Prometheus does) gets OpenMetrics: its
+    content type, counter families without _total and the closing # EOF."""
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    status, headers, body = fetch(server.port, "/metrics", {"Accept": accept})
+    text = body.decode()
+    assert status == 200
+    assert headers["Content-Type"].startswith(OPENMETRICS)
+    assert "# TYPE fusion_events counter\n" in text
+    assert 'fusion_events_total{model="bert",outcome="accepted"} 0.0\n' in text
+    assert text.endswith("# EOF\n")
+
+
+def test_metrics_gzipped_when_asked(server: HealthServer) -> None:
+    """Accept-Encoding: gzip gets a gzip body (Content-Encoding: gzip) holding the same
+    exposition; without it the body is plain."""
+    _, headers, body = fetch(server.port, "/metrics", {"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip"
+    assert int(headers["Content-Length"]) == len(body)
+    text = gzip.decompress(body).decode()
+    assert 'fusion_events_total{model="bert",outcome="accepted"} 0.0' in text
+    _, plain_headers, plain = fetch(server.port, "/metrics")
+    assert "Content-Encoding" not in plain_headers
+    assert plain.startswith(b"# HELP")
+
+
+def test_metrics_name_filter(server: HealthServer) -> None:
+    """``name[]`` query parameters restrict the exposition to those series."""
+    path = "/metrics?name[]=fusion_pending_requests&name[]=fusion_fetch_paused"
+    _, _, body = fetch(server.port, path)
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in body.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names == {"fusion_pending_requests", "fusion_fetch_paused"}
+
+
+def test_metrics_head_answers_without_body(server: HealthServer) -> None:
+    """HEAD /metrics answers 200 with the content type and no body (prometheus_client's
+    app alone would answer 405)."""
+    status, headers, body = fetch(server.port, "/metrics", method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Type"] == CONTENT_TYPE_PLAIN_0_0_4
+
+
+def test_respond_reads_header_names_in_any_case(health: Health) -> None:
+    """respond() matches Accept whatever the case of the header name, as HTTP requires."""
+    srv = HealthServer(health, CollectorRegistry(), "127.0.0.1", 0)
+    answer = srv.respond("/metrics", {"ACCEPT": "application/openmetrics-text"})
+    assert answer.status == 200
+    assert dict(answer.headers)["Content-Type"] == OPENMETRICS
 
 
 def test_head_answers_without_body(server: HealthServer) -> None:

@@ -5,6 +5,10 @@ The server runs in its own daemon thread (stdlib ``ThreadingHTTPServer``), so it
 answering while the asyncio loop is blocked; that is what lets /healthz report a stuck
 loop instead of timing out with it. ``Health`` is the state the loop updates and the
 server reads: plain attribute writes, which are atomic under the GIL.
+
+/metrics is prometheus_client's own WSGI app, called from that thread: its content
+negotiation (OpenMetrics when the scraper's Accept header asks for it), gzip and the
+``name[]`` filter are the library's, so they follow the library rather than a copy here.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from worker.config import MetricsConfig
 from worker.errors import ConfigError
@@ -81,6 +85,14 @@ class Health:
         return True, "ok"
 
 
+class Response(NamedTuple):
+    """One HTTP answer: status code, headers (Content-Type among them) and body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
 class HealthServer:
     """Serves /metrics, /healthz and /readyz on ``host:port`` from a daemon thread.
 
@@ -94,6 +106,7 @@ class HealthServer:
         self.registry = registry
         self.host = host
         self._requested_port = port
+        self._metrics_app = make_wsgi_app(registry)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -153,18 +166,43 @@ class HealthServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for a request path; the handler's only logic."""
-        route = path.split("?", 1)[0]
+    def respond(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
+        """The answer to a GET of ``path`` (with its query string) with request
+        ``headers`` (Accept and Accept-Encoding matter to /metrics); the handler's only
+        logic."""
+        route, _, query = path.partition("?")
         if route == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return self._metrics(query, headers or {})
         if route in ("/healthz", "/readyz"):
             ok, why = self.health.liveness() if route == "/healthz" else self.health.readiness()
-            return (200 if ok else 503), _TEXT, f"{why}\n".encode()
-        return 404, _TEXT, b"not found: try /metrics, /healthz or /readyz\n"
+            return Response(200 if ok else 503, [_TEXT], f"{why}\n".encode())
+        return Response(404, [_TEXT], b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _metrics(self, query: str, headers: Mapping[str, str]) -> Response:
+        environ = {
+            # HEAD is answered as a GET without its body by the handler: the WSGI app
+            # itself refuses HEAD with 405, which would fail probes that use it.
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/metrics",
+            "QUERY_STRING": query,
+        }
+        # HTTP header names are case-insensitive.
+        lowered = {name.lower(): value for name, value in headers.items()}
+        for name, key in (("accept", "HTTP_ACCEPT"), ("accept-encoding", "HTTP_ACCEPT_ENCODING")):
+            if name in lowered:
+                environ[key] = lowered[name]
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
+            started.append((status, response_headers))
+
+        chunks: Iterable[bytes] = self._metrics_app(environ, start_response)
+        body = b"".join(chunks)
+        status, response_headers = started[0]
+        return Response(int(status.split(" ", 1)[0]), list(response_headers), body)
 
 
-_TEXT = "text/plain; charset=utf-8"
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
 
 
 class _Server(ThreadingHTTPServer):
@@ -186,13 +224,14 @@ def _handler(owner: HealthServer) -> type[BaseHTTPRequestHandler]:
             self._answer(body=False)
 
         def _answer(self, body: bool) -> None:
-            status, content_type, payload = owner.respond(self.path)
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
+            answer = owner.respond(self.path, dict(self.headers.items()))
+            self.send_response(answer.status)
+            for name, value in answer.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
             if body:
-                self.wfile.write(payload)
+                self.wfile.write(answer.body)
 
         def log_message(self, format: str, *args: Any) -> None:
             # Probes hit these endpoints every few seconds: keep them out of INFO logs.

@@ -31,6 +31,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
+    """Send every record at ``level`` and above (the worker's and its libraries', aiokafka
+    included, though never aiokafka's DEBUG) to standard error, as text or JSON
+    (``fmt``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -39,6 +42,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiokafka logs every reconnect attempt at ERROR/WARNING; the worker reports
-    # outages itself, once per state change.
-    logging.getLogger("aiokafka").setLevel(max(root.level, logging.CRITICAL))
+    # aiokafka's records (group joins, retries, reconnects) are what an operator needs
+    # when a broker misbehaves, so they follow [log] level like the worker's own, but
+    # never below INFO: its DEBUG records dump every protocol request, the SASL
+    # handshake's bytes among them, which hold a PLAIN password in clear.
+    logging.getLogger("aiokafka").setLevel(max(root.level, logging.INFO))

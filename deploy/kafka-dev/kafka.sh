@@ -15,6 +15,14 @@
 #   KAFKA_HEAP_OPTS   JVM heap (default -Xms256m -Xmx768m)
 #   KAFKA_SASL_PORT   when set, an extra SASL_PLAINTEXT listener with SCRAM users
 #                     (see KAFKA_SCRAM_USERS, "user:password user2:password2")
+#   KAFKA_SSL_PORT    when set, an extra SSL listener; it needs
+#                     KAFKA_SSL_KEYSTORE (a PKCS12 file with the broker's key and
+#                     certificate chain) and KAFKA_SSL_KEYSTORE_PASSWORD
+#                     (KAFKA_SSL_KEY_PASSWORD: the key's, default the same); with
+#                     KAFKA_SSL_TRUSTSTORE (PKCS12) and KAFKA_SSL_TRUSTSTORE_PASSWORD
+#                     the broker also asks clients for certificates
+#                     (KAFKA_SSL_CLIENT_AUTH: none, requested or required; default
+#                     requested when a truststore is given)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -74,6 +82,25 @@ listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.com
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain_users;"
   fi
+  local ssl=""
+  if [[ -n "${KAFKA_SSL_PORT:-}" ]]; then
+    [[ -f "${KAFKA_SSL_KEYSTORE:-}" ]] || die "KAFKA_SSL_PORT needs KAFKA_SSL_KEYSTORE, a PKCS12 keystore file (got '${KAFKA_SSL_KEYSTORE:-}')"
+    [[ -n "${KAFKA_SSL_KEYSTORE_PASSWORD:-}" ]] || die "KAFKA_SSL_PORT needs KAFKA_SSL_KEYSTORE_PASSWORD"
+    listeners="$listeners,SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    protocol_map="$protocol_map,SSL:SSL"
+    advertised="$advertised,SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    ssl="listener.name.ssl.ssl.keystore.type=PKCS12
+listener.name.ssl.ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+listener.name.ssl.ssl.keystore.password=$KAFKA_SSL_KEYSTORE_PASSWORD
+listener.name.ssl.ssl.key.password=${KAFKA_SSL_KEY_PASSWORD:-$KAFKA_SSL_KEYSTORE_PASSWORD}"
+    if [[ -n "${KAFKA_SSL_TRUSTSTORE:-}" ]]; then
+      ssl="$ssl
+listener.name.ssl.ssl.truststore.type=PKCS12
+listener.name.ssl.ssl.truststore.location=$KAFKA_SSL_TRUSTSTORE
+listener.name.ssl.ssl.truststore.password=${KAFKA_SSL_TRUSTSTORE_PASSWORD:-}
+listener.name.ssl.ssl.client.auth=${KAFKA_SSL_CLIENT_AUTH:-requested}"
+    fi
+  fi
   cat > "$state/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -102,6 +129,7 @@ log.retention.hours=24
 log.segment.bytes=67108864
 message.max.bytes=4194304
 $sasl
+$ssl
 PROPS
 }
 

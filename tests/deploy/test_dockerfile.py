@@ -205,6 +205,35 @@ def test_runtime_installs_no_dev_extra_and_no_compiler(instructions: list[Instru
         assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", run.args), run.args
 
 
+def test_every_pip_install_uses_the_lock(instructions: list[Instruction]) -> None:
+    """Each pip install in the build installs at the versions of constraints.txt (the ones
+    the suite passed with), copied into its stage before it runs."""
+    installs = [
+        (pos, ins)
+        for pos, ins in enumerate(instructions)
+        if ins.name == "RUN" and re.search(r"\bpip install\b", ins.args)
+    ]
+    assert installs, "the build installs nothing with pip"
+    for pos, ins in installs:
+        for command in re.split(r"&&|;", ins.args):
+            words = shlex.split(command)
+            if words[:2] != ["pip", "install"]:
+                continue
+            assert any(
+                (flag in ("-c", "--constraint") and value == "constraints.txt")
+                or flag in ("-cconstraints.txt", "--constraint=constraints.txt")
+                for flag, value in zip(words, [*words[1:], ""], strict=True)
+            ), f"pip install without -c constraints.txt: {command.strip()}"
+        copied = [
+            exec_form(c.args)
+            for c in instructions[:pos]
+            if c.name == "COPY" and c.stage == ins.stage and "--from=" not in c.args
+        ]
+        assert any("constraints.txt" in words[:-1] for words in copied), (
+            "constraints.txt is not copied into the stage before pip install"
+        )
+
+
 def test_every_copy_source_exists_and_is_in_the_context(instructions: list[Instruction]) -> None:
     """Each COPY from the build context names a path that exists and .dockerignore keeps."""
     patterns = ignore_patterns()

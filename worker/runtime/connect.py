@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,9 +79,11 @@ async def probe_credentials(cfg: KafkaConfig) -> None:
     as "unable to bootstrap", which looks like an outage and would be retried forever.
 
     Connects to the first bootstrap server that answers; an unreachable server is an
-    outage (the caller retries), a refused login raises KafkaSetupError at once.
+    outage (the caller retries), a refused login raises KafkaSetupError at once. So does
+    a failed TLS handshake (a broker certificate that ``ssl_cafile`` does not verify),
+    which the clients would otherwise also retry forever.
     """
-    if not cfg.security_protocol.startswith("SASL"):
+    if cfg.security_protocol == "PLAINTEXT":
         return
     opts = client_options(cfg)
     for server in cfg.bootstrap_servers.split(","):
@@ -93,10 +96,13 @@ async def probe_credentials(cfg: KafkaConfig) -> None:
                 request_timeout_ms=cfg.request_timeout_ms,
                 ssl_context=opts.get("ssl_context"),
                 security_protocol=cfg.security_protocol,
-                sasl_mechanism=cfg.sasl_mechanism,
-                sasl_plain_username=cfg.sasl_username,
-                sasl_plain_password=opts["sasl_plain_password"],
+                sasl_mechanism=cfg.sasl_mechanism or None,
+                sasl_plain_username=cfg.sasl_username or None,
+                sasl_plain_password=opts.get("sasl_plain_password"),
             )
+        except ssl.SSLError as exc:
+            # Before OSError: SSLError is one, but a handshake refusal is no outage.
+            raise KafkaSetupError(_tls_failure(server.strip(), cfg, exc)) from None
         except KafkaError as exc:
             if "Authentication" in type(exc).__name__ or "Sasl" in type(exc).__name__:
                 raise KafkaSetupError(
@@ -110,6 +116,20 @@ async def probe_credentials(cfg: KafkaConfig) -> None:
         with contextlib.suppress(Exception):
             conn.close()
         return
+
+
+def _tls_failure(server: str, cfg: KafkaConfig, exc: ssl.SSLError) -> str:
+    trusted = f"kafka.ssl_cafile = {cfg.ssl_cafile!r}" if cfg.ssl_cafile else "the system CAs"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS handshake with {server} failed: the broker's certificate could not be "
+            f"verified ({exc.verify_message}) against {trusted}; point kafka.ssl_cafile at "
+            "the CA that signed the broker's certificate"
+        )
+    return (
+        f"TLS handshake with {server} failed: {exc.reason or exc}; check that the address "
+        f"is the broker's {cfg.security_protocol} listener and the kafka.ssl_* settings"
+    )
 
 
 async def close_client(client: Any, timeout_s: float) -> None:
