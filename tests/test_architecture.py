@@ -98,3 +98,56 @@ def test_runtime_modules_import_each_other_without_a_cycle() -> None:
 def test_the_cycle_check_can_fail() -> None:
     """The detector finds a two-module cycle."""
     assert cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def runtime_classes() -> list[tuple[str, ast.ClassDef]]:
+    """Every class of worker/runtime, with its module's name."""
+    out = []
+    for path in sorted((WORKER / "runtime").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                out.append((path.stem, node))
+    return out
+
+
+def base_names(node: ast.ClassDef) -> set[str]:
+    return {ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases}
+
+
+def test_no_runtime_class_subclasses_the_loop() -> None:
+    """Delivery modes are composed into the loop, never subclasses of it (or of a
+    delivery mode)."""
+    loops = {n.name for m, n in runtime_classes() if m == "loop"}
+    assert "Loop" in loops
+    modes = {"AtLeastOnce", "ExactlyOnce", "Loop"}
+    offenders = [f"{m}.{n.name}" for m, n in runtime_classes() if base_names(n) & (loops | modes)]
+    assert offenders == []
+
+
+def test_the_subclass_check_can_fail() -> None:
+    """A class deriving from the loop is seen as one."""
+    (node,) = [
+        n for n in ast.walk(ast.parse("class X(loop.Loop): pass")) if isinstance(n, ast.ClassDef)
+    ]
+    assert base_names(node) == {"Loop"}
+
+
+MAX_MODULE_LINES = 410
+MAX_METHODS = 25
+
+
+def test_runtime_modules_and_classes_stay_small() -> None:
+    """No runtime module over about 400 lines, no runtime class over 25 methods."""
+    long = {
+        p.name: n
+        for p in (WORKER / "runtime").glob("*.py")
+        if (n := len(p.read_text("utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    big = {
+        f"{m}.{c.name}": n
+        for m, c in runtime_classes()
+        if (n := sum(isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for f in c.body))
+        > MAX_METHODS
+    }
+    assert long == {}
+    assert big == {}

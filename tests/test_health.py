@@ -252,3 +252,16 @@ async def test_healthz_answers_while_the_event_loop_is_blocked() -> None:
         status, _, body = get(srv.port, "/healthz")
         assert status == 503
         assert "loop stalled" in body
+
+
+def test_a_worker_stopping_on_a_fatal_error_is_not_live() -> None:
+    """After set_failed, /healthz answers not live with the reason, however recent the
+    last beat: the worker cannot make progress."""
+    clock = FakeClock()
+    health = Health(30.0, clock=clock)
+    health.beat(clock())
+    health.set_failed("topic in-a does not exist")
+    live, why = health.liveness()
+    assert not live
+    assert "topic in-a does not exist" in why
+    assert not health.readiness()[0]

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.murmur2 import partition_for
-from worker.runtime.sink import partitions_for
+from worker.runtime.partitioner import partitions_for
 
 keys = st.lists(st.binary(min_size=0, max_size=40), min_size=0, max_size=200)
 

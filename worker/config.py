@@ -59,6 +59,8 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_timeout_ms: Positive = 10_000
     request_timeout_ms: Positive = 30_000
     retry_backoff_ms: Positive = 500
+    # A topic of ours missing for this long (deleted while the worker runs) stops it.
+    unknown_topic_timeout_ms: Positive = 30_000
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
     sasl_username: str = ""

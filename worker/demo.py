@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.config import Config, build_config
-from worker.runtime.app import Worker
 from worker.runtime.connect import client_options
+from worker.runtime.main import make_worker
 from worker.simulate import publish
 
 PARTITIONS = 4
@@ -101,7 +101,7 @@ async def _demo(requests: int, rate: float) -> int:
         f"demo: broker {bootstrap}; topics demo-predictions ({PARTITIONS} partitions) -> demo-fused"
     )
     await _fresh_topics(config)
-    worker = Worker(config)
+    worker = make_worker(config)
     await worker.start()
     run = asyncio.create_task(worker.run())
     await worker.assigned.wait()  # publish only once partitions are ours

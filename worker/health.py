@@ -48,6 +48,7 @@ class Health:
         self._last_beat = clock()
         self._assigned = False
         self._connected = False
+        self._failed: str | None = None
 
     def beat(self, now_s: float) -> None:
         """The loop is alive. Call at the top of every loop iteration (and while waiting
@@ -63,8 +64,15 @@ class Health:
         or down (a Kafka error in the loop)."""
         self._connected = connected
 
+    def set_failed(self, reason: str) -> None:
+        """The worker cannot make progress and is stopping (a fatal Kafka error): not
+        live from now on, whatever the loop does while it shuts down."""
+        self._failed = reason
+
     def liveness(self) -> tuple[bool, str]:
         """(live, reason): what /healthz answers."""
+        if self._failed is not None:
+            return False, f"stopping: {self._failed}"
         age = self._clock() - self._last_beat
         if age > self.liveness_timeout_s:
             return False, (

@@ -17,20 +17,22 @@ from aiokafka.errors import KafkaError
 from tests.integration.conftest import Pipeline
 from worker.config import load_config
 from worker.engine import OutRecord
-from worker.runtime.exactly_once import ExactlyOnceWorker
+from worker.runtime.exactly_once import ExactlyOnce
+from worker.runtime.loop import Loop
+from worker.runtime.main import make_worker
 
 pytestmark = pytest.mark.kafka
 
 
-async def opened(worker: ExactlyOnceWorker, count: int, timeout_s: float = 30) -> None:
+async def opened(worker: Loop, count: int, timeout_s: float = 30) -> None:
     end = time.monotonic() + timeout_s
     while len(worker.tables) < count:
         assert time.monotonic() < end, "partitions not opened in time"
         await asyncio.sleep(0.05)
 
 
-async def running(p: Pipeline) -> tuple[ExactlyOnceWorker, asyncio.Task[None]]:
-    worker = ExactlyOnceWorker(load_config(p.config(kafka={"delivery": "exactly-once"}), env={}))
+async def running(p: Pipeline) -> tuple[Loop, asyncio.Task[None]]:
+    worker = make_worker(load_config(p.config(kafka={"delivery": "exactly-once"}), env={}))
     await worker.start()
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.assigned.wait(), 30)
@@ -38,7 +40,7 @@ async def running(p: Pipeline) -> tuple[ExactlyOnceWorker, asyncio.Task[None]]:
     return worker, task
 
 
-async def stopped(worker: ExactlyOnceWorker, task: asyncio.Task[None]) -> None:
+async def stopped(worker: Loop, task: asyncio.Task[None]) -> None:
     worker.request_stop()
     await task
     await worker.stop()
@@ -51,15 +53,17 @@ async def test_a_revocation_between_emit_and_commit_waits_for_the_commit(
     nothing until the commit is done: the commit raises no KeyError and commits."""
     p: Pipeline = await pipeline(partitions=2)
     worker, task = await running(p)
+    delivery = worker.delivery
+    assert isinstance(delivery, ExactlyOnce)
     try:
         keep = [TopicPartition(t, 0) for t in p.inputs]
-        async with worker._lock:  # the loop, mid-batch
-            await worker._emit(1, [OutRecord(p.output, b"r-1", b"{}")])
+        async with worker.lock:  # the loop, mid-batch
+            await delivery.write(1, [OutRecord(p.output, b"r-1", b"{}")])
             callback = asyncio.create_task(worker.on_assigned(keep))
             await asyncio.sleep(0.2)
             assert not callback.done()
             assert set(worker.tables) == {0, 1}, "the callback changed state under the loop"
-            await worker._commit()
+            await delivery.commit()
         await asyncio.wait_for(callback, 10)
         assert set(worker.tables) == {0}
         assert worker.metrics.transactions.labels("committed")._value.get() >= 1
@@ -74,15 +78,17 @@ async def test_a_lost_partition_whose_transaction_fails_is_not_opened_again(
     nor parks it: this worker no longer owns it."""
     p: Pipeline = await pipeline(partitions=2)
     worker, task = await running(p)
+    delivery = worker.delivery
+    assert isinstance(delivery, ExactlyOnce)
     try:
         keep = [TopicPartition(t, 0) for t in p.inputs]
-        async with worker._lock:
-            await worker._emit(1, [OutRecord(p.output, b"r-1", b"{}")])
+        async with worker.lock:
+            await delivery.write(1, [OutRecord(p.output, b"r-1", b"{}")])
         await worker.on_assigned(keep)
-        async with worker._lock:
-            await worker._failed(1, KafkaError("a late failure of the lost partition"))
-        assert 1 not in worker._opening
-        assert 1 not in worker._parked
+        async with worker.lock:
+            await delivery.failed(1, KafkaError("a late failure of the lost partition"))
+        assert 1 not in delivery.opening
+        assert 1 not in delivery.parked
         assert 1 not in worker.tables
     finally:
         await stopped(worker, task)

@@ -26,7 +26,7 @@ from tests.integration.conftest import Pipeline, WorkerFactory
 from tests.integration.harness import make_events
 from tests.kafka_fixtures import consume, produce
 from worker.config import load_config
-from worker.runtime.app import Worker
+from worker.runtime.main import make_worker
 
 pytestmark = pytest.mark.kafka
 
@@ -122,7 +122,7 @@ async def test_readyz_503_before_assignment_and_200_after(pipeline: Callable[...
     """/readyz answers 503 while the worker is not yet assigned, 200 once it is; /healthz
     is 200 throughout."""
     p: Pipeline = await pipeline(partitions=1)
-    worker = Worker(load_config(p.config(), env={}))
+    worker = make_worker(load_config(p.config(), env={}))
     base = f"http://127.0.0.1:{p.port}"
     seen: list[int] = []
     stop = threading.Event()
@@ -159,7 +159,7 @@ async def test_healthz_fails_while_the_loop_is_stuck(pipeline: Callable[..., Any
     path = p.config()
     with path.open("a") as fh:
         fh.write("liveness_timeout_ms = 300\n")  # appended to the [metrics] table
-    worker = Worker(load_config(path, env={}))
+    worker = make_worker(load_config(path, env={}))
     url = f"http://127.0.0.1:{p.port}/healthz"
     await worker.start()
     run = asyncio.create_task(worker.run())

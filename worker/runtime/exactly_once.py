@@ -12,110 +12,83 @@ A partition number goes through three states:
 
 - *opening*: assigned, paused, no producer, no table. The loop (not the assignment
   callback: aiokafka stops heartbeating while that runs, and swallows its exceptions)
-  inits the producer, restores the table from the changelog, seeks the input to the
-  committed offset read after the init (so after the zombie's transaction ended), and
-  only then resumes it. A failed open is retried with backoff, the partition stays
-  paused meanwhile.
+  calls ``maintain``, which inits the producer, restores the table from the changelog,
+  seeks the input to the committed offset read after the init (so after the zombie's
+  transaction ended), and only then resumes it. A failed open is retried with backoff,
+  the partition stays paused meanwhile.
 - *open*: a producer and a table; its outputs go into its transaction.
 - *parked*: its producer was fenced. Another worker may own it, or the broker aborted
   our transaction (``transaction_timeout_ms``): we drop it and ask the group for a
   rebalance, which hands it to whoever owns it now (us again, through *opening*).
 
 Any other failure of a transaction (a send the broker refused, an outage): the
-partition is closed and goes back to *opening*, i.e. rewound to its last commit.
+partition is closed and goes back to *opening*, i.e. rewound to its last commit. An
+authorization failure (``TransactionalIdAuthorizationFailed`` among them) is fatal
+(worker/runtime/retry.py): the worker stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import (
-    IllegalOperation,
-    InvalidProducerEpoch,
-    KafkaError,
-    MessageSizeTooLargeError,
-    ProducerFenced,
-)
-from prometheus_client import CollectorRegistry
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
-from worker.config import Config
-from worker.engine import OutRecord
-from worker.runtime.app import Clock, Worker, wall_clock_ms
+from worker.engine import OutRecord, Step
+from worker.runtime.batches import SizeLimits
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import admin_client, close_client, producer_options
-from worker.runtime.retry import Backoff
-from worker.runtime.sink import BatchWriter, Divert, Sent, SizeLimits, settled
+from worker.runtime.delivery import Context
+from worker.runtime.retry import Backoff, is_fatal
+from worker.runtime.transactions import (
+    PRODUCER_STOP_S,
+    TXN_ERRORS,
+    TxnPartition,
+    acknowledged,
+    describe,
+    producer_gave_up,
+    request_rejoin,
+)
 
 log = logging.getLogger(__name__)
 
-# What a transactional producer raises when a transaction cannot go on. Besides
-# KafkaError, aiokafka raises IllegalOperation (a send after the transaction manager
-# failed) and AssertionError (a state transition out of its fatal state).
-TXN_ERRORS = (KafkaError, IllegalOperation, AssertionError)
-# Bound on stopping a producer we are done with: a new init of its transactional id
-# fences it anyway, so waiting longer for its buffers buys nothing.
-PRODUCER_STOP_S = 5.0
 
+class ExactlyOnce:
+    """The exactly-once delivery mode (``delivery = "exactly-once"``)."""
 
-class SendRefused(KafkaError):  # type: ignore[misc]
-    """A record of the open transaction was not acknowledged: committing would lose it."""
+    consumer_options: ClassVar[Mapping[str, Any]] = {"isolation_level": "read_committed"}
+    tracks_touched: ClassVar[bool] = True
+    opens_partitions: ClassVar[bool] = True
 
-
-class _Partition:
-    """The transactional side of one open input partition number."""
-
-    def __init__(
-        self, producer: AIOKafkaProducer, limits: SizeLimits, divert: Divert | None = None
-    ) -> None:
-        self.producer = producer
-        # No retries: a failed send fails the transaction, which is rewound.
-        self.writer = BatchWriter(producer, limits=limits, divert=divert)
-        self.in_txn = False
-        self.sent: list[Sent] = []  # handed to the producer in the open transaction
-        self.dirty: set[str] = set()
-        self.logged: set[str] = set()  # request ids whose state the changelog holds
-
-
-class ExactlyOnceWorker(Worker):
-    """The streaming worker with ``delivery = "exactly-once"``."""
-
-    def __init__(
-        self,
-        config: Config,
-        registry: CollectorRegistry | None = None,
-        clock_ms: Clock = wall_clock_ms,
-    ) -> None:
-        super().__init__(config, registry, clock_ms)
-        self._parts: dict[int, _Partition] = {}
-        self._opening: set[int] = set()
-        self._parked: set[int] = set()
+    def __init__(self, context: Context) -> None:
+        self._ctx = context
+        self._state = context.state
+        self.parts: dict[int, TxnPartition] = {}
+        self.opening: set[int] = set()
+        self.parked: set[int] = set()
         self._open_at = 0.0  # monotonic time of the next attempt to open
-        self._open_backoff = Backoff(config.kafka.retry_backoff_ms)
-        self._changelog = changelog_topic(config)
+        self._open_backoff = Backoff(context.config.kafka.retry_backoff_ms)
+        self._changelog = changelog_topic(context.config)
         # What the broker refused as too large, learnt so that the rewound transaction
-        # passes (see _acknowledged); shared by every partition's writer.
+        # passes (see transactions.acknowledged); shared by every partition's writer.
         self._size_limits = SizeLimits()
         self.changelog_records = 0
 
-    # -- set-up -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """No shared producer (each partition number gets a transactional one when
+        opened); the changelog topic must exist."""
 
-    def _consumer_options(self) -> dict[str, Any]:
-        return {"isolation_level": "read_committed"}
+        async def ensure() -> None:
+            async with admin_client(self._ctx.config.kafka) as admin:
+                await ensure_changelog(admin, self._ctx.config)
 
-    async def _start_producer(self, opts: dict[str, Any]) -> None:
-        """No shared producer: each partition number gets a transactional one when opened."""
-
-    async def _check_cluster(self, opts: dict[str, Any]) -> None:
-        await super()._check_cluster(opts)
-        async with admin_client(self.config.kafka) as admin:
-            await ensure_changelog(admin, self.config)
+        await self._ctx.connect(ensure)
 
     def _new_producer(self, partition: int) -> AIOKafkaProducer:
-        cfg = self.config.kafka
+        cfg = self._ctx.config.kafka
         return AIOKafkaProducer(
             **producer_options(
                 cfg,
@@ -124,90 +97,88 @@ class ExactlyOnceWorker(Worker):
             )
         )
 
-    # -- delivery hooks -------------------------------------------------------------------
+    # -- emitting -----------------------------------------------------------------------
 
-    _tracks_touched = True
-    _tracks_spans = False
-
-    def _touched(self, partition: int, request_ids: list[str]) -> None:
-        part = self._parts.get(partition)
-        if part is not None:
-            part.dirty.update(request_ids)
-
-    async def _emit(self, partition: int, records: list[OutRecord]) -> None:
-        # Only open partitions have a table, so only they have outputs; one closed
-        # since (its transaction failed earlier in this batch) is read again by
-        # whoever opens it next, so its outputs are not sent.
-        part = self._parts.get(partition)
-        if part is None:
-            return
-        try:
-            await self._begin(part)
-            part.sent += await part.writer.write(records)
-        except TXN_ERRORS as exc:
-            await self._failed(partition, exc)
-
-    async def _emitted(self) -> None:
-        """Hand over the batches of partitions with none out (the first of a transaction
+    async def emit(self, step: Step) -> None:
+        """Mark what changed, write each partition's outputs into its transaction, then
+        hand over the batches of partitions with none out (the first of a transaction
         also makes the producer add the partition to it, well before the commit)."""
-        for p, part in list(self._parts.items()):
+        for p, ids in step.touched.items():
+            part = self.parts.get(p)
+            if part is not None:
+                part.dirty.update(ids)
+        for p, recs in step.outputs.items():
+            if recs:
+                await self.write(p, recs)
+        for p, part in list(self.parts.items()):
             try:
                 part.sent += await part.writer.submit()
             except TXN_ERRORS as exc:
-                await self._failed(p, exc)
+                await self.failed(p, exc)
 
-    def _holding(self) -> bool:
+    async def write(self, partition: int, records: list[OutRecord]) -> None:
+        """Write one partition number's outputs into its open transaction. One closed
+        since (its transaction failed earlier in this batch) is read again by whoever
+        opens it next, so its outputs are not sent."""
+        part = self.parts.get(partition)
+        if part is None:
+            return
+        try:
+            await part.begin()
+            part.sent += await part.writer.write(records)
+        except TXN_ERRORS as exc:
+            await self.failed(partition, exc)
+
+    def holding(self) -> bool:
         # Nothing is visible before the commit, which hands everything over.
         return False
 
-    def _held(self) -> set[int]:
-        return self._opening | self._parked
+    def held(self) -> set[int]:
+        return self.opening | self.parked
 
-    async def _begin(self, part: _Partition) -> None:
-        if not part.in_txn:
-            await part.producer.begin_transaction()
-            part.in_txn = True
+    # -- committing ---------------------------------------------------------------------
 
-    async def _commit(self, partitions: Any = None) -> None:
+    async def commit(self, partitions: Collection[TopicPartition] | None = None) -> None:
         """Per open partition number with anything to say: changelog delta, offsets,
         commit. One after the other: committing them concurrently was measured slower
         on a shared two-core machine (docs/benchmarks.md)."""
-        numbers = (
-            {tp.partition for tp in partitions} if partitions is not None else set(self._parts)
-        )
+        numbers = {tp.partition for tp in partitions} if partitions is not None else set(self.parts)
         for p in sorted(numbers):
-            part = self._parts.get(p)
+            part = self.parts.get(p)
             if part is None:
                 continue
             try:
                 await self._commit_partition(p, part)
             except TXN_ERRORS as exc:
-                await self._failed(p, exc)
+                await self.failed(p, exc)
 
-    async def _commit_partition(self, p: int, part: _Partition) -> None:
+    async def _commit_partition(self, p: int, part: TxnPartition) -> None:
+        state, metrics = self._state, self._ctx.metrics
         offsets = {
             tp: pos
-            for tp, pos in self._positions.items()
-            if tp.partition == p and self._committed.get(tp) != pos
+            for tp, pos in state.positions.items()
+            if tp.partition == p and state.committed.get(tp) != pos
         }
-        table = self.tables.get(p)
+        table = state.tables.get(p)
         if table is None:
             return  # closed meanwhile: nothing of it may be committed
         delta = net_change(table, part.dirty, part.logged)
         if not (part.in_txn or offsets or delta):
             return  # no empty transactions
-        await self._begin(part)
+        await part.begin()
         # The offsets go first: a changelog batch in flight while the coordinator takes
         # them made that produce request ten times slower (docs/benchmarks.md).
         if offsets:
-            await part.producer.send_offsets_to_transaction(offsets, self.config.kafka.group_id)
+            await part.producer.send_offsets_to_transaction(
+                offsets, self._ctx.config.kafka.group_id
+            )
         if delta:
             part.sent += await part.writer.write_to(self._changelog, p, delta)
         part.sent += await part.writer.submit(force=True)
         # aiokafka commits a transaction even when the broker refused one of its
         # batches (a produce error fails only that batch's future), so every send is
         # checked before the commit.
-        await self._acknowledged(part)
+        await acknowledged(part, self._size_limits, self._ctx.beat)
         await part.producer.commit_transaction()
         part.in_txn = False
         part.dirty.clear()
@@ -217,41 +188,26 @@ class ExactlyOnceWorker(Worker):
             else:
                 part.logged.add(key.decode())
         self.changelog_records += len(delta)
-        self.metrics.changelog(len(delta))
-        self._committed.update(offsets)
-        self.metrics.transaction("committed")
-
-    async def _acknowledged(self, part: _Partition) -> None:
-        """Wait for every send of the open transaction; raise if one was refused.
-
-        What was refused as too large is learnt (``SizeLimits``), so that the rewound
-        transaction splits the topic's batches or drops a huge dead letter's value."""
-        sent, part.sent = part.sent, []
-        await settled([s.future for s in sent], self._beat)
-        results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
-        refused: str | None = None
-        too_large: list[Sent] = []
-        for item, result in zip(sent, results, strict=True):
-            if not isinstance(result, BaseException):
-                continue
-            refused = refused or f"{len(item.records)} records to {item.topic}: {_describe(result)}"
-            if isinstance(result, MessageSizeTooLargeError):
-                too_large.append(item)
-        self._size_limits.learn(too_large)
-        if refused is not None:
-            raise SendRefused(f"the broker refused {refused}")
+        metrics.changelog(len(delta))
+        state.committed.update(offsets)
+        metrics.transaction("committed")
 
     # -- failures -------------------------------------------------------------------------
 
-    async def _failed(self, partition: int, exc: BaseException) -> None:
-        """A transaction of ``partition`` cannot go on: close it. Fenced: park it and ask
-        for a rebalance. Otherwise: open it again, i.e. rewind it to its last commit
-        (the new producer's init aborts what was open)."""
-        part = self._parts.get(partition)
+    async def failed(self, partition: int, exc: BaseException) -> None:
+        """A transaction of ``partition`` cannot go on: close it. Fatal (an authorization
+        failure): raise, the worker stops. Fenced: park it and ask for a rebalance.
+        Otherwise: open it again, i.e. rewind it to its last commit (the new producer's
+        init aborts what was open)."""
+        if is_fatal(exc):
+            raise exc
+        part = self.parts.get(partition)
         fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch)) or (
-            part is not None and _fatal(part.producer)
+            part is not None and producer_gave_up(part.producer)
         )
         await self._close(partition)
+        metrics = self._ctx.metrics
+        mine = partition in self._state.owned
         if fenced:
             log.warning(
                 "producer of partition %d fenced (%s): another worker owns it, or our "
@@ -259,170 +215,109 @@ class ExactlyOnceWorker(Worker):
                 partition,
                 exc,
             )
-            self.metrics.transaction("fenced")
-            if self._owns(partition):
-                self._parked.add(partition)
-            _request_rejoin(self._consumer)
+            metrics.transaction("fenced")
+            if mine:
+                self.parked.add(partition)
+            request_rejoin(self._state.consumer)
         else:
             log.warning(
                 "transaction of partition %d failed (%s); rewinding it to the last commit",
                 partition,
-                _describe(exc),
+                describe(exc),
             )
-            self.metrics.transaction("aborted")
+            metrics.transaction("aborted")
             # Only a partition we still own is opened again: opening one that moved
             # would init its transactional id and fence its new owner.
-            if self._owns(partition):
-                self._opening.add(partition)
-
-    def _owns(self, partition: int) -> bool:
-        """Whether the last assignment applied gave us ``partition``."""
-        return partition in self.owned
+            if mine:
+                self.opening.add(partition)
 
     async def _close(self, partition: int) -> None:
         """Forget a partition number's state and pause its input; what it did not commit
         is read again by whoever opens it next."""
-        part = self._parts.pop(partition, None)
-        self.engine.close(partition)
-        if self._consumer is not None:
-            mine = [tp for tp in self._consumer.assignment() if tp.partition == partition]
-            self._consumer.pause(*mine)
-            for tp in mine:
-                self._positions.pop(tp, None)
-                self._committed.pop(tp, None)
+        part = self.parts.pop(partition, None)
+        self._state.close(partition)
         if part is not None:
-            for s in part.sent:
-                s.future.add_done_callback(_retrieve)
-            await close_client(part.producer, PRODUCER_STOP_S)
+            await part.close()
 
     # -- opening partitions -----------------------------------------------------------
 
-    def _adopt(self, numbers: set[int]) -> None:
-        """New partition numbers wait, paused (see on_assigned), until the loop has
-        opened them."""
-        self._opening |= numbers
-        self._parked -= numbers
-        self._open_at = 0.0
+    async def assigned(self, assigned: list[TopicPartition], new: set[int]) -> None:
+        """Close what we lost; new partition numbers wait, paused, until ``maintain``
+        has opened them."""
+        numbers = {tp.partition for tp in assigned}
+        for p in list(self.parts):
+            if p not in numbers:
+                await self._close(p)
+        self.opening = (self.opening & numbers) | new
+        self.parked = (self.parked & numbers) - new
+        if new:
+            self._open_at = 0.0
 
-    async def _maintain(self) -> None:
-        if self._opening and time.monotonic() >= self._open_at:
-            async with self._lock:
-                await self._open(sorted(self._opening))
+    async def maintain(self) -> None:
+        if self.opening and time.monotonic() >= self._open_at:
+            await self._open(sorted(self.opening))
 
     async def _open(self, numbers: list[int]) -> None:
         """Open partition numbers as a unit: nothing of them is installed unless every
         step succeeded; a failure leaves them paused, to be tried again after a backoff."""
+        state = self._state
+        consumer = state.consumer
+        assert consumer is not None
         producers: dict[int, AIOKafkaProducer] = {}
         try:
             for p in numbers:
                 producers[p] = producer = self._new_producer(p)
                 await producer.start()  # init: fences the previous owner, aborts its txn
-            restored = await read_changelog(self.config, numbers, self._beat)
-            positions = await self._committed_positions(numbers)
+            restored = await read_changelog(self._ctx.config, numbers, self._ctx.beat)
+            # Read after the producers' init, so a zombie's last transaction has ended.
+            positions = {tp: await consumer.committed(tp) for p in numbers for tp in state.of(p)}
         except TXN_ERRORS as exc:
             for producer in producers.values():
                 await close_client(producer, PRODUCER_STOP_S)
+            if is_fatal(exc):
+                raise
             wait = self._open_backoff.next_s()
             log.warning(
-                "opening partitions %s failed (%s); retrying in %.1fs",
-                numbers,
-                _describe(exc),
-                wait,
+                "opening partitions %s failed (%s); retrying in %.1fs", numbers, describe(exc), wait
             )
             self._open_at = time.monotonic() + wait
             return
-        assert self._consumer is not None
+        divert = self._ctx.divert()
         for p in numbers:
-            table = self.engine.open(p)
-            for state in restored[p].values():
-                table.restore(state)
-            self._parts[p] = _Partition(producers[p], self._size_limits, self._divert())
-            self._parts[p].logged = set(restored[p])
-        self._opening -= set(numbers)
+            table = state.open(p)
+            for request in restored[p].values():
+                table.restore(request)
+            self.parts[p] = TxnPartition(producers[p], self._size_limits, divert)
+            self.parts[p].logged = set(restored[p])
+        self.opening -= set(numbers)
         self._open_backoff.reset()
-        # A rebalance may have begun meanwhile (its callbacks wait for the lock we hold):
-        # touch only what is still assigned; the callbacks close the rest.
-        current = self._consumer.assignment()
-        mine = [tp for tp in positions if tp in current]
-        for tp in mine:
-            offset = positions[tp]
-            if offset is not None:
-                self._consumer.seek(tp, offset)
-            elif self.config.kafka.auto_offset_reset == "latest":
-                await self._consumer.seek_to_end(tp)
-            else:
-                await self._consumer.seek_to_beginning(tp)
-        if not self._paused:
-            self._consumer.resume(*mine)
+        await self._seek(positions)
         log.info(
             "opened partitions %s: %d pending requests restored",
             numbers,
             sum(len(v) for v in restored.values()),
         )
 
-    async def _committed_positions(self, numbers: list[int]) -> dict[TopicPartition, int | None]:
-        """The committed offset of each input partition of ``numbers``, read after the
-        producers' init, so a zombie's last transaction has ended (committed or aborted)."""
-        assert self._consumer is not None
-        return {
-            tp: await self._consumer.committed(tp)
-            for tp in self._consumer.assignment()
-            if tp.partition in numbers
-        }
-
-    # -- rebalances -----------------------------------------------------------------------
-
-    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        assert self._consumer is not None
-        # aiokafka may fetch a new partition from before the callback returns: pause the
-        # ones we have not opened at once (the fetcher drops what it fetched for them).
-        # Pausing touches only the consumer; partition state changes under the lock.
-        self._consumer.pause(*[tp for tp in assigned if tp.partition not in self._parts])
-        await super().on_assigned(assigned)
-
-    async def _apply_assignment(self, assigned: list[TopicPartition]) -> None:
-        """Close what we lost, then as at-least-once. Under the loop's lock: never while
-        the loop emits into or commits a partition's transaction."""
-        numbers = {tp.partition for tp in assigned}
-        for p in list(self._parts):
-            if p not in numbers:
-                await self._close(p)
-        self._opening &= numbers
-        self._parked &= numbers
-        await super()._apply_assignment(assigned)
+    async def _seek(self, positions: dict[TopicPartition, int | None]) -> None:
+        """Seek each opened input partition to its committed offset and resume it. A
+        rebalance may have begun meanwhile (its callbacks wait for the loop's lock):
+        touch only what is still assigned; the callbacks close the rest."""
+        consumer = self._state.consumer
+        assert consumer is not None
+        current = consumer.assignment()
+        mine = [tp for tp in positions if tp in current]
+        for tp in mine:
+            offset = positions[tp]
+            if offset is not None:
+                consumer.seek(tp, offset)
+            elif self._ctx.config.kafka.auto_offset_reset == "latest":
+                await consumer.seek_to_end(tp)
+            else:
+                await consumer.seek_to_beginning(tp)
+        if not self._state.paused:
+            consumer.resume(*mine)
 
     async def stop(self) -> None:
-        await super().stop()
-        for part in self._parts.values():
+        for part in self.parts.values():
             await close_client(part.producer, PRODUCER_STOP_S)
-        self._parts.clear()
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, once (a KafkaError's text already starts with its type)."""
-    text = str(exc)
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
-
-
-def _fatal(producer: AIOKafkaProducer) -> bool:
-    """Whether the producer's transaction manager gave up (its sender task died, e.g.
-    fenced while sending): nothing but a new producer can go on."""
-    txn = getattr(producer, "_txn_manager", None)
-    return bool(txn is not None and txn.is_fatal_error())
-
-
-def _request_rejoin(consumer: Any) -> None:
-    """Ask the group coordinator for a rebalance. aiokafka has no public call for it;
-    without one a partition parked after a transaction timeout would stay parked until
-    some other member joined or left."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None:
-        coordinator.request_rejoin()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Nobody awaits the sends of a closed partition: retrieve their exceptions so that
-    asyncio does not log them as never retrieved."""
-    if not future.cancelled():
-        future.exception()
+        self.parts.clear()

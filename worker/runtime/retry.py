@@ -3,13 +3,20 @@
 Every retry loop of the runtime (connecting at start, the loop's own errors, the sink's
 re-sends, opening exactly-once partitions) backs off through ``Backoff``: exponential,
 capped, with full jitter, so that replicas that lost the broker together do not come
-back in lockstep. ``is_fatal`` says which errors waiting will not cure.
+back in lockstep. ``is_fatal`` says which errors waiting will not cure: credentials,
+permissions (topic, group, cluster, transactional id), and configurations the broker
+refuses; start-up, the loop, the sink and the exactly-once transactions all ask it, and
+the worker stops on them with a non-zero exit. ``TopicWatch`` makes a missing topic
+fatal once it has been missing for longer than ``[kafka] unknown_topic_timeout_ms``
+(a topic being created is missing for a moment; a deleted one stays missing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+
+from worker.errors import KafkaSetupError
 
 # The longest wait between two attempts, whatever the base.
 MAX_BACKOFF_MS = 10_000
@@ -24,13 +31,70 @@ _FATAL = frozenset(
         "TopicAuthorizationFailedError",
         "GroupAuthorizationFailedError",
         "ClusterAuthorizationFailedError",
+        "TransactionalIdAuthorizationFailed",
+        "InvalidConfigurationError",
+        "InvalidRequestError",
+        "PolicyViolationError",
+        "InvalidTransactionTimeout",
+        "UnsupportedVersionError",
+        "UnsupportedForMessageFormatError",
     }
+)
+# What an operator should do about a fatal error, by kind.
+_ADVICE = (
+    ("Authorization", "grant the worker's principal the ACL it needs"),
+    ("Authentication", "fix the credentials ([kafka] sasl_*, ssl_*)"),
+    ("Sasl", "fix the credentials ([kafka] sasl_*, ssl_*)"),
+    ("Transaction", "fix [kafka] transaction_timeout_ms (the broker's maximum bounds it)"),
+    ("", "fix the configuration or the broker"),
 )
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """Errors that waiting will not cure: credentials and permissions."""
+    """Errors that waiting will not cure: credentials, permissions, and requests or
+    configurations the broker refuses as invalid."""
     return type(exc).__name__ in _FATAL
+
+
+def fatal_message(exc: BaseException) -> str:
+    """``Type: message; what to do``, for the log line the worker stops with."""
+    name = type(exc).__name__
+    text = str(exc)
+    what = text if text.startswith(name) else f"{name}: {text}"
+    advice = next(a for kind, a in _ADVICE if kind in name)
+    return f"{what}; {advice}"
+
+
+class TopicWatch:
+    """Makes a missing topic fatal once it has been missing for ``timeout_ms``.
+
+    ``observe(missing, now_s)`` is given the topics found missing at ``now_s``
+    (monotonic seconds); a topic seen again is forgotten. Pure: the caller fetches the
+    metadata and passes the clock."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
+        self.timeout_ms = timeout_ms
+        self._since: dict[str, float] = {}
+
+    @property
+    def check_interval_s(self) -> float:
+        """How often to look: four times per bound, at most every five seconds."""
+        return min(self.timeout_ms / 4000, 5.0)
+
+    def observe(self, missing: set[str], now_s: float) -> None:
+        """Raise ``KafkaSetupError`` naming the topics missing for ``timeout_ms``."""
+        self._since = {t: self._since.get(t, now_s) for t in missing}
+        gone = sorted(
+            t for t, since in self._since.items() if now_s - since >= self.timeout_ms / 1000
+        )
+        if gone:
+            raise KafkaSetupError(
+                f"topic {', '.join(gone)} does not exist (missing for longer than "
+                f"[kafka] unknown_topic_timeout_ms = {self.timeout_ms}); create it or fix "
+                "the configuration"
+            )
 
 
 class Backoff:

@@ -1,0 +1,363 @@
+"""Batches of records per topic partition, handed to one producer.
+
+Records go into one batch per topic partition (aiokafka's ``create_batch`` /
+``send_batch``), partitioned as Kafka's default partitioner does (murmur2 of the key,
+for a whole batch of keys at once), so queueing a record costs no coroutine and no
+future of its own. A batch is handed to the producer when it is full, or by ``submit``
+once the previous batch of its partition is acknowledged (``submit(force=True)``: at
+once). A record too big to share a batch (a dead letter of a huge event) goes alone
+through ``producer.send``, which also checks it against the producer's size limit.
+A batch the broker refuses as too large (over the topic's ``max.message.bytes``) makes
+its topic one record per batch; a record refused alone goes without its value
+(``too_large_alone``).
+
+``BatchWriter`` is what both delivery modes send through: the at-least-once ``Sink``
+(worker/runtime/sink.py) wraps it with re-sends; exactly-once uses it alone, since a
+failed transaction is aborted, never re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from worker.engine import OutRecord
+from worker.murmur2 import murmur2
+from worker.runtime.partitioner import partitions_for
+from worker.runtime.retry import Backoff, is_fatal
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+# Records larger than this go alone through producer.send (see the module docstring).
+SMALL_RECORD_BYTES = 64 * 1024
+# While waiting for acknowledgements, call on_wait this often (see settled).
+WAIT_BEAT_S = 1.0
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Sent:
+    """Records for one topic handed to the producer, and the future of their
+    acknowledgement."""
+
+    topic: str
+    records: list[OutRecord]
+    future: asyncio.Future[Any]
+
+
+class SizeLimits:
+    """What the broker refused as too large, per output topic, learnt from its refusals
+    so that a re-send (at-least-once) or a rewound transaction (exactly-once) passes.
+
+    A topic's first refusal makes it one record per batch: its ``max.message.bytes`` is
+    below our batches (a big record that went through ``producer.send`` may also have
+    shared the producer's batch). A record then refused alone is itself over the limit:
+    the topic's value limit drops below it, and the writer sends it without its value
+    (``_shrunk``). So a topic converges in at most two refusals.
+    """
+
+    def __init__(self) -> None:
+        self.single_topics: set[str] = set()
+        self.value_limits: dict[str, int] = {}
+
+    def learn(self, refused: Sequence[Sent]) -> None:
+        """Learn from the sends of one round that the broker refused as too large."""
+        single_before = set(self.single_topics)
+        for item in refused:
+            if item.topic in single_before and len(item.records) == 1:
+                size = len(item.records[0].value or b"")
+                self.value_limits[item.topic] = min(
+                    self.value_limits.get(item.topic, size), size - 1
+                )
+            else:
+                self.single_topics.add(item.topic)
+
+
+class Divert:
+    """Turns a fused result the output topic refuses as too large into a dead letter
+    (reason ``too_large``, keyed by request_id, the result as value), and counts it."""
+
+    def __init__(
+        self, output_topic: str, dlq_topic: str, on_divert: Callable[[], None] | None = None
+    ) -> None:
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self._on_divert = on_divert
+
+    def __call__(self, rec: OutRecord) -> OutRecord:
+        size = len(rec.value or b"")
+        log.warning(
+            "fused result of %d bytes too large for %s; sent to %s", size, rec.topic, self.dlq_topic
+        )
+        if self._on_divert is not None:
+            self._on_divert()
+        headers = [
+            *(rec.headers or []),
+            ("error", b"too_large"),
+            ("error_detail", f"fused result of {size} bytes refused by {rec.topic}".encode()),
+            ("output_topic", rec.topic.encode()),
+        ]
+        return OutRecord(self.dlq_topic, rec.key, rec.value or b"", headers)
+
+
+class _Open:
+    """A batch being filled for one topic partition, with its records."""
+
+    __slots__ = ("builder", "records")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.records: list[OutRecord] = []
+
+
+class BatchWriter:
+    """Fills one batch per topic partition and hands them to the producer.
+
+    A partition has at most one batch of ours in the producer that is not acknowledged
+    yet: while it is out, ``submit`` leaves the next one open to take more records
+    (``submit(force=True)`` hands everything over). ``producer.send`` keeps filling the
+    producer's own open batch the same way; handing over a second batch instead would
+    make ``send_batch`` wait until the first is sent (in a transaction, until the
+    coordinator added the partition).
+
+    With ``retry_backoff_ms``, a step the producer refuses (its buffer stayed full for
+    ``request_timeout_ms``: the broker is away) is retried with backoff until it passes,
+    and a big record over the producer's size limit is sent without its value. Without
+    it (``None``, exactly-once), the error goes to the caller, who aborts the transaction.
+
+    ``limits`` (learnt by the caller from the broker's refusals, see ``SizeLimits``)
+    makes a topic one record per batch, and sends a record whose value is over its
+    topic's limit without the value. ``on_wait`` is called before each backoff (the
+    worker beats its liveness there: waiting out an outage is not being stuck).
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        retry_backoff_ms: int | None = None,
+        max_retry_backoff_ms: int = 10_000,
+        limits: SizeLimits | None = None,
+        on_wait: Callable[[], None] | None = None,
+        divert: Divert | None = None,
+    ) -> None:
+        self._producer = producer
+        self._divert = divert
+        self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
+        self._max_backoff_s = max_retry_backoff_ms / 1000
+        limits = limits if limits is not None else SizeLimits()
+        # The learnt sets themselves, shared with (and grown by) the caller.
+        self._limits = limits.value_limits
+        self._single = limits.single_topics
+        self._on_wait = on_wait
+        self._open: dict[tuple[str, int], _Open] = {}
+        self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
+        self._partitions: dict[str, int] = {}
+        self._round_robin = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether some records wait in an open batch (``submit`` to hand them over)."""
+        return bool(self._open)
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Sent]:
+        """Queue ``records``, each to the partition its key hashes to; returns what was
+        handed to the producer meanwhile (batches that filled up, big records).
+        ``submit`` hands over the rest."""
+        sent: list[Sent] = []
+        by_topic: dict[str, list[OutRecord]] = {}
+        limits = self._limits
+        for rec in records:
+            value = rec.value
+            if limits and value is not None and len(value) > limits.get(rec.topic, len(value)):
+                rec = self._too_large(rec)
+                value = rec.value
+            if (
+                value is not None
+                and len(value) > SMALL_RECORD_BYTES
+                and rec.topic not in self._single
+            ):
+                sent.append(await self.send_one(rec))
+                continue
+            group = by_topic.get(rec.topic)
+            if group is None:
+                by_topic[rec.topic] = [rec]
+            else:
+                group.append(rec)
+        for topic, group in by_topic.items():
+            n = self._partitions.get(topic)
+            if n is None:
+                n = self._partitions[topic] = await self._partition_count(topic)
+            for rec, p in zip(group, self._partition_numbers(group, n), strict=True):
+                tp = (topic, p)
+                full = self._append(tp, rec)
+                if full is not None:
+                    sent.append(await self._submit(tp, full))
+        return sent
+
+    def _partition_numbers(self, records: list[OutRecord], n: int) -> list[int]:
+        """Kafka's default partitioner: murmur2 of the key; keyless records in turn."""
+        keys = [rec.key for rec in records]
+        if None not in keys:
+            return partitions_for(cast("list[bytes]", keys), n)
+        out: list[int] = []
+        for key in keys:
+            if key is None:
+                self._round_robin += 1
+                out.append(self._round_robin % n)
+            else:
+                out.append((murmur2(key) & 0x7FFFFFFF) % n)
+        return out
+
+    async def write_to(
+        self, topic: str, partition: int, pairs: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[Sent]:
+        """Queue (key, value) records to one given partition (the changelog's)."""
+        sent: list[Sent] = []
+        tp = (topic, partition)
+        for key, value in pairs:
+            rec = OutRecord(topic, key, value)
+            if value is not None and len(value) > SMALL_RECORD_BYTES:
+                future = await self._producer.send(topic, value, key=key, partition=partition)
+                sent.append(Sent(topic, [rec], future))
+            else:
+                full = self._append(tp, rec)
+                if full is not None:
+                    sent.append(await self._submit(tp, full))
+        return sent
+
+    def _append(self, tp: tuple[str, int], rec: OutRecord) -> _Open | None:
+        """Add ``rec`` to the open batch of ``tp``; when that batch is full, ``rec`` starts
+        the next one and the full one is returned, for the caller to submit."""
+        batch = self._open.get(tp)
+        if (
+            batch is not None
+            and tp[0] not in self._single
+            and batch.builder.append(
+                key=rec.key, value=rec.value, timestamp=None, headers=rec.headers
+            )
+        ):
+            batch.records.append(rec)
+            return None
+        new = self._open[tp] = _Open(self._producer.create_batch())
+        # An empty batch takes any record.
+        new.builder.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers)
+        new.records.append(rec)
+        return batch
+
+    async def submit(self, force: bool = False) -> list[Sent]:
+        """Hand the open batches to the producer: those whose partition has no batch
+        out, or all of them (``force``)."""
+        sent: list[Sent] = []
+        for tp in list(self._open):
+            last = self._last.get(tp)
+            if force or last is None or last.done():
+                sent.append(await self._submit(tp, self._open.pop(tp)))
+        return sent
+
+    def use(self, producer: AIOKafkaProducer) -> None:
+        """Send through ``producer`` from now on (nothing of ours may be in flight)."""
+        assert not self._open, "batches still open"
+        self._producer = producer
+        self._last.clear()
+
+    def forget_partition_counts(self) -> None:
+        """Ask the partition counts again at the next write (a topic may have grown)."""
+        self._partitions.clear()
+
+    async def _submit(self, tp: tuple[str, int], batch: _Open) -> Sent:
+        # Closed: sent at the next chance, not after linger_ms, and nothing joins it.
+        batch.builder.close()
+        future = await self._retrying(
+            f"{len(batch.records)} records to {tp[0]}",
+            lambda: self._producer.send_batch(batch.builder, tp[0], partition=tp[1]),
+        )
+        self._last[tp] = future
+        return Sent(tp[0], batch.records, future)
+
+    async def send_one(self, rec: OutRecord) -> Sent:
+        """Send one record through ``producer.send`` (in no batch of ours). Retrying, a
+        record over the producer's own size limit goes without its value."""
+
+        async def send(r: OutRecord) -> Sent:
+            future = await self._producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+            return Sent(r.topic, [r], future)
+
+        what = f"a record to {rec.topic}"
+        try:
+            return await self._retrying(what, lambda: send(rec))
+        except MessageSizeTooLargeError:
+            if self._backoff_s is None:
+                raise
+            small = self._too_large(rec)
+            return await self._retrying(what, lambda: send(small))
+
+    def _too_large(self, rec: OutRecord) -> OutRecord:
+        """What goes instead of a record over its topic's limit: a fused result becomes
+        a dead letter (never a null value, a tombstone on a compacted output topic); a
+        dead letter goes without its value."""
+        if self._divert is not None and rec.topic == self._divert.output_topic:
+            return self._divert(rec)
+        return _shrunk(rec)
+
+    async def _partition_count(self, topic: str) -> int:
+        partitions = await self._retrying(
+            f"the partitions of {topic}", lambda: self._producer.partitions_for(topic)
+        )
+        return len(partitions)
+
+    async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()``; when retrying, a KafkaError other than a too-large record is
+        retried with backoff until it passes, else it goes to the caller."""
+        backoff = (
+            None
+            if self._backoff_s is None
+            else Backoff(int(self._backoff_s * 1000), int(self._max_backoff_s * 1000))
+        )
+        while True:
+            try:
+                return await step()
+            except MessageSizeTooLargeError:
+                raise  # waiting does not make a record smaller
+            except KafkaError as exc:
+                if backoff is None or is_fatal(exc):
+                    raise
+                wait = backoff.next_s()
+                log.warning("sending %s failed (%s); retrying in %.1fs", what, exc, wait)
+                if self._on_wait is not None:
+                    self._on_wait()
+                await asyncio.sleep(wait)
+
+
+async def settled(
+    futures: Sequence[asyncio.Future[Any]], on_wait: Callable[[], None] | None = None
+) -> None:
+    """Wait until every future is done, calling ``on_wait`` every second meanwhile:
+    during an outage the producer holds a batch up to its ``request_timeout_ms``."""
+    pending = {f for f in futures if not f.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
+        if pending and on_wait is not None:
+            on_wait()
+
+
+def _shrunk(rec: OutRecord) -> OutRecord:
+    """A dead letter whose original value the broker refuses (over its size limit) is
+    sent without the value; the source headers still point at the original record."""
+    if rec.value is None:
+        raise MessageSizeTooLargeError(f"record for {rec.topic} too large even without a value")
+    size = len(rec.value)
+    headers = [
+        *(rec.headers or []),
+        ("value_omitted", f"too large for the broker: {size} bytes".encode()),
+    ]
+    log.warning(
+        "record of %d bytes for %s too large for the broker; sent without value", size, rec.topic
+    )
+    return OutRecord(rec.topic, rec.key, None if rec.key is not None else b"", headers)
