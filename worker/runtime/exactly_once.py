@@ -35,7 +35,6 @@ from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from worker.engine import OutRecord, Step
 from worker.runtime.batches import SizeLimits
@@ -44,6 +43,7 @@ from worker.runtime.connect import admin_client, close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.transactions import (
+    FENCED,
     PRODUCER_STOP_S,
     TXN_ERRORS,
     TxnPartition,
@@ -202,9 +202,7 @@ class ExactlyOnce:
         if is_fatal(exc):
             raise exc
         part = self.parts.get(partition)
-        fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch)) or (
-            part is not None and producer_gave_up(part.producer)
-        )
+        fenced = isinstance(exc, FENCED) or (part is not None and producer_gave_up(part.producer))
         await self._close(partition)
         metrics = self._ctx.metrics
         mine = partition in self._state.owned

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import IllegalOperation, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+)
 
 from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settled
 from worker.runtime.connect import close_client
@@ -19,6 +25,8 @@ from worker.runtime.connect import close_client
 # KafkaError, aiokafka raises IllegalOperation (a send after the transaction manager
 # failed) and AssertionError (a state transition out of its fatal state).
 TXN_ERRORS = (KafkaError, IllegalOperation, AssertionError)
+# What a producer whose transactional id a newer epoch took over raises.
+FENCED = (ProducerFenced, InvalidProducerEpoch)
 # Bound on stopping a producer we are done with: a new init of its transactional id
 # fences it anyway, so waiting longer for its buffers buys nothing.
 PRODUCER_STOP_S = 5.0
@@ -57,22 +65,31 @@ class TxnPartition:
 
 async def acknowledged(part: TxnPartition, limits: SizeLimits, on_wait: Callable[[], None]) -> None:
     """Wait for every send of the open transaction; raise ``SendRefused`` if one was
-    refused.
+    refused, or the fence itself if one was refused as fenced.
 
     What was refused as too large is learnt (``SizeLimits``), so that the rewound
-    transaction splits the topic's batches or drops a huge dead letter's value."""
+    transaction splits the topic's batches or drops a huge dead letter's value. A send
+    refused for a stale epoch fails its batch with ``ProducerFenced`` while the producer
+    lives on: wrapped in ``SendRefused`` it would be taken for a plain failure, and
+    whether a fence after a transaction timeout was counted as one would depend on
+    whether a produce or a transaction request met the new epoch first."""
     sent, part.sent = part.sent, []
     await settled([s.future for s in sent], on_wait)
     results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
     refused: str | None = None
     too_large: list[Sent] = []
+    fence: BaseException | None = None
     for item, result in zip(sent, results, strict=True):
         if not isinstance(result, BaseException):
             continue
+        if isinstance(result, FENCED):
+            fence = fence or result
         refused = refused or f"{len(item.records)} records to {item.topic}: {describe(result)}"
         if isinstance(result, MessageSizeTooLargeError):
             too_large.append(item)
     limits.learn(too_large)
+    if fence is not None:
+        raise fence
     if refused is not None:
         raise SendRefused(f"the broker refused {refused}")
 
