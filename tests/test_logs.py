@@ -38,7 +38,7 @@ def test_aiokafka_stays_at_info_when_the_worker_logs_debug() -> None:
     """At [log] level DEBUG the worker's own loggers log DEBUG, aiokafka's only INFO and
     up: its DEBUG records dump protocol requests, SASL PLAIN passwords included."""
     setup_logging("DEBUG", "text")
-    assert logging.getLogger("worker.runtime.app").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("worker.runtime.loop").isEnabledFor(logging.DEBUG)
     conn = logging.getLogger("aiokafka.conn")
     assert conn.isEnabledFor(logging.INFO)
     assert not conn.isEnabledFor(logging.DEBUG)
