@@ -5,8 +5,8 @@ One asyncio loop: ``getmany`` a batch -> ``engine.step`` (decode, join, fuse) ->
 delivery's ``emit`` -> every ``commit_interval_ms`` the delivery's ``commit``. The
 delivery mode (at-least-once, exactly-once) is an object behind the ``Delivery``
 protocol (worker/runtime/delivery.py), composed in, not a subclass. The partition state
-(``Partitions``) has one owner, this loop: rebalance callbacks take the loop's lock, so
-they run between two batches, never while the loop emits or commits.
+(``Partitions``) has one owner, this loop: rebalance callbacks hand their work to it
+(worker/runtime/handoff.py), run between two batches, never while it emits or commits.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
@@ -33,6 +32,7 @@ from worker.join import JoinTable
 from worker.metrics import Metrics
 from worker.runtime.connect import admin_client, client_options, close_client, probe_credentials
 from worker.runtime.delivery import Context, Delivery, DeliveryFactory
+from worker.runtime.handoff import HandOff, Listener
 from worker.runtime.partitions import Partitions
 from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal
 from worker.runtime.tally import observe_state, tally
@@ -81,6 +81,7 @@ class Loop:
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
         self.lock = asyncio.Lock()
+        self._handoff = HandOff(self.lock)
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()  # set once partitions are assigned
         # The pure step; its join tables (one per open partition number) are the loop's.
@@ -124,7 +125,8 @@ class Loop:
         )
         await self.delivery.start()
         await self._retry_until_connected(consumer.start)
-        consumer.subscribe(list(cfg.input_topics), listener=_Listener(self))
+        listener = Listener(self.on_revoked, self.on_assigned)
+        consumer.subscribe(list(cfg.input_topics), listener=listener)
         self.health.set_connected(True)
         log.info(
             "started: group %s, inputs %s -> %s, strategy %s, %s",
@@ -247,31 +249,35 @@ class Loop:
         backoff = Backoff(self.config.kafka.retry_backoff_ms)
         while not self._stopping.is_set():
             self._beat()
-            try:
-                async with self.lock:
-                    await self.delivery.maintain()
-                batch = await consumer.getmany(
-                    timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
-                )
-                # The lock is the rebalance hand-off: a callback waits here until the
-                # batch is emitted (and committed), then applies its assignment.
-                async with self.lock:
-                    await self._process(batch)
-                    # getmany returns at once while records are buffered: without this
-                    # the clients' own tasks (sending the outputs just queued, which
-                    # takes them a few hops through the loop) would only run when the
-                    # commit waits for them.
-                    await asyncio.sleep(YIELD_S)
-                    if time.monotonic() >= self._next_commit:
-                        await self._periodic()
-                backoff.reset()
-            except KafkaError as exc:
-                if is_fatal(exc):
-                    raise KafkaSetupError(fatal_message(exc)) from None
-                self.health.set_connected(False)
-                wait = backoff.next_s()
-                log.warning("kafka error in the loop (%s); retrying in %.1fs", exc, wait)
-                await asyncio.sleep(wait)
+            await self._iterate(consumer, backoff)
+
+    async def _iterate(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
+        """One batch: the delivery's own work, a fetch, the step, its outputs, and the
+        commit when due. Retriable errors back off here. Rebalance work runs under the
+        lock, so only while this fetches (see worker/runtime/handoff.py)."""
+        try:
+            async with self.lock:
+                await self.delivery.maintain()
+            batch = await consumer.getmany(
+                timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
+            )
+            async with self.lock:
+                await self._process(batch)
+                # getmany returns at once while records are buffered: without this the
+                # clients' own tasks (sending the outputs just queued, which takes them a
+                # few hops through the loop) would only run when the commit waits for
+                # them.
+                await asyncio.sleep(YIELD_S)
+                if time.monotonic() >= self._next_commit:
+                    await self._periodic()
+            backoff.reset()
+        except KafkaError as exc:
+            if is_fatal(exc):
+                raise KafkaSetupError(fatal_message(exc)) from None
+            self.health.set_connected(False)
+            wait = backoff.next_s()
+            log.warning("kafka error in the loop (%s); retrying in %.1fs", exc, wait)
+            await asyncio.sleep(wait)
 
     def _fetch_timeout_ms(self) -> int:
         """Wait for records at most until the next request deadline, so a silent
@@ -336,23 +342,12 @@ class Loop:
         self._observe_state()
 
     async def _watch_topics(self) -> None:
-        """Raise ``KafkaSetupError`` once a topic of ours has been missing for longer
-        than ``unknown_topic_timeout_ms``: a deleted input would silently drop out of the
-        subscription, a deleted output be retried for ever. Its own task, so that it
-        also sees a loop stuck re-sending to a deleted topic."""
+        """Its own task, so that it also sees a loop stuck re-sending to a deleted topic."""
         consumer = self.state.consumer
         assert consumer is not None
         k = self.config.kafka
         ours = {*k.input_topics, k.output_topic, k.dlq_topic, k.late_topic} - {""}
-        while True:
-            await asyncio.sleep(self._watch.check_interval_s)
-            try:
-                existing = await consumer.topics()
-            except KafkaError as exc:
-                # An outage is the loop's to wait out; it says nothing of the topics.
-                log.debug("topic check skipped: %s", exc)
-                continue
-            self._watch.observe(ours - set(existing), time.monotonic())
+        await self._watch.watch(ours, consumer.topics)
 
     def _observe_state(self) -> None:
         consumer = self.state.consumer
@@ -366,41 +361,33 @@ class Loop:
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Before a rebalance: flush and commit what we own. Tables stay until we know
         which partitions come back, so kept partitions continue without re-reading."""
-        async with self.lock:
-            await self.delivery.commit(revoked)
+        await self._handoff.run(lambda: self.delivery.commit(revoked))
         self.metrics.rebalance()
         log.info("partitions revoked: %s", _fmt(revoked))
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        """After a rebalance: apply the new assignment between two batches of the loop
-        (under its lock), never while it emits or commits."""
+        """After a rebalance: hand the new assignment to the loop, which applies it
+        between two batches (``_apply``), never while it emits or commits."""
         consumer = self.state.consumer
         assert consumer is not None
         if self.delivery.opens_partitions:
             # aiokafka may fetch a new partition before the callback returns: pause the
             # ones not open yet at once (the fetcher drops what it fetched for them).
-            # Pausing touches only the consumer; partition state changes under the lock.
+            # Pausing touches only the consumer, not the partition state.
             consumer.pause(*[tp for tp in assigned if tp.partition not in self.tables])
-        async with self.lock:
-            # Where an assignment is applied.
-            new = self.state.apply(assigned)
-            await self.delivery.assigned(assigned, new)
-            self.state.resume_kept(assigned)
+        await self._handoff.run(lambda: self._apply(assigned))
         self.health.set_assigned(bool(assigned))
         if assigned:
             self.assigned.set()
         log.info("partitions assigned: %s", _fmt(assigned))
 
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: Loop) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._loop.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._loop.on_assigned(list(assigned))
+    async def _apply(self, assigned: list[TopicPartition]) -> None:
+        """Where an assignment is applied: keep the tables of partitions that stay, let
+        the delivery drop what it lost and take on the new ones, seek kept partitions
+        to our position."""
+        new = self.state.apply(assigned)
+        await self.delivery.assigned(assigned, new)
+        self.state.resume_kept(assigned)
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:

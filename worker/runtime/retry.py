@@ -14,9 +14,16 @@ fatal once it has been missing for longer than ``[kafka] unknown_topic_timeout_m
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka.errors import KafkaError
 
 from worker.errors import KafkaSetupError
+
+log = logging.getLogger(__name__)
 
 # The longest wait between two attempts, whatever the base.
 MAX_BACKOFF_MS = 10_000
@@ -69,8 +76,8 @@ class TopicWatch:
     """Makes a missing topic fatal once it has been missing for ``timeout_ms``.
 
     ``observe(missing, now_s)`` is given the topics found missing at ``now_s``
-    (monotonic seconds); a topic seen again is forgotten. Pure: the caller fetches the
-    metadata and passes the clock."""
+    (monotonic seconds); a topic seen again is forgotten. It is pure (the clock is
+    passed in); ``watch`` is the task that fetches the metadata and calls it."""
 
     def __init__(self, timeout_ms: int) -> None:
         if timeout_ms <= 0:
@@ -82,6 +89,21 @@ class TopicWatch:
     def check_interval_s(self) -> float:
         """How often to look: four times per bound, at most every five seconds."""
         return min(self.timeout_ms / 4000, 5.0)
+
+    async def watch(self, ours: set[str], existing: Callable[[], Awaitable[Iterable[str]]]) -> None:
+        """Every ``check_interval_s``, ask ``existing()`` (the cluster's topics) and
+        ``observe`` which of ``ours`` are missing; returns only by raising. A deleted input
+        would silently drop out of the subscription, a deleted output be re-sent to for
+        ever: hence a bound."""
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            try:
+                found = set(await existing())
+            except KafkaError as exc:
+                # An outage is the loop's to wait out; it says nothing of the topics.
+                log.debug("topic check skipped: %s", exc)
+                continue
+            self.observe(ours - found, time.monotonic())
 
     def observe(self, missing: set[str], now_s: float) -> None:
         """Raise ``KafkaSetupError`` naming the topics missing for ``timeout_ms``."""
