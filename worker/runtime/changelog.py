@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaTimeoutError
 from worker.config import Config
 from worker.errors import KafkaSetupError
 from worker.join import JoinTable
-from worker.runtime.connect import client_options
+from worker.runtime.connect import client_options, close_client
 from worker.runtime.topics import partition_counts
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ State = dict[str, Any]
 # (and is retried by the caller): the broker is away, waiting inside it would hide that.
 RESTORE_STALL_S = 30.0
 _POLL_MS = 500
+# Bound on stopping the restore reader (it holds nothing that must be flushed).
+READER_STOP_S = 5.0
 
 
 def changelog_topic(config: Config) -> str:
@@ -115,5 +117,7 @@ async def read_changelog(
                 if await reader.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
-        await reader.stop()
+        # Not reader.stop(): during an outage its fetcher's cancellation comes out of it
+        # and would end the worker's loop (close_client passes on only our own).
+        await close_client(reader, READER_STOP_S)
     return states
