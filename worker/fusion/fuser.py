@@ -17,6 +17,10 @@ Decisions:
   ``[fusion] fallback`` and its result says so (``"fallback": "<strategy>"``). Its
   members report the (renormalised) configured weights, which also give ``agreement``.
 - A ``[fusion] weights_file`` replaces the configured weights for every strategy.
+- Label vocabularies (``[[models]] labels`` / ``label_map``, worker.vocabulary): each
+  label is fused over the members that cover it, and the fused row renormalised; a
+  member with no mass on the fused labels abstains (weight 0, label null). When every
+  model covers every label the strategies are exactly those without vocabularies.
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
@@ -68,6 +72,9 @@ class Fuser:
         self.models = config.model_names
         self.labels = fusion.labels
         self._n_labels = len(fusion.labels)
+        vocab = config.vocabularies
+        # None when every model reports every fused label: the fusion without vocabularies.
+        self._vocab = None if vocab.full else vocab
         weights = np.array(config.weights, dtype=np.float64)
         if fusion.weights_file:
             weights = load_weights(fusion.weights_file, self.models, self.labels)
@@ -95,7 +102,7 @@ class Fuser:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
-        batch = build_batch(finished, self.models, self._n_labels)
+        batch = build_batch(finished, self.models, self._n_labels, self._vocab)
         fused = self.compute(batch)
         if self._n_labels == 0:
             return regression_results(finished, self.models, self.strategy, fused, batch.scores)
@@ -108,6 +115,7 @@ class Fuser:
             batch.probs,
             batch.member_labels,
             self.fallback,
+            None if self._vocab is None or self._vocab.full_cover else self._vocab.cover,
         )
 
     def compute(self, batch: Batch) -> Fused:

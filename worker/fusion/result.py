@@ -58,9 +58,13 @@ def classification_results(
     member_probs: FloatArray,
     member_labels: IntArray,
     fallback: str | None = None,
+    cover: BoolArray | None = None,
 ) -> list[dict[str, Any]]:
     """One result per request, in input order. ``member_probs`` (n, m, k) and
-    ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members)."""
+    ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members).
+    ``cover`` (m, k): which labels each model covers, when some model does not cover all;
+    a member's probs show null for the labels it does not cover. A member that reported
+    but abstained (label -1: no mass on the fused labels) shows label null."""
     assert fused.probs is not None
     assert fused.labels is not None
     label_names = list(labels)
@@ -74,6 +78,11 @@ def classification_results(
     answered = fused.answered.tolist()
     by_fallback = fused.fallback.tolist() if fused.fallback is not None else None
     m_probs = member_probs.tolist()
+    uncovered = (
+        [[k for k, c in enumerate(row) if not c] for row in cover.tolist()]
+        if cover is not None
+        else None
+    )
     m_labels = member_labels.tolist()
     out: list[dict[str, Any]] = []
     for i, req in enumerate(finished):
@@ -87,9 +96,15 @@ def classification_results(
             if ev is None:
                 missing.append(name)
                 continue
-            member: dict[str, Any] = {"weight": w[j], "label": label_names[ml[j]]}
+            member: dict[str, Any] = {
+                "weight": w[j],
+                "label": label_names[ml[j]] if ml[j] >= 0 else None,
+            }
             if ev.probs is not None:
                 member["probs"] = mp[j]
+                if uncovered is not None and uncovered[j]:
+                    for k in uncovered[j]:
+                        mp[j][k] = None
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
