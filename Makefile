@@ -65,9 +65,14 @@ demo-langid: .venv $(VENV)/.langid kafka-up  ## 4 pre-trained language identifie
 
 LANGID_DIR := .cache/backtest-langid
 backtest-langid: .venv $(VENV)/.langid  ## backtest of the 4 language identifiers (own codes): accuracy per identifier, strategy
+	@echo "== the 43 languages every identifier covers"
 	$(BIN)/python -m worker.demo_langid backtest-data --out $(LANGID_DIR)
 	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)/fusion.toml \
 	  --predictions $(LANGID_DIR)/predictions.jsonl --labels $(LANGID_DIR)/labels.jsonl
+	@echo "== every language of the examples one identifier names (partial coverage)"
+	$(BIN)/python -m worker.demo_langid backtest-data --wide --out $(LANGID_DIR)-wide
+	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)-wide/fusion.toml \
+	  --predictions $(LANGID_DIR)-wide/predictions.jsonl --labels $(LANGID_DIR)-wide/labels.jsonl
 
 DEMO_DIR := .cache/backtest-demo
 backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digits data, HTML report

@@ -189,6 +189,20 @@ def test_backtest_files_are_what_the_backtest_reads(
     assert f"{len(LANGUAGES)} labelled requests scored" in table
 
 
+def test_the_wide_set_leaves_some_labels_uncovered(tmp_path: Path) -> None:
+    """``--wide``: more labels than LANGUAGES, each named by some identifier, not all by
+    every one (langdetect has no Basque); the configuration loads (no stacking)."""
+    backtest.write(tmp_path, per_language=1, wide=True)
+    config = load_config(tmp_path / "fusion.toml", env={})
+    cover = config.vocabularies.cover
+    assert set(LANGUAGES) < set(config.fusion.labels)
+    assert cover.any(axis=0).all()
+    assert not cover[config.model_names.index("langdetect"), config.fusion.labels.index("eu")]
+    lines = (tmp_path / "labels.jsonl").read_bytes().splitlines()
+    truth = {orjson.loads(line)["label"] for line in lines}
+    assert truth == set(config.fusion.labels)
+
+
 @pytest.mark.parametrize(
     "value",
     [b"", b"nope", b"[1]", b'{"request_id": "", "text": "a"}', b'{"request_id": "r"}',

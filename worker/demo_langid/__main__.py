@@ -3,7 +3,7 @@
     python -m worker.demo_langid serve --identifier py3langid --bootstrap HOST:PORT \
         --texts texts --predictions predictions
     python -m worker.demo_langid demo --bootstrap HOST:PORT [--per-language N]
-    python -m worker.demo_langid backtest-data --out DIR [--per-language N]
+    python -m worker.demo_langid backtest-data --out DIR [--per-language N] [--wide]
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--out", required=True, type=Path, help="directory to write into")
     data.add_argument("--per-language", type=int, default=None, help="sentences per language")
+    data.add_argument(
+        "--wide",
+        action="store_true",
+        help="every language of the examples that one identifier names (partial coverage)",
+    )
     return parser
 
 
@@ -78,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backtest-data":
         from worker.demo_langid.backtest import write
 
-        count = write(args.out, per_language=args.per_language)
+        count = write(args.out, per_language=args.per_language, wide=args.wide)
         print(f"{count} sentences: {args.out}/predictions.jsonl, labels.jsonl, fusion.toml")
         return 0
     return asyncio.run(_demo(args))

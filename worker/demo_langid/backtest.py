@@ -10,6 +10,10 @@ publish it. Writes into DIR:
 - ``fusion.toml``: the worker's configuration, the identifiers with their own codes and
   label maps (``demo.models_toml``), as the live demo runs it.
 
+``--wide`` widens the fused set to every language of spaCy's examples that at least one
+identifier names: then some identifiers do not cover some labels (langdetect has no
+Basque, for one), and the worker weighs each label over the identifiers that cover it.
+
 Requests are in a fixed shuffled order (event time), so a time split of ``backtest
 --fit`` trains on every language rather than on the first ones of the corpus.
 """
@@ -25,24 +29,31 @@ import orjson
 from worker.demo_langid import corpus
 from worker.demo_langid.demo import models_toml
 from worker.demo_langid.identifiers import IDENTIFIERS, Identifier, build
+from worker.demo_langid.languages import LANGUAGES, covered_languages
 
 # Event time of the first request (2026-01-01), ms; requests 10 ms apart.
 FIRST_TS = 1_767_225_600_000
 SEED = 17
 
 
-def backtest_config(identifiers: Sequence[Identifier]) -> str:
+def backtest_config(identifiers: Sequence[Identifier], labels: Sequence[str] = LANGUAGES) -> str:
     """The configuration ``fusion-worker backtest`` reads: the demo's fusion and models."""
     lines = ["[join]", "timeout_ms = 1000", "[fusion]", 'strategy = "soft_vote"']
-    return "\n".join([*lines, *models_toml(identifiers)]) + "\n"
+    return "\n".join([*lines, *models_toml(identifiers, labels)]) + "\n"
 
 
-def write(out: Path, per_language: int | None = None) -> int:
-    """Write the three files into ``out``; returns the number of requests."""
-    sentences = corpus.load(per_language=per_language)
+def write(out: Path, per_language: int | None = None, wide: bool = False) -> int:
+    """Write the three files into ``out``; returns the number of requests. ``wide``: the
+    fused set is every language of spaCy's examples that at least one identifier names
+    (``languages.covered_languages``), so some identifiers leave some labels uncovered;
+    else the demo's ``LANGUAGES``, which all four cover."""
+    identifiers = [build(name) for name in IDENTIFIERS]
+    fused = LANGUAGES
+    if wide:
+        fused = covered_languages(corpus.available(), {i.name: i.codes for i in identifiers})
+    sentences = corpus.load(fused, per_language=per_language)
     order = list(range(len(sentences)))
     random.Random(SEED).shuffle(order)  # noqa: S311 - a fixed order, not a secret
-    identifiers = [build(name) for name in IDENTIFIERS]
     out.mkdir(parents=True, exist_ok=True)
     events: list[bytes] = []
     labels: list[bytes] = []
@@ -56,5 +67,5 @@ def write(out: Path, per_language: int | None = None) -> int:
         labels.append(orjson.dumps({"request_id": rid, "label": sentence.language}))
     (out / "predictions.jsonl").write_bytes(b"\n".join(events) + b"\n")
     (out / "labels.jsonl").write_bytes(b"\n".join(labels) + b"\n")
-    (out / "fusion.toml").write_text(backtest_config(identifiers), "utf-8")
+    (out / "fusion.toml").write_text(backtest_config(identifiers, fused), "utf-8")
     return len(sentences)

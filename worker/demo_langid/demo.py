@@ -69,11 +69,11 @@ def _toml_strings(values: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def models_toml(identifiers: Sequence[Identifier]) -> list[str]:
+def models_toml(identifiers: Sequence[Identifier], labels: Sequence[str] = LANGUAGES) -> list[str]:
     """The ``[fusion] labels`` and ``[[models]]`` lines of the identifiers: each with its
     own codes (``labels``) and the map of those that differ from the fused labels
     (``label_map``, from ``languages.LABEL_MAPS``); equal weights."""
-    lines = [f"labels = {_toml_strings(LANGUAGES)}"]
+    lines = [f"labels = {_toml_strings(labels)}"]
     for ident in identifiers:
         mapping = ", ".join(
             f"{json.dumps(code)} = {json.dumps(label)}"

@@ -15,7 +15,7 @@ worker drops its mass and renormalises the rest).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 LANGUAGES: tuple[str, ...] = (
     "ar", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "gu",
@@ -71,3 +71,13 @@ def own_codes(identifier: str) -> dict[str, list[str]]:
             codes.clear()
         codes.append(code)
     return inverse
+
+
+def covered_languages(
+    candidates: Iterable[str], codes: Mapping[str, Iterable[str]]
+) -> tuple[str, ...]:
+    """The ``candidates`` that at least one identifier (name -> its own codes) names, as the
+    label itself or through ``LABEL_MAPS``; in the order given. A wider fused set than
+    ``LANGUAGES``, where some identifiers do not cover some labels."""
+    named = {LABEL_MAPS[name].get(code, code) for name, own in codes.items() for code in own}
+    return tuple(label for label in candidates if label in named)
