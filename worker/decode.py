@@ -166,7 +166,7 @@ class Decoder:
         self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Models that report in codes of their own ([[models]] labels / label_map).
         self._vocab = {
-            name: _ModelCodes(name, vocab, self._labels)
+            name: _ModelCodes(name, vocab, self._n_labels)
             for name, vocab in zip(config.model_names, config.vocabularies.models, strict=True)
             if not vocab.is_identity
         }
@@ -379,13 +379,12 @@ class _ModelCodes:
     mass left: all zeros, the member abstains), its label code -> a fused label index
     (``UNMAPPED`` when the code maps to none). See worker.vocabulary."""
 
-    __slots__ = ("_index", "_labels", "_n", "_name", "_orders", "_rescale", "_vocab")
+    __slots__ = ("_index", "_n", "_name", "_orders", "_rescale", "_vocab")
 
-    def __init__(self, name: str, vocab: Vocabulary, labels: tuple[str, ...]) -> None:
+    def __init__(self, name: str, vocab: Vocabulary, n_labels: int) -> None:
         self._name = name
         self._vocab = vocab
-        self._labels = labels
-        self._n = len(labels)
+        self._n = n_labels
         self._index = {code: i for i, code in enumerate(vocab.codes)}
         self._rescale = vocab.has_unmapped
         self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
@@ -401,7 +400,7 @@ class _ModelCodes:
                 + (
                     f"labels has {len(targets)}"
                     if names is not None
-                    else f"models.{self._name}.labels has {len(targets)}"
+                    else f"model {self._name!r} has {len(targets)} codes (its labels)"
                 ),
             )
         if abs(sum(raw) - 1.0) > tolerance:
