@@ -139,6 +139,13 @@ def test_stacking_refuses_partial_coverage_at_load(tmp_path: Path) -> None:
     assert "models[0] (x)" in str(err.value)
 
 
+def test_a_stacking_fuser_refuses_partial_coverage() -> None:
+    """replay's and the backtest's --strategy stacking meet the same refusal as the config."""
+    with pytest.raises(ConfigError) as err:
+        Fuser(subset_config(), "stacking")
+    assert err.value.key == "fusion.strategy"
+
+
 # -- random coverage against a brute-force reference ---------------------------------------
 
 

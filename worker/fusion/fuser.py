@@ -83,6 +83,11 @@ class Fuser:
         self.fallback: str | None = None
         stacker = None
         if spec.needs_stacker:
+            if not vocab.full_cover:
+                # Its meta-features are every member's probability of every label.
+                raise ConfigError(
+                    "fusion.strategy", name, "needs every model to cover every fused label"
+                )
             if not fusion.stacker:
                 raise ConfigError("fusion.stacker", fusion.stacker, f"required with {name}")
             stacker = load_stacker(fusion.stacker, self.models, self.labels)
