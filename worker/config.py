@@ -23,6 +23,7 @@ from msgspec import Meta
 from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
 from worker.fusion import registry
+from worker.vocabulary import Vocabularies, vocabularies
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -98,6 +99,11 @@ class JoinConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: NonEmpty
     weight: Annotated[float, Meta(ge=0)] = 1.0
+    # The model's own class codes, in the order of its probs; empty: [fusion] labels.
+    labels: tuple[NonEmpty, ...] = ()
+    # Own code -> fused label, for codes that are not the fused label's own name. A code
+    # neither listed nor a fused label maps to no fused label (see worker.vocabulary).
+    label_map: dict[str, str] = {}
 
 
 class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +158,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def weights(self) -> tuple[float, ...]:
         return tuple(m.weight for m in self.models)
 
+    @property
+    def vocabularies(self) -> Vocabularies:
+        """Each model's label vocabulary over ``[fusion] labels`` (worker.vocabulary)."""
+        return vocabularies(self.fusion.labels, [(m.labels, m.label_map) for m in self.models])
+
 
 SECTIONS = tuple(name for name in Config.__struct_fields__ if name != "source")
 
@@ -187,6 +198,7 @@ def _validate(cfg: Config) -> None:
     _validate_kafka(cfg.kafka)
     _validate_models(cfg)
     _validate_fusion(cfg.fusion)
+    _validate_vocabularies(cfg)
     if cfg.log.level.upper() not in LOG_LEVELS:
         raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
 
@@ -277,6 +289,59 @@ def _validate_fusion(f: FusionConfig) -> None:
         value = getattr(f, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"fusion.{key}", value, "file not found")
+
+
+def _validate_vocabularies(cfg: Config) -> None:
+    """``[[models]] labels`` and ``label_map`` against ``[fusion] labels``."""
+    fused = cfg.fusion.labels
+    for i, model in enumerate(cfg.models):
+        key = f"models[{i}]"
+        if not model.labels and not model.label_map:
+            continue
+        if not fused:
+            which = "labels" if model.labels else "label_map"
+            raise ConfigError(
+                f"{key}.{which}",
+                list(model.labels) if model.labels else model.label_map,
+                "needs fusion.labels (label vocabularies are for classification)",
+            )
+        if not model.labels:
+            raise ConfigError(
+                f"{key}.label_map", model.label_map, f"needs {key}.labels (the model's own codes)"
+            )
+        codes = list(model.labels)
+        if len(codes) < 2:
+            raise ConfigError(f"{key}.labels", codes, "needs at least two codes")
+        seen: set[str] = set()
+        for code in codes:
+            if code in seen:
+                raise ConfigError(f"{key}.labels", codes, f"lists the code {code!r} twice")
+            seen.add(code)
+        for code, label in model.label_map.items():
+            if code not in seen:
+                raise ConfigError(
+                    f"{key}.label_map.{code}", label, f"the code {code!r} is not in {key}.labels"
+                )
+            if label not in fused:
+                raise ConfigError(
+                    f"{key}.label_map.{code}", label, f"not one of fusion.labels {list(fused)}"
+                )
+        if not any(model.label_map.get(code, code) in fused for code in codes):
+            raise ConfigError(
+                f"{key}.labels", codes, "no code maps to one of fusion.labels (add label_map)"
+            )
+    vocab = cfg.vocabularies
+    if not vocab.full_cover and registry.STRATEGIES[cfg.fusion.strategy].needs_stacker:
+        partial = [
+            f"models[{j}] ({cfg.models[j].name})"
+            for j in range(len(cfg.models))
+            if not vocab.cover[j].all()
+        ]
+        raise ConfigError(
+            "fusion.strategy",
+            cfg.fusion.strategy,
+            "needs every model to cover every fused label; not covered by " + ", ".join(partial),
+        )
 
 
 def sasl_password(cfg: KafkaConfig) -> str:

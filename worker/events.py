@@ -34,7 +34,8 @@ class PredictionEvent:
     ``probs`` is in the configured label order (``[fusion] labels``), whatever order
     the producer used, packed as float64 (``pack_probs``/``unpack_probs``): 24 bytes for
     three labels instead of a tuple of three float objects, which matters with a million
-    requests pending; ``label`` is the index of a hard prediction in that order;
+    requests pending; ``label`` is the index of a hard prediction in that order (-1: a
+    code of the model's own vocabulary that maps to no fused label, an abstention);
     ``score`` is a regression output.
 
     The constructor also takes ``probs`` as a sequence of floats and packs it.

@@ -20,6 +20,10 @@ Decisions:
 - Member temperatures (calibration) apply to the members' probabilities before every
   strategy; the results show the probabilities the members sent, and each member's
   ``contribution`` is computed from the calibrated ones.
+- Label vocabularies (``[[models]] labels`` / ``label_map``, worker.vocabulary): each
+  label is fused over the members that cover it, and the fused row renormalised; a
+  member with no mass on the fused labels abstains (weight 0, label null). When every
+  model covers every label the strategies are exactly those without vocabularies.
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
@@ -79,6 +83,9 @@ class Fuser:
         self.models = config.model_names
         self.labels = fusion.labels
         self._n_labels = len(fusion.labels)
+        vocab = config.vocabularies
+        # None when every model reports every fused label: the fusion without vocabularies.
+        self._vocab = None if vocab.full else vocab
         weights = np.array(config.weights, dtype=np.float64)
         if fusion.weights_file:
             weights = load_weights(fusion.weights_file, self.models, self.labels)
@@ -87,6 +94,11 @@ class Fuser:
         self.fallback: str | None = None
         stacker = None
         if spec.needs_stacker:
+            if not vocab.full_cover:
+                # Its meta-features are every member's probability of every label.
+                raise ConfigError(
+                    "fusion.strategy", name, "needs every model to cover every fused label"
+                )
             if not fusion.stacker:
                 raise ConfigError("fusion.stacker", fusion.stacker, f"required with {name}")
             stacker = load_stacker(fusion.stacker, self.models, self.labels)
@@ -128,7 +140,7 @@ class Fuser:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
-        batch = build_batch(finished, self.models, self._n_labels)
+        batch = build_batch(finished, self.models, self._n_labels, self._vocab)
         scored = self.calibrate(batch)
         fused = self.compute(scored)
         if self._n_labels == 0:
@@ -143,6 +155,7 @@ class Fuser:
             batch.member_labels,
             self.fallback,
             scored.probs,
+            None if self._vocab is None or self._vocab.full_cover else self._vocab.cover,
         )
 
     def calibrate(self, batch: Batch) -> Batch:
@@ -151,8 +164,8 @@ class Fuser:
         votes do not change."""
         if self.temperatures is None:
             return batch
-        probs = apply_temperatures(batch.probs, batch.present, self.temperatures)
-        return Batch(probs, batch.scores, batch.present)
+        probs = apply_temperatures(batch.probs, batch.present, self.temperatures, batch.covered)
+        return dataclasses.replace(batch, probs=probs)
 
     def compute(self, batch: Batch) -> Fused:
         """The array part of ``fuse``: this Fuser's strategy over a whole batch, whose

@@ -59,9 +59,13 @@ def classification_results(
     member_labels: IntArray,
     fallback: str | None = None,
     scored_probs: FloatArray | None = None,
+    cover: BoolArray | None = None,
 ) -> list[dict[str, Any]]:
     """One result per request, in input order. ``member_probs`` (n, m, k) and
     ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members).
+    ``cover`` (m, k): which labels each model covers, when some model does not cover all;
+    a member's probs show null for the labels it does not cover. A member that reported
+    but abstained (label -1: no mass on the fused labels) shows label null.
 
     Each member of an answered request carries its ``contribution`` to the fused label's
     score: its weight times its probability of the fused label, from ``scored_probs``
@@ -88,6 +92,11 @@ def classification_results(
         scored = member_probs if scored_probs is None else scored_probs
         share = np.take_along_axis(scored, fused.labels[:, None, None], axis=2)[:, :, 0]
     contribution = (fused.weights * share).tolist()
+    uncovered = (
+        [[k for k, c in enumerate(row) if not c] for row in cover.tolist()]
+        if cover is not None
+        else None
+    )
     m_labels = member_labels.tolist()
     out: list[dict[str, Any]] = []
     for i, req in enumerate(finished):
@@ -101,11 +110,17 @@ def classification_results(
             if ev is None:
                 missing.append(name)
                 continue
-            member: dict[str, Any] = {"weight": w[j], "label": label_names[ml[j]]}
+            member: dict[str, Any] = {
+                "weight": w[j],
+                "label": label_names[ml[j]] if ml[j] >= 0 else None,
+            }
             if ev.probs is not None:
                 member["probs"] = mp[j]
-            if answered[i]:
+            if answered[i] and ml[j] >= 0:  # an abstaining member contributes nothing
                 member["contribution"] = contribution[i][j]
+                if uncovered is not None and uncovered[j]:
+                    for k in uncovered[j]:
+                        mp[j][k] = None
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
