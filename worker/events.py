@@ -86,3 +86,6 @@ class FinishedRequest:
     opened_ms: int  # clock time when the first event arrived
     closed_ms: int  # clock time when the request was finished
     expired: bool  # True: closed by the deadline, not by completion
+    # True: closed early (``[join] early_decision``) because the members still missing
+    # could not change the fused label; the result's status is then "decided".
+    decided: bool = False

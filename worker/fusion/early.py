@@ -23,7 +23,8 @@ that r < L would win); so there a strict win needs S_L > U_r by more than that r
 (a relative 8 ulp). Partial completions (a member that never comes) add 0: covered.
 Weights are scaled by a power of two as the Fuser scales them (exact: no decision moves).
 
-Pure numpy over a batch; the join calls it when an event arrives for a pending request.
+Pure numpy over a batch; the join calls it, through ``EarlyDecider``, when an event
+arrives for a pending request.
 """
 
 from __future__ import annotations
@@ -31,11 +32,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from worker.errors import ConfigError
+from worker.events import PredictionEvent, unpack_probs
 from worker.fusion.batch import BoolArray, FloatArray, IntArray
+from worker.fusion.calibration import apply_temperatures
+
+if TYPE_CHECKING:
+    from worker.fusion.fuser import Fuser
 
 EARLY_STRATEGIES = ("weighted_average", "soft_vote", "hard_vote")
 _DIVISION_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
@@ -185,3 +192,75 @@ def decide_one(
         if not safe:
             return None
     return leader
+
+
+class EarlyDecider:
+    """What the join asks after each event it accepts for a request that is still
+    incomplete: is the request's fused label already final? Built from the Fuser that
+    will fuse the request (``from_fuser``), so it sees the members exactly as the fusion
+    does: the same weights (read from the Fuser on every call, so learned or adaptive
+    weights are followed) and the same calibration, applied by the same function. The
+    join stays ignorant of weights and calibration: it passes its events.
+
+    Exact only if the Fuser's weights do not change between the decision and the fusion
+    of that request: change them (``Fuser.set_weights``) between steps, after the
+    requests the join closed were fused.
+    """
+
+    def __init__(
+        self,
+        fuser: Fuser,
+        min_models: int,
+        max_prob: float,
+    ) -> None:
+        _check(fuser.strategy)
+        self._fuser = fuser
+        self._strategy = fuser.strategy
+        self._min_models = min_models
+        self._max_prob = max_prob
+        self._n_labels = len(fuser.labels)
+        self._one_hot = [
+            [float(i == hot) for i in range(self._n_labels)] for hot in range(self._n_labels)
+        ]
+        self._weights_seen: FloatArray | None = None
+        self._weights: list[float] = []
+
+    @classmethod
+    def from_fuser(cls, fuser: Fuser, min_models: int, prob_tolerance: float) -> EarlyDecider:
+        """The decider for ``fuser``, with ``[join] min_models`` and ``[fusion]
+        prob_tolerance`` (a member may send probabilities summing to 1 + that)."""
+        return cls(fuser, min_models, 1.0 + prob_tolerance)
+
+    def __call__(self, members: Sequence[PredictionEvent | None]) -> int | None:
+        """The final label's index, or None while the missing members could change it.
+        ``members``: each configured model's event in configured order, None if missing."""
+        rows: list[list[float] | None] = []
+        for ev in members:
+            if ev is None:
+                rows.append(None)
+            elif ev.probs is not None:
+                rows.append(unpack_probs(ev.probs))
+            elif ev.label is not None:
+                rows.append(self._one_hot[ev.label])
+            else:
+                return None  # a score: not a classification
+        temperatures = self._fuser.temperatures
+        if temperatures is not None:
+            rows = self._calibrated(rows, temperatures)
+        weights = self._fuser.weights
+        if weights is not self._weights_seen:
+            self._weights_seen = weights
+            self._weights = weights.tolist()
+        return decide_one(self._strategy, rows, self._weights, self._min_models, self._max_prob)
+
+    def _calibrated(
+        self, rows: list[list[float] | None], temperatures: FloatArray
+    ) -> list[list[float] | None]:
+        # The Fuser's own function on a batch of one: the rows it will fuse, bit for bit.
+        present = np.array([r is not None for r in rows], dtype=np.bool_)
+        zeros = [0.0] * self._n_labels
+        probs = np.array([[r if r is not None else zeros for r in rows]], dtype=np.float64)
+        scaled: list[list[float]] = apply_temperatures(probs, present[None, :], temperatures)[
+            0
+        ].tolist()
+        return [scaled[j] if present[j] else None for j in range(len(rows))]
