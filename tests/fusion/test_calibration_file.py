@@ -14,13 +14,15 @@ import jsonschema
 import numpy as np
 import pytest
 
-from tests.fusion.factories import LABELS, MODELS, finished, make_config
+from tests.fusion.factories import LABELS, MODELS, finished, make_config, write_history
 from worker.config import build_config
 from worker.errors import ArtefactError, ConfigError
 from worker.events import PredictionEvent
 from worker.fusion import Fuser
 from worker.fusion.artefact import calibration_document, write_artefact
-from worker.fusion.calibration import LOG_FLOOR
+from worker.fusion.calibration import LOG_FLOOR, apply_temperatures
+from worker.fusion.fit import read_training_set, run_fit
+from worker.fusion.learn import simplex_weights
 from worker.offline import run_fuse
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "fused.v1.json").read_text())
@@ -160,3 +162,23 @@ def test_early_decision_is_off_by_default() -> None:
     """Without the key every request waits for its members or its deadline."""
     assert not build_config(_raw("soft_vote", ["x", "y"], early=False)).join.early_decision
     assert not make_config().join.early_decision
+
+
+def test_fit_weights_learns_on_the_configured_calibration(tmp_path: Path) -> None:
+    """With a calibration_file configured, `fit --method weights` learns the weights on
+    the calibrated members (the probabilities they will weigh) and records which
+    calibration; without it, on the raw ones."""
+    predictions, labels = write_history(tmp_path)
+    path = _artefact(tmp_path, np.array([5.0, 0.3, 1.0]))
+    raw_out, cal_out = tmp_path / "raw.json", tmp_path / "cal.json"
+    run_fit(make_config(), predictions, labels, raw_out, method="weights")
+    run_fit(make_config(calibration_file=str(path)), predictions, labels, cal_out, "weights")
+    raw = json.loads(raw_out.read_text())
+    cal = json.loads(cal_out.read_text())
+    assert cal["training"]["calibrated_with"] == _sha(path)
+    assert "calibrated_with" not in raw["training"]
+    data = read_training_set(make_config(), predictions, labels)
+    present = np.ones(data.probs.shape[:2], dtype=bool)
+    calibrated = apply_temperatures(data.probs, present, np.array([5.0, 0.3, 1.0]))
+    np.testing.assert_allclose(cal["weights"], simplex_weights(calibrated, data.y), atol=1e-12)
+    assert cal["weights"] != raw["weights"]
