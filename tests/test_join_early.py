@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests.fusion.factories import make_config
 from worker.events import FinishedRequest, PredictionEvent
-from worker.fusion import Fuser
-from worker.fusion.early import EARLY_STRATEGIES, EarlyDecider
+from worker.fusion import Batch, Fuser
+from worker.fusion.early import EARLY_STRATEGIES, EarlyDecider, decide_one
 from worker.join import JoinTable
 
 Array = np.ndarray[Any, Any]
@@ -179,6 +179,8 @@ def test_the_decider_follows_the_fusers_calibration() -> None:
     assert _decider(Fuser(config, "soft_vote"))(members) == 0
     sharp = Fuser(config, "soft_vote", temperatures=np.array([1.0, 0.1, 1.0]))
     assert _decider(sharp)(members) is None
+    flat = Fuser(config, "soft_vote", temperatures=np.array([1.0, 20.0, 1.0]))
+    assert _decider(flat)(members) == 0  # b near 0.49 / 0.51: c0 leads by about 0.79
 
 
 @pytest.mark.parametrize("strategy", EARLY_STRATEGIES)
@@ -192,3 +194,40 @@ def test_the_decider_follows_the_fusers_weights(strategy: str) -> None:
     assert decider(members) == 0
     fuser.set_weights(np.array([1.0, 1.0, 1.0]))
     assert decider(members) is None
+
+
+@settings(max_examples=300)
+@given(case=cases())
+def test_the_decider_answers_as_decide_one_on_the_rows_it_fuses(case: dict[str, Any]) -> None:
+    """The decider's shortcut (less weight present than missing: undecided) never
+    skips a request decide_one would decide: on every prefix of every arrival order it
+    answers exactly as decide_one on the members' rows. With calibration (computed in
+    plain Python, decided with a margin) it may only decide less, never otherwise."""
+    fuser = _fuser(case)
+    decider = _decider(fuser, case["min_models"])
+    m, k = len(fuser.models), case["k"]
+    for i, order in enumerate(case["orders"]):
+        events: list[PredictionEvent | None] = [None] * m
+        for j in order:
+            ev = _event(
+                f"r{i}", fuser.models[j], 0, case["probs"][i, j], bool(case["as_label"][i, j])
+            )
+            events[j] = ev
+            present = np.array([e is not None for e in events])
+            probs = np.zeros((1, m, k))
+            for jj, e in enumerate(events):
+                if e is not None:
+                    probs[0, jj] = (
+                        np.eye(k)[e.label] if e.label is not None else case["probs"][i, jj]
+                    )
+            scored = fuser.calibrate(Batch(probs, np.empty((1, 0)), present[None, :])).probs[0]
+            rows = [scored[jj].tolist() if present[jj] else None for jj in range(m)]
+            expected = decide_one(
+                case["strategy"], rows, fuser.weights.tolist(), case["min_models"], 1.001
+            )
+            got = decider(events)
+            temperatures = case["temperatures"]
+            if temperatures is None or (temperatures == 1.0).all():
+                assert got == expected
+            else:
+                assert got is None or got == expected

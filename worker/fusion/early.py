@@ -39,7 +39,7 @@ import numpy as np
 from worker.errors import ConfigError
 from worker.events import PredictionEvent, unpack_probs
 from worker.fusion.batch import BoolArray, FloatArray, IntArray
-from worker.fusion.calibration import apply_temperatures
+from worker.fusion.calibration import LOG_FLOOR
 
 if TYPE_CHECKING:
     from worker.fusion.fuser import Fuser
@@ -48,6 +48,11 @@ EARLY_STRATEGIES = ("weighted_average", "soft_vote", "hard_vote")
 _DIVISION_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
 # Below this a sum divided by the weight present (at most m) could underflow to 0.
 _SMALLEST_SCORE = 1e-300
+# See EarlyDecider.__init__: the relative margin of decisions on calibrated members.
+_CALIBRATION_MARGIN = 1e-9
+# EarlyDecider skips decide_one while the weight present is below the weight missing
+# times this (a relative 1e-9, far above the rounding of a sum of a few weights).
+_SHORTCUT_MARGIN = 1.0 - 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,7 @@ def decide_one(
     weights: Sequence[float],
     min_models: int = 1,
     max_prob: float = 1.0,
+    slack: float = 1.0,
 ) -> int | None:
     """``decide`` for one request, in plain Python for the join's per-event path (a
     numpy call per event costs about 110 us; this about 12 us for 3 members and 3
@@ -147,7 +153,11 @@ def decide_one(
     (one-hot for a label), or None where it is missing. Returns the final label's
     index, or None while the missing members could still change it. Python floats are
     IEEE doubles, so the same operations in the same order give the same bits as
-    ``decide``; a test holds them to it."""
+    ``decide``; a test holds them to it.
+
+    ``slack`` >= 1: the leader must beat every rival's upper score times it, for
+    probabilities known only to a relative ``slack - 1`` of the ones the fusion will use
+    (calibrated in plain Python rather than by numpy: ``EarlyDecider``)."""
     _check(strategy)
     k = next((len(p) for p in probs if p is not None), 0)
     if k == 0:
@@ -179,13 +189,14 @@ def decide_one(
     lead = max(low)
     leader = low.index(lead)
     for c in range(k):
+        bound = high[c] * slack
         if c > leader:
-            safe = lead >= high[c]
+            safe = lead >= bound
         elif c < leader:
             safe = (
-                lead > high[c]
+                lead > bound
                 if hard
-                else (lead > high[c] * _DIVISION_SLACK and lead >= _SMALLEST_SCORE)
+                else (lead > bound * _DIVISION_SLACK and lead >= _SMALLEST_SCORE)
             )
         else:
             continue
@@ -224,6 +235,17 @@ class EarlyDecider:
         ]
         self._weights_seen: FloatArray | None = None
         self._weights: list[float] = []
+        # Calibration in plain Python (a numpy call per event costs ~280 us): libm's exp
+        # and log may differ from numpy's by a few ulp, which moves a calibrated
+        # probability by a relative ~1e-15 * |log p| / T at most; the decision then asks
+        # for a lead larger by a relative _CALIBRATION_MARGIN / min(T, 1), some 1e4
+        # times that, so it holds for the probabilities the Fuser computes too.
+        t = fuser.temperatures
+        self._temperatures: list[float] | None = None
+        self._slack = 1.0
+        if t is not None and bool((t != 1.0).any()):
+            self._temperatures = t.tolist()
+            self._slack = 1.0 + _CALIBRATION_MARGIN / min(1.0, float(t.min()))
 
     @classmethod
     def from_fuser(cls, fuser: Fuser, min_models: int, prob_tolerance: float) -> EarlyDecider:
@@ -234,6 +256,24 @@ class EarlyDecider:
     def __call__(self, members: Sequence[PredictionEvent | None]) -> int | None:
         """The final label's index, or None while the missing members could change it.
         ``members``: each configured model's event in configured order, None if missing."""
+        weights = self._fuser.weights
+        if weights is not self._weights_seen:
+            self._weights_seen = weights
+            self._weights = weights.tolist()
+        # A lead is at most the weight present and must beat the weight missing, so
+        # while less weight is present than missing nothing can be decided: most first
+        # events stop here, before any row is unpacked. The margin covers the rounding
+        # of these sums, so the shortcut never skips a request decide_one would decide.
+        present_weight = missing_weight = 0.0
+        count = 0
+        for ev, w in zip(members, self._weights, strict=True):
+            if ev is None:
+                missing_weight += w
+            else:
+                present_weight += w
+                count += 1
+        if count < self._min_models or present_weight < missing_weight * _SHORTCUT_MARGIN:
+            return None
         rows: list[list[float] | None] = []
         for ev in members:
             if ev is None:
@@ -244,23 +284,35 @@ class EarlyDecider:
                 rows.append(self._one_hot[ev.label])
             else:
                 return None  # a score: not a classification
-        temperatures = self._fuser.temperatures
-        if temperatures is not None:
-            rows = self._calibrated(rows, temperatures)
-        weights = self._fuser.weights
-        if weights is not self._weights_seen:
-            self._weights_seen = weights
-            self._weights = weights.tolist()
-        return decide_one(self._strategy, rows, self._weights, self._min_models, self._max_prob)
+        if self._temperatures is not None:
+            rows = [
+                None if r is None else _calibrate(r, t)
+                for r, t in zip(rows, self._temperatures, strict=True)
+            ]
+            if self._strategy == "hard_vote" and _near_tie(rows, self._slack):
+                return None  # the Fuser's vote of that member is not known for sure
+        return decide_one(
+            self._strategy, rows, self._weights, self._min_models, self._max_prob, self._slack
+        )
 
-    def _calibrated(
-        self, rows: list[list[float] | None], temperatures: FloatArray
-    ) -> list[list[float] | None]:
-        # The Fuser's own function on a batch of one: the rows it will fuse, bit for bit.
-        present = np.array([r is not None for r in rows], dtype=np.bool_)
-        zeros = [0.0] * self._n_labels
-        probs = np.array([[r if r is not None else zeros for r in rows]], dtype=np.float64)
-        scaled: list[list[float]] = apply_temperatures(probs, present[None, :], temperatures)[
-            0
-        ].tolist()
-        return [scaled[j] if present[j] else None for j in range(len(rows))]
+
+def _calibrate(p: list[float], t: float) -> list[float]:
+    """softmax(log(max(p, LOG_FLOOR)) / t) as worker.fusion.calibration applies it; with
+    t = 1 the row itself (as there: a member with T = 1 is left bit for bit alone)."""
+    if t == 1.0:
+        return p
+    z = [math.log(x if x > LOG_FLOOR else LOG_FLOOR) / t for x in p]
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    total = sum(e)
+    return [v / total for v in e]
+
+
+def _near_tie(rows: Sequence[Sequence[float] | None], slack: float) -> bool:
+    """Whether a row's two largest values are too close for its argmax to be certain."""
+    for r in rows:
+        if r is not None and len(r) > 1:
+            first, second = sorted(r)[-2:][::-1]
+            if second * slack >= first:
+                return True
+    return False
