@@ -23,6 +23,7 @@ from msgspec import Meta
 from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
 from worker.fusion import registry
+from worker.fusion.early import EARLY_STRATEGIES
 from worker.vocabulary import Vocabularies, vocabularies
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -90,6 +91,9 @@ class JoinConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How long and how many fused request ids are remembered to recognise late events.
     fused_memory_ms: NonNegative = 0  # 0: five timeouts
     fused_memory_count: Positive = 100_000
+    # Fuse a request as soon as its missing members cannot change the fused label
+    # (status "decided"); weighted_average, soft_vote and hard_vote only.
+    early_decision: bool = False
 
     @property
     def fused_memory_effective_ms(self) -> int:
@@ -120,6 +124,8 @@ class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stacker: str = ""
     fallback: str = "soft_vote"
     weights_file: str = ""
+    # Member temperatures (`fit --method calibration`), applied before every strategy.
+    calibration_file: str = ""
 
     @property
     def is_regression(self) -> bool:
@@ -132,6 +138,9 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, Meta(ge=1, le=65535)] = 9400
     # /healthz fails when the loop has not iterated for this long.
     liveness_timeout_ms: Positive = 30_000
+    # A model's windowed live accuracy below this fires FusionModelAccuracyLow (exported
+    # as fusion_quality_accuracy_floor; 0: never).
+    accuracy_floor: Annotated[float, Meta(ge=0, le=1)] = 0.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -199,6 +208,7 @@ def _validate(cfg: Config) -> None:
     _validate_models(cfg)
     _validate_fusion(cfg.fusion)
     _validate_vocabularies(cfg)
+    _validate_early_decision(cfg)
     if cfg.log.level.upper() not in LOG_LEVELS:
         raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
 
@@ -285,10 +295,42 @@ def _validate_fusion(f: FusionConfig) -> None:
             f.fallback,
             f"must be a strategy that needs no stacker: one of {', '.join(fallbacks)}",
         )
-    for key in ("stacker", "weights_file"):
+    for key in ("stacker", "weights_file", "calibration_file"):
         value = getattr(f, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"fusion.{key}", value, "file not found")
+    if f.calibration_file:
+        if f.is_regression:
+            raise ConfigError(
+                "fusion.calibration_file",
+                f.calibration_file,
+                "calibrates probabilities: it needs fusion.labels (not scores)",
+            )
+        if strategy.needs_stacker:
+            # The stacker was fitted on the raw probabilities and learns its own scaling
+            # of each member; temperatures before it would feed it inputs it never saw.
+            raise ConfigError(
+                "fusion.calibration_file",
+                f.calibration_file,
+                f"cannot be combined with strategy = {f.strategy!r}: the stacker is fitted "
+                "on raw probabilities; remove calibration_file or choose another strategy",
+            )
+
+
+def _validate_early_decision(cfg: Config) -> None:
+    if not cfg.join.early_decision:
+        return
+    f = cfg.fusion
+    if f.is_regression:
+        raise ConfigError(
+            "join.early_decision", True, "needs fusion.labels: a score has no label to decide"
+        )
+    if f.strategy not in EARLY_STRATEGIES:
+        raise ConfigError(
+            "join.early_decision",
+            True,
+            f"needs fusion.strategy one of {', '.join(EARLY_STRATEGIES)}, got {f.strategy!r}",
+        )
 
 
 def _validate_vocabularies(cfg: Config) -> None:

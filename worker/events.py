@@ -87,6 +87,9 @@ class FinishedRequest:
     opened_ms: int  # clock time when the first event arrived
     fused_ts: int  # clock time when the request was finished (the wire field `fused_ts`)
     expired: bool  # True: closed by the deadline, not by completion
+    # True: closed early (``[join] early_decision``) because the members still missing
+    # could not change the fused label; the result's status is then "decided".
+    decided: bool = False
     # Per input source (topic), the (first, last) offset of the events it was fused
     # from; None when the caller did not give offsets (offline). Bookkeeping for the
     # commit, not part of what was fused: equality ignores it.

@@ -16,11 +16,12 @@ takes the current time ``now_ms`` from the caller:
   stream time of whichever later event moved the clock on.
 
 A request closes exactly once: at once when its last model arrives (``expired=False``),
-or by ``expire``/``close_all`` (``expired=True``); ``drain`` hands the closed requests
-over in closing order, each with its members in arrival order. Its id is then
-remembered for ``fused_memory_ms`` (on the same clock) and at most
-``fused_memory_count`` ids, so a straggler is reported ``late`` instead of opening the
-request again.
+early when a ``decider`` says its missing members cannot change the fused label
+(``decided=True``), or by ``expire``/``close_all`` (``expired=True``); ``drain`` hands
+the closed requests over in closing order, each with its members in arrival order. Its
+id is then remembered for ``fused_memory_ms`` (on the same clock) and at most
+``fused_memory_count`` ids, so a straggler (a decided request's missing member too) is
+reported ``late`` instead of opening the request again.
 
 Cost: ``add`` is O(log n) (heap pushes), ``expire`` O(k log n) for k closed requests.
 Deadlines and source offsets live in heaps with lazy deletion: an entry whose request
@@ -33,7 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_probs
@@ -41,6 +42,10 @@ from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_p
 log = logging.getLogger(__name__)
 
 Outcome = Literal["accepted", "duplicate", "late"]
+# Given a pending request's events by model position (None: not reported), the index of
+# its final label when nothing the missing members send could change it, else None
+# (worker.fusion.early.EarlyDecider).
+Decider = Callable[[Sequence[PredictionEvent | None]], int | None]
 STATE_VERSION = 1
 # A heap is rebuilt once it holds this many entries more than twice the live ones.
 _COMPACT_SLACK = 1024
@@ -89,6 +94,9 @@ class JoinTable:
         are remembered to recognise late events.
     event_time : deadlines from the first event's ``ts`` (True) or from ``now_ms`` at
         its arrival (False); see the module docstring.
+    decider : asked after each accepted event of a request still incomplete; when it
+        names a label, the request closes at once with ``decided=True`` (early decision).
+        None (the default): requests wait for every model or their deadline.
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class JoinTable:
         fused_memory_count: int,
         *,
         event_time: bool = False,
+        decider: Decider | None = None,
     ) -> None:
         if not models or len(set(models)) != len(models):
             raise ValueError(f"models must be distinct names, at least one; got {list(models)}")
@@ -114,6 +123,7 @@ class JoinTable:
         self.fused_memory_ms = fused_memory_ms
         self.fused_memory_count = fused_memory_count
         self.event_time = event_time
+        self._decider = decider
         self._index = {name: i for i, name in enumerate(self.models)}
         self._empty = (None,) * len(self.models)
         self._base_digits = len(self.models) + 1
@@ -178,6 +188,9 @@ class JoinTable:
                 if offset >= 0:
                     self._widen_last(source, offset)
                 return "accepted"
+            if self._decider is not None and self._decider(p) is not None:
+                self._finish(rid, p, now_ms, expired=False, decided=True)
+                return "accepted"
             self._pending[rid] = p
             heapq.heappush(self._deadlines, (p.deadline_ms, rid))
         else:
@@ -190,6 +203,9 @@ class JoinTable:
                 self._close(rid, p, now_ms, expired=False)
                 if offset >= 0:
                     self._widen_last(source, offset)
+                return "accepted"
+            if self._decider is not None and self._decider(p) is not None:
+                self._close(rid, p, now_ms, expired=False, decided=True)
                 return "accepted"
         if offset >= 0:
             self._track(rid, p, source, offset)
@@ -383,11 +399,13 @@ class JoinTable:
             return p.low == offset
         return p.more is not None and p.more.get(source) == offset
 
-    def _close(self, rid: str, p: _Pending, now_ms: int, expired: bool) -> None:
+    def _close(
+        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+    ) -> None:
         del self._pending[rid]
         if p.source is not None:
             self._offset_tracked -= _tracked(p)
-        self._finish(rid, p, now_ms, expired)
+        self._finish(rid, p, now_ms, expired, decided)
         # Rebuild a heap once most of it is entries of closed requests, so that memory
         # follows the pending requests: amortised O(1) per close.
         if len(self._deadlines) > 2 * len(self._pending) + _COMPACT_SLACK:
@@ -401,10 +419,12 @@ class JoinTable:
         if self._offset_entries > 2 * self._offset_tracked + _COMPACT_SLACK:
             self._compact_offsets()
 
-    def _finish(self, rid: str, p: _Pending, now_ms: int, expired: bool) -> None:
+    def _finish(
+        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+    ) -> None:
         models = self.models
         members = {models[i]: ev for i, ev in self._arrived(p)}
-        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired)
+        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired, decided)
         if p.source is not None:
             done.spans = _spans(p)
         self._closed.append(done)

@@ -1,9 +1,11 @@
 """`fusion-worker backtest`: fuse labelled history with every strategy in one pass, score
 members and strategies, print the table, optionally write the HTML report.
 
-With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker and the
-learned weights on the earlier requests (through worker.fusion.fit) and evaluates
-everything on the later ones; the winner (lowest log loss, ties by accuracy; for
+With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker, the
+learned weights and the member temperatures on the earlier requests (through
+worker.fusion.fit) and evaluates everything on the later ones, each strategy with and
+without calibration (a configured calibration_file is then not used, as a configured
+stacker is not); the winner (lowest log loss, ties by accuracy; for
 scores lowest RMSE, ties by MAE) is named with the config lines that select it.
 """
 
@@ -19,7 +21,13 @@ from typing import Any
 
 from worker.backtest.compare import Comparison, paired_bootstrap
 from worker.backtest.evaluate import Evaluation, Row, evaluate
-from worker.backtest.fitting import Variant, fitted_variants, split_records
+from worker.backtest.fitting import (
+    CALIBRATED,
+    Variant,
+    fitted_variants,
+    split_records,
+    uncalibrated,
+)
 from worker.backtest.inputs import (
     Label,
     first_times,
@@ -99,12 +107,14 @@ def backtest(
     if fit:
         split = time_split(first_times(config, records), train_share)
         train, records = split_records(config, records, split)
-        fitted = fitted_variants(config, train, truth, split, fit_dir)
+        fitted = fitted_variants(config, train, truth, split, fit_dir, names)
         lines.append(
-            f"time split: {len(split.train)} earlier requests trained the stacker and the "
-            f"learned weights; the {len(split.test)} requests from {_when(split.cut_ts)} on "
-            "are evaluated"
+            f"time split: {len(split.train)} earlier requests trained the stacker, the "
+            f"learned weights and the temperatures; the {len(split.test)} requests from "
+            f"{_when(split.cut_ts)} on are evaluated"
         )
+        # The fitted calibration is compared with none (a configured one is not used).
+        config = uncalibrated(config)
     variants = [Variant(s, s, config) for s in names] + fitted
     collect = _Collect(variants)
     for _ in replay_results(config, records, collect):
@@ -119,6 +129,7 @@ def backtest(
     if winner is not None and best is not None and bootstrap > 0:
         comparison = paired_bootstrap(winner, best, ev.task, bootstrap)
     lines += _verdict(ev, winner, best)
+    lines += _calibration_lines(ev)
     if comparison is not None and winner is not None and best is not None:
         lines.append(comparison.describe(winner.name, best.name))
     lines += _config_lines(winner, variants)
@@ -257,4 +268,27 @@ def _config_lines(winner: Row | None, variants: Sequence[Variant]) -> list[str]:
         lines.append(f'stacker = "{variant.config.fusion.stacker}"')
     if variant.config.fusion.weights_file:
         lines.append(f'weights_file = "{variant.config.fusion.weights_file}"')
+    if variant.config.fusion.calibration_file:
+        lines.append(f'calibration_file = "{variant.config.fusion.calibration_file}"')
+    return lines
+
+
+def _calibration_lines(ev: Evaluation) -> list[str]:
+    """Each calibrated row against its uncalibrated twin: log loss and accuracy (scores
+    from the table; nothing when calibration was not fitted)."""
+    rows = {r.name: r for r in ev.strategies if r.answered}
+    pairs = [
+        (rows[name.removesuffix(CALIBRATED)], row)
+        for name, row in rows.items()
+        if name.endswith(CALIBRATED) and name.removesuffix(CALIBRATED) in rows
+    ]
+    if not pairs:
+        return []
+    lines = ["calibration (temperatures fitted on the earlier requests), raw -> calibrated:"]
+    for raw, cal in pairs:
+        lines.append(
+            f"  {raw.name}: log_loss {raw.metrics['log_loss']:.4f} -> "
+            f"{cal.metrics['log_loss']:.4f}, accuracy {raw.metrics['accuracy']:.4f} -> "
+            f"{cal.metrics['accuracy']:.4f}"
+        )
     return lines

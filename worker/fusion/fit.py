@@ -77,7 +77,17 @@ def run_fit(
         learned = fit_stacker(data.probs, data.y, models, label_names)
         fused_name = "stacker (out-of-fold)"
     elif method == "weights":
-        learned = fit_weights(data.probs, data.y, models, label_names)
+        probs = data.probs
+        if config.fusion.calibration_file:
+            # The weights will weigh calibrated members: learn them on those.
+            from worker.fusion.artefact import read_calibration
+            from worker.fusion.calibration import LOG_FLOOR, apply_temperatures
+
+            cal = read_calibration(config.fusion.calibration_file, models, label_names, LOG_FLOOR)
+            probs = apply_temperatures(probs, np.ones(probs.shape[:2], np.bool_), cal.temperatures)
+            summary = {**summary, "calibrated_with": cal.id}
+            print(f"members calibrated with {config.fusion.calibration_file} ({cal.id})")
+        learned = fit_weights(probs, data.y, models, label_names)
         fused_name = "learned weights (out-of-fold)"
     else:
         # Imported here: only this method needs it.

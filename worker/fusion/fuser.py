@@ -24,6 +24,11 @@ Decisions:
   label is fused over the members that cover it, and the fused row renormalised; a
   member with no mass on the fused labels abstains (weight 0, label null). When every
   model covers every label the strategies are exactly those without vocabularies.
+  ``contribution`` is computed from the calibrated ones. ``[fusion] calibration_file``
+  is loaded here, so every command that fuses applies it the same way, and each result
+  names it (``"calibration": "sha256:<first 16 hex digits of the file>"``). Stacking
+  never calibrates: its meta-learner was fitted on raw probabilities (the configuration
+  refuses the combination; a stacking Fuser asked for by name ignores the file).
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
@@ -41,7 +46,7 @@ import numpy as np
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
 from worker.fusion import registry
-from worker.fusion.artefact import load_stacker, load_weights
+from worker.fusion.artefact import load_stacker, load_weights, read_calibration
 from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.calibration import apply_temperatures
 from worker.fusion.result import Fused, classification_results, regression_results
@@ -65,9 +70,10 @@ class Fuser:
     """Fuse batches of finished requests with one strategy.
 
     ``strategy`` overrides ``[fusion] strategy``. ``temperatures`` (m,), > 0, calibrate
-    the members (``worker.fusion.artefact.load_calibration``). Raises ConfigError for a
-    strategy that does not exist or does not fit the task, ArtefactError for an artefact
-    that does not match the configuration.
+    the members (``worker.fusion.artefact.load_calibration``) instead of ``[fusion]
+    calibration_file``; ``calibration`` is then the id the results name (None: none).
+    Raises ConfigError for a strategy that does not exist or does not fit the task,
+    ArtefactError for an artefact that does not match the configuration.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class Fuser:
         config: Config,
         strategy: str | None = None,
         temperatures: FloatArray | None = None,
+        calibration: str | None = None,
     ) -> None:
         fusion = config.fusion
         name = strategy or fusion.strategy
@@ -114,6 +121,18 @@ class Fuser:
             fallback=self.fallback,
         )
         self.temperatures: FloatArray | None = None
+        self.calibration: str | None = None
+        if temperatures is None and fusion.calibration_file and not spec.needs_stacker:
+            from worker.fusion.calibration import LOG_FLOOR
+
+            loaded = read_calibration(fusion.calibration_file, self.models, self.labels, LOG_FLOOR)
+            temperatures, calibration = loaded.temperatures, loaded.id
+            log.info(
+                "calibration %s from %s: %s",
+                calibration,
+                fusion.calibration_file,
+                temperatures.tolist(),
+            )
         if temperatures is not None:
             t = np.asarray(temperatures, dtype=np.float64)
             if fusion.is_regression:
@@ -127,6 +146,7 @@ class Fuser:
                     f"needs {len(self.models)} finite temperatures > 0, one per model",
                 )
             self.temperatures = t
+            self.calibration = calibration
 
     def set_weights(self, weights: FloatArray) -> None:
         """Fuse from now on with ``weights`` (m,), >= 0 with a positive sum (adaptive
@@ -156,6 +176,7 @@ class Fuser:
             self.fallback,
             scored.probs,
             None if self._vocab is None or self._vocab.full_cover else self._vocab.cover,
+            self.calibration,
         )
 
     def calibrate(self, batch: Batch) -> Batch:

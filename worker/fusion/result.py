@@ -19,6 +19,7 @@ from worker.fusion.batch import BoolArray, FloatArray, IntArray
 COMPLETE = "complete"
 PARTIAL = "partial"
 INSUFFICIENT = "insufficient"
+DECIDED = "decided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ def classification_results(
     fallback: str | None = None,
     scored_probs: FloatArray | None = None,
     cover: BoolArray | None = None,
+    calibration: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per request, in input order. ``member_probs`` (n, m, k) and
     ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members).
@@ -72,7 +74,9 @@ def classification_results(
     (n, m, k), the probabilities the strategy fused (after calibration; default
     ``member_probs``); in hard_vote, its weight when it voted for the fused label, else 0.
     For weighted_average, soft_vote and hard_vote the contributions add up to the fused
-    label's probability."""
+    label's probability. A request the join decided early (``decided``) has status
+    ``decided``; ``calibration`` (the applied calibration's id) is named in every result
+    when set."""
     assert fused.probs is not None
     assert fused.labels is not None
     label_names = list(labels)
@@ -128,7 +132,7 @@ def classification_results(
             result = {
                 "request_id": req.request_id,
                 "strategy": strategy,
-                "status": PARTIAL if missing else COMPLETE,
+                "status": _answered_status(req, missing),
                 "label": label_names[winner[i]],
                 "probs": probs[i],
                 "labels": label_names.copy(),
@@ -155,8 +159,16 @@ def classification_results(
         result["trace_id"] = _trace_id(req)
         if by_fallback is not None and by_fallback[i] and answered[i]:
             result["fallback"] = fallback
+        if calibration is not None:
+            result["calibration"] = calibration
         out.append(result)
     return out
+
+
+def _answered_status(req: FinishedRequest, missing: list[str]) -> str:
+    if not missing:
+        return COMPLETE
+    return DECIDED if req.decided else PARTIAL
 
 
 def regression_results(
