@@ -37,6 +37,8 @@ from worker.config import Config
 from worker.decode import Decoder, check_key
 from worker.errors import InvalidEvent
 from worker.events import FinishedRequest
+from worker.fusion import Fuser
+from worker.fusion.early import EarlyDecider
 from worker.join import JoinTable
 from worker.murmur2 import partition_for
 
@@ -162,6 +164,14 @@ class Engine:
         self._dlq_topic = k.dlq_topic
         self._late_topic = k.late_topic
         self._output_topic = k.output_topic
+        # Early decision needs the one Fuser whose label it predicts; a replay or
+        # backtest fusing several strategies at once waits for every member.
+        j = config.join
+        self._decider = (
+            EarlyDecider.from_fuser(fuser, j.min_models, config.fusion.prob_tolerance)
+            if j.early_decision and isinstance(fuser, Fuser)
+            else None
+        )
 
     # -- partition state ----------------------------------------------------------------
 
@@ -174,6 +184,7 @@ class Engine:
             j.fused_memory_effective_ms,
             j.fused_memory_count,
             event_time=self.event_time,
+            decider=self._decider,
         )
         self.tables[partition] = table
         return table

@@ -78,6 +78,7 @@ class Worker:
             models=config.model_names,
             strategy=config.fusion.strategy,
             output_topics=[t for t in (k.output_topic, k.dlq_topic, k.late_topic) if t],
+            accuracy_floor=config.metrics.accuracy_floor,
         )
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
