@@ -37,6 +37,7 @@ from worker.runtime.connect import (
     probe_credentials,
     producer_options,
 )
+from worker.runtime.cycles import CycleCollector
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.sink import Divert, Sink
 from worker.runtime.topics import check_topics
@@ -103,6 +104,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()  # set once partitions are assigned
         self._paused = False
+        # leak fix (issue #14): frees the fetch buffers aiokafka drops on pause/seek.
+        self._cycles = CycleCollector()
         self._next_commit = 0.0
         self._started = False
         self._stopped = False
@@ -416,6 +419,9 @@ class Worker:
             self._paused = False
             self.metrics.set_paused(False)
             log.info("resumed fetching: %d pending requests", pending)
+            # leak fix (issue #14): the paused fetches dropped buffered records in cycles.
+            self._cycles.mark()
+        self._cycles.maybe_collect()  # leak fix (issue #14)
 
     async def _periodic(self) -> None:
         self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
@@ -516,6 +522,7 @@ class Worker:
         assert self._consumer is not None
         numbers = {tp.partition for tp in assigned}
         self.owned = numbers
+        self._cycles.mark()  # leak fix (issue #14): seeks drop buffered records too
         for p in list(self.tables):
             if p not in numbers:
                 self.engine.close(p)
