@@ -39,6 +39,7 @@ from worker.errors import InvalidEvent
 from worker.events import FinishedRequest
 from worker.join import JoinTable
 from worker.murmur2 import partition_for
+from worker.state_deps import describe
 
 Headers = list[tuple[str, bytes]]
 
@@ -162,6 +163,7 @@ class Engine:
         self._dlq_topic = k.dlq_topic
         self._late_topic = k.late_topic
         self._output_topic = k.output_topic
+        self._deps = describe(config)
 
     # -- partition state ----------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class Engine:
             j.fused_memory_effective_ms,
             j.fused_memory_count,
             event_time=self.event_time,
+            deps=self._deps,
         )
         self.tables[partition] = table
         return table
