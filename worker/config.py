@@ -58,6 +58,12 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # resolved when the config is built, so the loaded value is always the one in force.
     commit_interval_ms: NonNegative = 0
     transaction_timeout_ms: Positive = 60_000
+    # At-least-once: at assignment, read the output topic back from the position stored
+    # with the committed offsets, so that requests already fused are not published again
+    # (worker/runtime/readback.py); at most this many records per partition (0: off) and
+    # this long for all of an assignment.
+    readback_max_records: NonNegative = 500_000
+    readback_timeout_ms: Positive = 5_000
     shutdown_timeout_ms: Positive = 10_000
     request_timeout_ms: Positive = 30_000
     retry_backoff_ms: Positive = 500

@@ -41,6 +41,7 @@ from worker.fusion import Fuser
 from worker.fusion.early import EarlyDecider
 from worker.join import JoinTable
 from worker.murmur2 import partition_for
+from worker.state_deps import describe
 
 Headers = list[tuple[str, bytes]]
 
@@ -172,6 +173,7 @@ class Engine:
             if j.early_decision and isinstance(fuser, Fuser)
             else None
         )
+        self._deps = describe(config)
 
     # -- partition state ----------------------------------------------------------------
 
@@ -185,6 +187,7 @@ class Engine:
             j.fused_memory_count,
             event_time=self.event_time,
             decider=self._decider,
+            deps=self._deps,
         )
         self.tables[partition] = table
         return table

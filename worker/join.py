@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_probs
@@ -97,6 +97,9 @@ class JoinTable:
     decider : asked after each accepted event of a request still incomplete; when it
         names a label, the request closes at once with ``decided=True`` (early decision).
         None (the default): requests wait for every model or their deadline.
+    deps : the configuration a ``pending_state`` depends on (labels, models, strategy,
+        task), included in it as ``deps``; ``restore`` expects states already realigned
+        to this table (``worker.state_deps.realign``).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class JoinTable:
         *,
         event_time: bool = False,
         decider: Decider | None = None,
+        deps: Mapping[str, Any] | None = None,
     ) -> None:
         if not models or len(set(models)) != len(models):
             raise ValueError(f"models must be distinct names, at least one; got {list(models)}")
@@ -124,6 +128,8 @@ class JoinTable:
         self.fused_memory_count = fused_memory_count
         self.event_time = event_time
         self._decider = decider
+        # What an exported state depends on (worker/state_deps.py), written with it.
+        self.deps = dict(deps) if deps is not None else None
         self._index = {name: i for i, name in enumerate(self.models)}
         self._empty = (None,) * len(self.models)
         self._base_digits = len(self.models) + 1
@@ -288,6 +294,29 @@ class JoinTable:
                 self._offset_entries -= 1
         return out
 
+    def remember_fused(self, request_ids: Iterable[str], now_ms: int) -> int:
+        """Remember ``request_ids`` as fused (by an earlier owner of the partition, read
+        back from the output topic), so that their re-read events are ``late``.
+
+        Kept like the ids this table closed: for ``fused_memory_ms`` from ``now_ms`` and
+        within ``fused_memory_count``. A pending id is left alone (its own close will
+        remember it). Returns how many ids are remembered."""
+        if not self.fused_memory_count:
+            return 0
+        fused, order, pending = self._fused, self._fused_order, self._pending
+        expiry = now_ms + self.fused_memory_ms
+        n = 0
+        for rid in request_ids:
+            if rid in pending:
+                continue
+            entry = (expiry, rid)
+            fused[rid] = entry
+            order.append(entry)
+            n += 1
+        if len(fused) > self.fused_memory_count:
+            self._forget(None)
+        return n
+
     # -- state export for the exactly-once changelog ------------------------------------
 
     def pending_state(self, request_id: str) -> dict[str, Any] | None:
@@ -301,7 +330,7 @@ class JoinTable:
         if p is None:
             return None
         members = {self.models[i]: _event_state(ev) for i, ev in self._arrived(p)}
-        return {
+        state: dict[str, Any] = {
             "v": STATE_VERSION,
             "request_id": request_id,
             "opened_ms": p.opened_ms,
@@ -309,6 +338,9 @@ class JoinTable:
             "first_ts": p.first_ts,
             "members": members,
         }
+        if self.deps is not None:
+            state["deps"] = self.deps
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with

@@ -38,6 +38,7 @@ from worker.runtime.connect import (
     producer_options,
 )
 from worker.runtime.cycles import CycleCollector
+from worker.runtime.readback import ReadBack
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.sink import Divert, Sink
 from worker.runtime.topics import check_topics
@@ -110,6 +111,8 @@ class Worker:
         self._started = False
         self._stopped = False
         self._interrupted = False  # run() cancelled its loop: stop() must not commit
+        # Hook (read-back, #14.2): at-least-once only; exactly-once has its changelog.
+        self._readback = None if k.exactly_once else ReadBack(config, self._beat)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -244,6 +247,8 @@ class Worker:
         for client in (self._consumer, self._producer):
             if client is not None:
                 await close_client(client, budget * 0.2 + 1)
+        if self._readback is not None:  # hook (read-back): its reader
+            await self._readback.close()
         if self._server is not None:
             self._server.stop()
         pending = sum(len(t) for t in self.tables.values())
@@ -474,13 +479,18 @@ class Worker:
         assert self._consumer is not None
         assert self._sink is not None
         await self._sink.flush()
+        if self._readback is not None:  # hook (read-back): output marks, before committing
+            await self._readback.snapshot(self._positions)
         offsets = self._commit_offsets(
             partitions if partitions is not None else list(self._positions)
         )
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            # Hook (read-back): each offset carries its output mark as metadata.
+            await self._consumer.commit(
+                offsets if self._readback is None else self._readback.annotate(offsets)
+            )
         except CommitFailedError as exc:
             # The group rebalanced under us; the new owner starts from the last commit.
             self.metrics.commit(ok=False)
@@ -532,7 +542,10 @@ class Worker:
                 self._committed.pop(tp, None)
                 self._spans.pop(tp, None)
                 self.metrics.forget_partition(tp.topic, tp.partition)
-        self._adopt(numbers - set(self.tables))
+        new = numbers - set(self.tables)
+        self._adopt(new)
+        if self._readback is not None:  # hook (read-back): requests fused before us
+            await self._readback.assigned(assigned, new, self.tables, int(self._clock_ms()))
         for tp in assigned:
             # A partition we kept: continue where we were, not from the commit
             # (which sits below our pending requests and would re-fuse some).
