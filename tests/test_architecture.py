@@ -15,6 +15,7 @@ CORE = [
     WORKER / "join.py",
     WORKER / "engine.py",
     WORKER / "events.py",
+    WORKER / "tracecontext.py",
     *sorted((WORKER / "fusion").glob("*.py")),
 ]
 FORBIDDEN = ("aiokafka", "asyncio", "time", "worker.runtime", "datetime")

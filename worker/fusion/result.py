@@ -106,6 +106,8 @@ def classification_results(
                 member["probs"] = mp[j]
             if answered[i]:
                 member["contribution"] = contribution[i][j]
+            if ev.traceparent is not None:
+                member["trace_id"] = ev.traceparent[3:35]
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
@@ -170,6 +172,8 @@ def regression_results(
                 missing.append(name)
                 continue
             members[name] = {"weight": w[j], "score": ms[j]}
+            if ev.traceparent is not None:
+                members[name]["trace_id"] = ev.traceparent[3:35]
             if ev.model_version is not None:
                 versions[name] = ev.model_version
         result = {
