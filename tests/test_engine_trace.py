@@ -10,11 +10,14 @@ from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
 
 from tests.test_engine import MODELS, config, pred
 from worker.engine import Engine, InRecord, Step
 from worker.fusion import Fuser
 from worker.join import JoinTable
+from worker.metrics import Metrics
+from worker.runtime.app import tally
 from worker.tracecontext import span_id_for
 
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -140,3 +143,12 @@ def test_the_changelog_state_keeps_the_headers() -> None:
     other.restore(orjson.loads(orjson.dumps(state)))
     assert other.pending_state("r-1") == state
     assert state["members"][MODELS[1]]["traceparent"] == HEADER_B
+
+
+def test_the_worker_counts_bad_headers_in_its_metric() -> None:
+    """The runtime's per-step tally adds Step.bad_traceparents to
+    fusion_traceparent_invalid_total."""
+    metrics = Metrics(CollectorRegistry(), MODELS, process_metrics=False)
+    step = live_step([rec(0, "r-1", MODELS[0], ("traceparent", b"bad"))])
+    tally(metrics, config(), step)
+    assert metrics.registry.get_sample_value("fusion_traceparent_invalid_total") == 1.0
