@@ -65,8 +65,10 @@ def _context(traceparent: str) -> Any:
 def trace_step(step: Step, provider: TracerProvider | None = None) -> int:
     """Record one span per traced fused request of ``step`` (see the module docstring)
     with ``provider`` (default: the global one); returns how many were recorded."""
+    if not step.finished:
+        return 0
     configured = _configured(provider)
-    if configured is None or not step.finished:
+    if configured is None:
         return 0
     tracer = configured.get_tracer(TRACER_NAME)
     records = step.fused_records
