@@ -16,6 +16,7 @@ CORE = [
     WORKER / "engine.py",
     WORKER / "events.py",
     WORKER / "state_deps.py",
+    WORKER / "tracecontext.py",
     *sorted((WORKER / "fusion").glob("*.py")),
 ]
 FORBIDDEN = ("aiokafka", "asyncio", "time", "worker.runtime", "datetime")

@@ -22,6 +22,11 @@ Two clocks (DESIGN.md, "Join semantics"):
 Within a step the outputs of each input partition number come in input order: a dead
 letter or late record where its record was, then the step's fused results, in closing
 order.
+
+Trace context: a valid ``traceparent`` header of an input record is kept on its event;
+a fused record continues the first member's trace in its own ``traceparent`` header
+(``worker.tracecontext``); an unusable header is counted (``Step.bad_traceparents``) and
+otherwise ignored.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from worker.fusion.early import EarlyDecider
 from worker.join import JoinTable
 from worker.murmur2 import partition_for
 from worker.state_deps import describe
+from worker.tracecontext import HEADER as TRACEPARENT
+from worker.tracecontext import fused_traceparent, read_traceparent
 
 Headers = list[tuple[str, bytes]]
 
@@ -98,15 +105,18 @@ class Step:
     ``outputs``: per input partition number, the records to publish, in order (empty
     unless the engine encodes records). ``results``: the fused result dicts, in closing
     order, with ``finished`` (the same requests) and ``result_partitions`` (the partition
-    number of each). ``positions``: per (topic, partition) the offset after the last
-    record the step consumed. ``touched``: per partition number, the request ids whose
-    pending state changed (only when the engine tracks them).
+    number of each). ``fused_records``: the ``OutRecord`` of each fused result, in the
+    same order (empty unless the engine encodes records). ``positions``: per (topic,
+    partition) the offset after the last record the step consumed. ``touched``: per
+    partition number, the request ids whose pending state changed (only when the engine
+    tracks them).
     """
 
     outputs: dict[int, list[OutRecord]] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     finished: list[FinishedRequest] = field(default_factory=list)
     result_partitions: list[int] = field(default_factory=list)
+    fused_records: list[OutRecord] = field(default_factory=list)
     invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     touched: dict[int, list[str]] = field(default_factory=dict)
@@ -115,6 +125,7 @@ class Step:
     other: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, outcome)
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
     late: int = 0  # late records forwarded to the late topic
+    bad_traceparents: int = 0  # valid events whose traceparent header was unusable
 
 
 class BatchFuser(Protocol):
@@ -249,6 +260,7 @@ class Engine:
         tp: tuple[str, int] | None = None
         last = -1
         n = 0
+        bad_traceparents = 0
         for r in records:
             topic, partition, offset = r.topic, r.partition, r.offset
             if tp is None or tp[1] != partition or tp[0] != topic:
@@ -267,6 +279,9 @@ class Engine:
             except InvalidEvent as exc:
                 self._dead(r, exc, out)
                 continue
+            if r.headers:
+                ev.traceparent, bad = read_traceparent(r.headers)
+                bad_traceparents += bad
             outcome = table.add(ev, now_ms, topic, offset)
             if outcome == "accepted":
                 accepted[ev.model] = accepted.get(ev.model, 0) + 1
@@ -278,6 +293,7 @@ class Engine:
             positions[tp] = last + 1
         out.records += n
         out.accepted.update(accepted)
+        out.bad_traceparents += bad_traceparents
 
     def _join_event_time(
         self,
@@ -296,6 +312,9 @@ class Engine:
             except InvalidEvent as exc:
                 self._dead(r, exc, out)
                 continue
+            if r.headers:
+                ev.traceparent, bad = read_traceparent(r.headers)
+                out.bad_traceparents += bad
             p = r.partition if n is None else partition_for(ev.request_id.encode(), n)
             table = self.tables.get(p)
             if table is None:
@@ -338,10 +357,17 @@ class Engine:
             topic = self._output_topic
             dumps = orjson.dumps
             outputs = out.outputs
+            fused_records = out.fused_records
             for (p, f), result in zip(finished, results, strict=True):
-                outputs.setdefault(p, []).append(
-                    OutRecord(topic, f.request_id.encode(), dumps(result))
+                header = fused_traceparent(f.request_id, f.members.values())
+                rec = OutRecord(
+                    topic,
+                    f.request_id.encode(),
+                    dumps(result),
+                    None if header is None else [(TRACEPARENT, header)],
                 )
+                outputs.setdefault(p, []).append(rec)
+                fused_records.append(rec)
         if self._track:
             for p, f in finished:
                 out.touched.setdefault(p, []).append(f.request_id)

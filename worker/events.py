@@ -39,6 +39,11 @@ class PredictionEvent:
     ``score`` is a regression output.
 
     The constructor also takes ``probs`` as a sequence of floats and packs it.
+
+    ``trace_id`` is the v1 body field (free text, carried into the result's ``trace_id``);
+    ``traceparent`` is the record's W3C ``traceparent`` header, parsed into its version-00
+    form (``worker.tracecontext``), or None when the record had no valid one. Unlike
+    ``trace_id``, the join keeps every member's: the result lists each member's trace id.
     """
 
     request_id: str
@@ -49,6 +54,7 @@ class PredictionEvent:
     score: float | None
     model_version: str | None
     trace_id: str | None
+    traceparent: str | None
 
     def __init__(
         self,
@@ -60,6 +66,7 @@ class PredictionEvent:
         score: float | None = None,
         model_version: str | None = None,
         trace_id: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.model = model
@@ -70,6 +77,7 @@ class PredictionEvent:
         self.score = score
         self.model_version = model_version
         self.trace_id = trace_id
+        self.traceparent = traceparent
 
 
 @dataclass(slots=True)

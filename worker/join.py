@@ -503,7 +503,8 @@ def _share(event: PredictionEvent, p: _Pending) -> None:
     """Slim a request's later event before it joins ``p``, to save memory while it is
     pending: its ``request_id`` becomes the earlier events' string object (equal: one
     copy per request, not one per event), and its ``trace_id`` is dropped when an earlier
-    member has one, since a result carries the first member's (by arrival) that has one."""
+    member has one, since a result carries the first member's (by arrival) that has one.
+    Its ``traceparent`` is kept: the result lists every member's trace id."""
     for other in p:
         if other is not None:
             event.request_id = other.request_id
@@ -540,6 +541,8 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
         out["model_version"] = ev.model_version
     if ev.trace_id is not None:
         out["trace_id"] = ev.trace_id
+    if ev.traceparent is not None:
+        out["traceparent"] = ev.traceparent
     return out
 
 
@@ -556,4 +559,5 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
         score=None if score is None else float(score),
         model_version=fields.get("model_version"),
         trace_id=fields.get("trace_id"),
+        traceparent=fields.get("traceparent"),
     )

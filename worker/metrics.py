@@ -285,6 +285,12 @@ class Metrics:
             "1 while fetching is paused because max_pending requests are pending.",
             registry=r,
         )
+        self.bad_traceparents = Counter(
+            "fusion_traceparent_invalid",
+            "Valid events whose traceparent header was malformed or repeated: ignored "
+            "(the event is fused, its trace is not continued).",
+            registry=r,
+        )
         self.build = Info("fusion_build", "Version of the running worker.", registry=r)
         # Live quality from feedback labels (worker.metrics_quality).
         self.quality = QualityMetrics(r, self.models, accuracy_floor)
@@ -351,6 +357,10 @@ class Metrics:
         """
         self.dead_letters.labels(reason).inc(n)
         self.events.labels(UNKNOWN_MODEL, "invalid").inc(n)
+
+    def bad_traceparent(self, n: int = 1) -> None:
+        """Count ``n`` events whose ``traceparent`` header was unusable. Once per batch."""
+        self.bad_traceparents.inc(n)
 
     def output(self, topic: str, n: int = 1) -> None:
         """Count ``n`` records produced to ``topic``. Call once per topic per batch, after

@@ -120,11 +120,13 @@ def classification_results(
             }
             if ev.probs is not None:
                 member["probs"] = mp[j]
-            if answered[i] and ml[j] >= 0:  # an abstaining member contributes nothing
-                member["contribution"] = contribution[i][j]
                 if uncovered is not None and uncovered[j]:
                     for k in uncovered[j]:
                         mp[j][k] = None
+            if answered[i] and ml[j] >= 0:  # an abstaining member contributes nothing
+                member["contribution"] = contribution[i][j]
+            if ev.traceparent is not None:
+                member["trace_id"] = ev.traceparent[3:35]
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
@@ -197,6 +199,8 @@ def regression_results(
                 missing.append(name)
                 continue
             members[name] = {"weight": w[j], "score": ms[j]}
+            if ev.traceparent is not None:
+                members[name]["trace_id"] = ev.traceparent[3:35]
             if ev.model_version is not None:
                 versions[name] = ev.model_version
         result = {

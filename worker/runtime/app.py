@@ -42,6 +42,7 @@ from worker.runtime.readback import ReadBack
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.sink import Divert, Sink
 from worker.runtime.topics import check_topics
+from worker.tracing import trace_step  # hook (trace)
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ class Worker:
         now = int(self._clock_ms())
         # ConsumerRecords have what the engine reads (engine.Record): no conversion.
         step = self.engine.step([r for records in batch.values() for r in records], now)
+        trace_step(step)  # hook (trace): spans of fused requests; may rename their traceparent
         for (topic, partition), position in step.positions.items():
             self._positions[TopicPartition(topic, partition)] = position
         if self._tracks_spans:
@@ -589,6 +591,8 @@ def tally(metrics: Metrics, config: Config, step: Step) -> None:
         metrics.count_events(model, kind, count)
     for reason, count in step.dead_letters.items():
         metrics.dlq(reason, count)
+    if step.bad_traceparents:  # hook (trace)
+        metrics.bad_traceparent(step.bad_traceparents)
 
 
 def tune_gc() -> None:
