@@ -15,6 +15,8 @@ CORE = [
     WORKER / "join.py",
     WORKER / "engine.py",
     WORKER / "events.py",
+    WORKER / "labels.py",
+    WORKER / "learning.py",
     *sorted((WORKER / "fusion").glob("*.py")),
 ]
 FORBIDDEN = ("aiokafka", "asyncio", "time", "worker.runtime", "datetime")

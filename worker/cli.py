@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--dlq", type=Path, help="write invalid lines here (JSON Lines with the reason)"
     )
+    sp.add_argument(
+        "--labels",
+        type=Path,
+        help="label events (JSON Lines: request_id, label | score, ts) to learn from, by ts",
+    )
 
     sp = with_config("replay", "fuse a range of the input topics again (event-time clock)")
     sp.add_argument(
@@ -132,7 +137,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         if args.partitions < 1:
             raise ConfigError("--partitions", args.partitions, "must be >= 1")
-        return run_fuse(config, args.input, args.output, partitions=args.partitions, dlq=args.dlq)
+        return run_fuse(
+            config,
+            args.input,
+            args.output,
+            partitions=args.partitions,
+            dlq=args.dlq,
+            labels=args.labels,
+        )
     if args.command == "replay":
         from worker.replay import run_replay
 

@@ -128,12 +128,20 @@ class Fuser:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
+        return self.fuse_arrays(finished)[0]
+
+    def fuse_arrays(
+        self, finished: Sequence[FinishedRequest]
+    ) -> tuple[list[dict[str, Any]], Batch, Fused]:
+        """``fuse``, with the arrays it fused from (the calibrated batch) and computed:
+        what the learning from labels remembers of each request."""
         batch = build_batch(finished, self.models, self._n_labels)
         scored = self.calibrate(batch)
         fused = self.compute(scored)
         if self._n_labels == 0:
-            return regression_results(finished, self.models, self.strategy, fused, batch.scores)
-        return classification_results(
+            results = regression_results(finished, self.models, self.strategy, fused, batch.scores)
+            return results, scored, fused
+        results = classification_results(
             finished,
             self.models,
             self.labels,
@@ -144,6 +152,7 @@ class Fuser:
             self.fallback,
             scored.probs,
         )
+        return results, scored, fused
 
     def calibrate(self, batch: Batch) -> Batch:
         """``batch`` with the members' probabilities calibrated (itself without
