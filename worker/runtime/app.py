@@ -37,6 +37,7 @@ from worker.runtime.connect import (
     probe_credentials,
     producer_options,
 )
+from worker.runtime.feedback import FeedbackLink, tally_feedback
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.sink import Divert, Sink
 from worker.runtime.topics import check_topics
@@ -82,11 +83,14 @@ class Worker:
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
         # The pure step; its join tables (one per open partition number) are the loop's.
+        fuser = Fuser(config)
+        self.feedback = FeedbackLink(config, fuser)  # feedback hook: labels and weights
         self.engine = Engine(
             config,
-            Fuser(config),
+            fuser,
             check_keys=k.check_keys,
             track_touched=self._tracks_touched,
+            learning=self.feedback.learning,  # feedback hook
         )
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -134,7 +138,8 @@ class Worker:
         )
         await self._start_producer(opts)
         await self._retry_until_connected(self._consumer.start)
-        self._consumer.subscribe(list(cfg.input_topics), listener=_Listener(self))
+        topics = [*cfg.input_topics, *self.feedback.topics()]  # feedback hook: + labels
+        self._consumer.subscribe(topics, listener=_Listener(self))
         self.health.set_connected(True)
         log.info(
             "started: group %s, inputs %s -> %s, strategy %s, %s",
@@ -189,6 +194,7 @@ class Worker:
         await probe_credentials(self.config.kafka)
         async with admin_client(self.config.kafka) as admin:
             await check_topics(admin, self.config.kafka)
+            await self.feedback.check(admin)  # feedback hook: labels and weights topics
 
     async def _retry_until_connected(self, connect: Callable[[], Any]) -> None:
         """Keep trying while the broker is unreachable; configuration errors stop at once."""
@@ -356,6 +362,8 @@ class Worker:
         if step.records:
             self.health.set_connected(True)
         tally(self.metrics, self.config, step)
+        self.feedback.noted(step)  # feedback hook: weights to snapshot
+        tally_feedback(self.metrics, step)  # feedback hook: metrics
         self._backpressure()
 
     # -- delivery hooks (the exactly-once worker overrides these) -----------------------
@@ -472,6 +480,8 @@ class Worker:
         )
         if not offsets:
             return
+        if self._producer is not None:
+            await self.feedback.save(self._producer)  # feedback hook: weights before offsets
         try:
             await self._consumer.commit(offsets)
         except CommitFailedError as exc:
@@ -524,7 +534,11 @@ class Worker:
                 self._committed.pop(tp, None)
                 self._spans.pop(tp, None)
                 self.metrics.forget_partition(tp.topic, tp.partition)
-        self._adopt(numbers - set(self.tables))
+        self.feedback.keep(numbers)  # feedback hook: only ours to snapshot
+        adopted = numbers - set(self.tables)
+        self._adopt(adopted)
+        if not self.config.kafka.exactly_once:  # exactly-once restores when it opens them
+            await self.feedback.restore(adopted, self._beat)  # feedback hook: resume weights
         for tp in assigned:
             # A partition we kept: continue where we were, not from the commit
             # (which sits below our pending requests and would re-fuse some).
