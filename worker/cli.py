@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--topic", help="publish results here, keyed by request_id")
     sp.add_argument("--strategy", type=_strategies, help="several, comma-separated, in one pass")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument(
+        "--labels", type=Path, help="label events (JSON Lines) to learn from, by event time"
+    )
 
     sp = with_config("backtest", "score members and strategies on labelled history")
     sp.add_argument("--predictions", required=True, help="JSON Lines file or TOPIC@FROM..TO")
@@ -149,7 +152,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from worker.replay import run_replay
 
         return run_replay(
-            config, args.start, args.end, args.output, args.topic, args.strategy, args.progress
+            config,
+            args.start,
+            args.end,
+            args.output,
+            args.topic,
+            args.strategy,
+            args.progress,
+            args.labels,
         )
     if args.command == "backtest":
         from worker.backtest import run_backtest

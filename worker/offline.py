@@ -26,10 +26,11 @@ invalid lines to ``--dlq`` or reports them on standard error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +42,7 @@ from worker.engine import BatchFuser, Engine, InRecord, Step
 from worker.errors import ConfigError, FusionError, InvalidEvent
 from worker.fusion import Fuser
 from worker.learning import Learning
+from worker.murmur2 import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ def fuse_records(
     records: Iterable[tuple[int, bytes, int | None]],
     fuser: BatchFuser,
     on_invalid: OnInvalid | None = None,
+    labels: Sequence[InRecord] = (),
 ) -> Iterator[dict[str, Any]]:
     """Fused results of ``records`` = ``(partition, value, record_ts_ms)``, in a
     deterministic order (closing order, see the module doc).
@@ -116,6 +119,9 @@ def fuse_records(
     ``on_invalid(index, value, error)`` receives each record the decoder rejects, with its
     0-based position in ``records``. Without it, invalid records are logged and a warning
     with their count per reason is logged at the end.
+
+    ``labels``: label records (``read_labels``), merged in by ts and learnt from; the
+    fuser must then be a ``Fuser``. Invalid ones are logged.
     """
     seen: Counter[str] = Counter()
 
@@ -130,9 +136,33 @@ def fuse_records(
 
     handle = on_invalid or report
 
-    engine = Engine(config, fuser, event_time=True, encode=False)
-    rows = (InRecord("", p, i, None, value, ts) for i, (p, value, ts) in enumerate(records))
-    yield from _steps(engine, rows, handle)
+    learning = None
+    if labels:
+        if not isinstance(fuser, Fuser):
+            raise ConfigError("--labels", "<file>", "learns with one strategy, not several")
+        # A Fuser of its own: learning moves its weights, and each call starts afresh
+        # (replay calls once per partition number) from the configured ones.
+        fuser = Fuser(config, strategy=fuser.strategy, temperatures=fuser.temperatures)
+        learning = Learning(config, fuser.weights)
+    engine = Engine(
+        config,
+        fuser,
+        event_time=True,
+        encode=False,
+        learning=learning,
+        labels_topic=LABELS_TOPIC,
+    )
+    rows: Iterable[InRecord] = (
+        InRecord("", p, i, None, value, ts) for i, (p, value, ts) in enumerate(records)
+    )
+    tail: list[InRecord] = []
+    if labels:
+        rows, tail = merge_labels(rows, list(labels))
+
+    def label_invalid(number: int, value: bytes | None, exc: InvalidEvent) -> None:
+        log.warning("label line %d is invalid and not learnt from (%s)", number, exc)
+
+    yield from _steps(engine, rows, handle, tail, label_invalid)
     if seen:
         log.warning(
             "%d invalid records were not fused: %s",
@@ -282,6 +312,22 @@ def read_labels(source: Iterable[bytes]) -> list[InRecord]:
             out.append((-1 if ts is None else ts, record))
     out.sort(key=lambda pair: pair[0])  # stable: ties keep the file order
     return [record for _, record in out]
+
+
+def labels_by_partition(labels: Iterable[InRecord], partitions: int) -> dict[int, list[InRecord]]:
+    """Label records grouped by, and placed on, the partition number Kafka's partitioner
+    gives their request_id (a line without one goes to 0, where it is rejected), order
+    kept."""
+    out: dict[int, list[InRecord]] = {}
+    for record in labels:
+        try:
+            doc = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            doc = None
+        rid = doc.get("request_id") if type(doc) is dict else None
+        p = partition_for(rid.encode(), partitions) if type(rid) is str else 0
+        out.setdefault(p, []).append(dataclasses.replace(record, partition=p))
+    return out
 
 
 def merge_labels(
