@@ -34,6 +34,7 @@ from worker.config import Config
 from worker.engine import Step
 from worker.errors import KafkaSetupError
 from worker.fusion import Fuser
+from worker.fusion.adaptive import AdaptiveStateError
 from worker.learning import Learning
 from worker.runtime.connect import client_options
 from worker.runtime.topics import partition_counts
@@ -138,9 +139,16 @@ class FeedbackLink:
         for p in sorted(wanted):
             learning.close(p)
             state = states.get(p)
-            if state is not None:
+            if state is None:
+                continue
+            try:
                 learning.restore(p, state)
-                log.info("partition %d resumes with weights %s", p, state.get("weights"))
+            except AdaptiveStateError as exc:
+                # Not fatal: the partition starts again from the configured weights and
+                # its next snapshot replaces the one that does not fit.
+                log.error("partition %d: weights snapshot ignored: %s", p, exc)
+                continue
+            log.info("partition %d resumes with weights %s", p, state.get("weights"))
 
 
 async def read_weights(config: Config, beat: Callable[[], None]) -> dict[int, dict[str, Any]]:
