@@ -71,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = with_config("backtest", "score members and strategies on labelled history")
     sp.add_argument("--predictions", required=True, help="JSON Lines file or TOPIC@FROM..TO")
-    sp.add_argument("--labels", required=True, help="JSON Lines file or TOPIC@FROM..TO")
+    sp.add_argument(
+        "--labels",
+        required=True,
+        help="JSON Lines file or TOPIC@FROM..TO; with adaptive weights, a file with ts "
+        "also runs <strategy>+adaptive, learning from it on event time",
+    )
     sp.add_argument("--strategy", type=_strategies)
     sp.add_argument("--report", type=Path, help="write DIR/index.html with PNG plots")
     sp.add_argument(
