@@ -116,3 +116,19 @@ async def test_labels_move_the_weights_and_a_restart_resumes_them(
     for r in third:
         state = snapshots[partition_for(r["request_id"].encode(), PARTITIONS)]
         assert weights_of(r) == pytest.approx(state["weights"], rel=1e-9)
+
+
+async def test_a_labels_topic_not_co_partitioned_stops_the_worker_at_start(
+    pipeline: Callable[..., Any], spawn_worker: WorkerFactory, make_topics: TopicFactory
+) -> None:
+    """A labels topic with another partition count than the inputs: the worker exits
+    with a message naming the topic and both counts."""
+    p: Pipeline = await pipeline(partitions=PARTITIONS)
+    (labels,) = await make_topics(PARTITIONS + 1, prefix="labels")
+    cfg = p.config()
+    with cfg.open("a") as f:
+        f.write(f'[feedback]\ntopic = "{labels}"\n')
+    worker = spawn_worker(cfg, p.port)
+    assert worker.proc is not None
+    assert await asyncio.to_thread(worker.proc.wait, 60) == 1
+    assert f"labels topic {labels} has 3 partitions, the inputs 2" in worker.logs()

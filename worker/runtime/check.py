@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 from worker.config import Config
 from worker.errors import KafkaSetupError
 from worker.runtime.connect import admin_client, probe_credentials
+from worker.runtime.feedback import check_labels_topic
 from worker.runtime.topics import check_topics
 
 
@@ -19,6 +20,8 @@ async def _check(config: Config) -> int:
     try:
         async with admin_client(cfg) as admin:
             partitions = await check_topics(admin, cfg)
+            if config.feedback.topic:
+                await check_labels_topic(admin, config)
     except KafkaError as exc:
         raise KafkaSetupError(f"cannot connect to {cfg.bootstrap_servers}: {exc}") from None
     models, strategy = len(config.models), config.fusion.strategy
@@ -26,6 +29,8 @@ async def _check(config: Config) -> int:
     print(f"broker: {cfg.bootstrap_servers}: ok")
     inputs = list(cfg.input_topics)
     print(f"topics: inputs {inputs} co-partitioned, {partitions} partitions; outputs exist")
+    if config.feedback.topic:
+        print(f"labels: {config.feedback.topic} co-partitioned with the inputs")
     return 0
 
 

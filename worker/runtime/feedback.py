@@ -79,27 +79,9 @@ class FeedbackLink:
         exists (created compacted, with one partition, when missing)."""
         if not self.topic:
             return
-        inputs = self.config.kafka.input_topics
-        counts = await partition_counts(admin, [inputs[0], self.topic])
-        if counts[self.topic] == 0:
-            raise KafkaSetupError(
-                f"labels topic {self.topic} (feedback.topic) does not exist; create it with "
-                f"the inputs' {counts[inputs[0]]} partitions"
-            )
-        if counts[self.topic] != counts[inputs[0]]:
-            raise KafkaSetupError(
-                f"labels topic {self.topic} has {counts[self.topic]} partitions, the inputs "
-                f"{counts[inputs[0]]}: a label must land on its request's partition number; "
-                "give it the inputs' count, keyed by request_id"
-            )
-        if not self.adaptive:
-            return
-        topic = weights_topic(self.config)
-        if (await partition_counts(admin, [topic]))[topic] == 0:
-            brokers = len((await admin.describe_cluster())["brokers"])
-            new = NewTopic(topic, 1, min(3, brokers), topic_configs={"cleanup.policy": "compact"})
-            await admin.create_topics([new])
-            log.info("created weights topic %s", topic)
+        await check_labels_topic(admin, self.config)
+        if self.adaptive:
+            await ensure_weights_topic(admin, self.config)
 
     def noted(self, step: Step) -> None:
         """After a step: remember which partition numbers' weights moved."""
@@ -149,6 +131,34 @@ class FeedbackLink:
                 log.error("partition %d: weights snapshot ignored: %s", p, exc)
                 continue
             log.info("partition %d resumes with weights %s", p, state.get("weights"))
+
+
+async def check_labels_topic(admin: AIOKafkaAdminClient, config: Config) -> None:
+    """Refuse a labels topic ([feedback] topic) that is missing or has another partition
+    count than the inputs: a label must land on its request's partition number."""
+    topic, first = config.feedback.topic, config.kafka.input_topics[0]
+    counts = await partition_counts(admin, [first, topic])
+    if counts[topic] == 0:
+        raise KafkaSetupError(
+            f"labels topic {topic} (feedback.topic) does not exist; create it with the "
+            f"inputs' {counts[first]} partitions"
+        )
+    if counts[topic] != counts[first]:
+        raise KafkaSetupError(
+            f"labels topic {topic} has {counts[topic]} partitions, the inputs "
+            f"{counts[first]}: a label must land on its request's partition number; give "
+            "it the inputs' count, keyed by request_id"
+        )
+
+
+async def ensure_weights_topic(admin: AIOKafkaAdminClient, config: Config) -> None:
+    """Create ``<group_id>-weights`` (compacted, one partition) if it is missing."""
+    topic = weights_topic(config)
+    if (await partition_counts(admin, [topic]))[topic] == 0:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        new = NewTopic(topic, 1, min(3, brokers), topic_configs={"cleanup.policy": "compact"})
+        await admin.create_topics([new])
+        log.info("created weights topic %s", topic)
 
 
 async def read_weights(config: Config, beat: Callable[[], None]) -> dict[int, dict[str, Any]]:
