@@ -17,6 +17,8 @@ CORE = [
     WORKER / "events.py",
     WORKER / "state_deps.py",
     WORKER / "tracecontext.py",
+    WORKER / "labels.py",
+    WORKER / "learning.py",
     *sorted((WORKER / "fusion").glob("*.py")),
 ]
 FORBIDDEN = ("aiokafka", "asyncio", "time", "worker.runtime", "datetime")

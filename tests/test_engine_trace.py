@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from tests.test_engine import MODELS, config, pred
 from worker.engine import Engine, InRecord, Step
 from worker.fusion import Fuser
-from worker.join import JoinTable
 from worker.metrics import Metrics
 from worker.runtime.app import tally
 from worker.tracecontext import span_id_for
@@ -139,7 +138,7 @@ def test_the_changelog_state_keeps_the_headers() -> None:
     engine.step(traced()[:2], now_ms=5)
     state = table.pending_state("r-1")
     assert state is not None
-    other = JoinTable(MODELS, 1000, 5000, 100)
+    other = Engine(config(), Fuser(config())).open(0)  # the same dependencies
     other.restore(orjson.loads(orjson.dumps(state)))
     assert other.pending_state("r-1") == state
     assert state["members"][MODELS[1]]["traceparent"] == HEADER_B

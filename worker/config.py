@@ -132,10 +132,26 @@ class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weights_file: str = ""
     # Member temperatures (`fit --method calibration`), applied before every strategy.
     calibration_file: str = ""
+    # "adaptive": the weights learn from the labels ([feedback]); "static": they stay.
+    weights: Literal["static", "adaptive"] = "static"
 
     @property
     def is_regression(self) -> bool:
         return not self.labels
+
+
+class FeedbackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The labels topic (schemas/label.v1.json, keyed by request_id, co-partitioned with
+    # the inputs). Empty: the live worker reads no labels.
+    topic: str = ""
+    # How long and how many fused requests' member predictions wait for their label.
+    memory_ms: Positive = 600_000
+    memory_count: Positive = 100_000
+    # The exponentiated-gradient step and the least weight a model keeps (adaptive).
+    learning_rate: Annotated[float, Meta(gt=0)] = 0.01
+    weight_floor: Annotated[float, Meta(ge=0, lt=1)] = 0.02
+    # The live quality gauges cover the last ``window`` labelled requests.
+    window: Positive = 1000
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -159,6 +175,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     kafka: KafkaConfig = KafkaConfig()
     join: JoinConfig = JoinConfig()
     fusion: FusionConfig = FusionConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     models: Annotated[tuple[ModelConfig, ...], Meta(min_length=1)]
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -215,6 +232,7 @@ def _validate(cfg: Config) -> None:
     _validate_fusion(cfg.fusion)
     _validate_vocabularies(cfg)
     _validate_early_decision(cfg)
+    _validate_feedback(cfg)
     if cfg.log.level.upper() not in LOG_LEVELS:
         raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
 
@@ -390,6 +408,36 @@ def _validate_vocabularies(cfg: Config) -> None:
             cfg.fusion.strategy,
             "needs every model to cover every fused label; not covered by " + ", ".join(partial),
         )
+
+
+def _validate_feedback(cfg: Config) -> None:
+    fb, k = cfg.feedback, cfg.kafka
+    if fb.topic:
+        used = {*k.input_topics, k.output_topic, k.dlq_topic, k.late_topic} - {""}
+        if fb.topic in used:
+            raise ConfigError(
+                "feedback.topic",
+                fb.topic,
+                "is also an input or output topic; labels need their own",
+            )
+    m = len(cfg.models)
+    if not math.isfinite(fb.learning_rate):
+        raise ConfigError("feedback.learning_rate", fb.learning_rate, "must be finite")
+    if fb.weight_floor * m >= 1:
+        raise ConfigError(
+            "feedback.weight_floor",
+            fb.weight_floor,
+            f"must be below 1/{m} (the share each of the {m} models would have)",
+        )
+    if cfg.fusion.weights == "adaptive":
+        task = registry.task_of(cfg.fusion.labels)
+        strategy = registry.lookup(cfg.fusion.strategy, task, key="fusion.strategy")
+        if task == "text" or not strategy.weighted or strategy.needs_stacker:
+            raise ConfigError(
+                "fusion.weights",
+                cfg.fusion.weights,
+                f"needs a weighted strategy (not {cfg.fusion.strategy!r})",
+            )
 
 
 def sasl_password(cfg: KafkaConfig) -> str:

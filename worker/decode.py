@@ -82,9 +82,12 @@ REASONS = (
 # Reasons about the Kafka record around a valid event, checked by the engine step
 # (``check_key``): the value alone cannot show them.
 RECORD_REASONS = ("key_mismatch",)
+# A label event (schemas/label.v1.json, worker/labels.py) whose kind does not fit the task:
+# a label when the models predict scores, or a score when they predict labels.
+LABEL_REASONS = ("label_type",)
 # Every reason code a dead letter can carry: the one list the metrics and the DLQ schema
 # follow (a fused result too large for its topic is ``too_large`` too).
-DLQ_REASONS = (*REASONS, *RECORD_REASONS)
+DLQ_REASONS = (*REASONS, *RECORD_REASONS, *LABEL_REASONS)
 # The reasons that depend on the configuration: the schema cannot see these.
 CONFIG_REASONS = frozenset({"unknown_model", "unknown_label", "label_mismatch", "not_normalised"})
 FIELDS = frozenset(

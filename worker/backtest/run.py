@@ -37,9 +37,11 @@ from worker.backtest.inputs import (
 from worker.backtest.split import DEFAULT_TRAIN_SHARE, TimeSplit, time_split
 from worker.backtest.table import format_table
 from worker.config import Config
+from worker.engine import InRecord
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
 from worker.fusion import Fuser, registry
+from worker.offline import labels_by_partition, read_labels
 from worker.replay import Record, replay_results
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,17 @@ def backtest(
     train_share: float = DEFAULT_TRAIN_SHARE,
     fit_dir: Path = Path("backtest-fit"),
     bootstrap: int = 0,
+    label_events: Sequence[InRecord] | None = None,
 ) -> Outcome:
     """Fuse ``records`` with every strategy in one pass and score them on ``truth``.
 
     With ``fit``: split by time, fit on the earlier requests (artefacts into
     ``fit_dir``), fuse and score the later ones only. ``bootstrap``: resamples of the
     paired comparison of the winner with the best member (0: none).
+
+    ``label_events`` (``[fusion] weights = "adaptive"``, label lines with ts): one more
+    variant, ``<strategy>+adaptive``, fused by a second pass that learns from them on
+    event time, per partition number, as ``replay --labels`` does.
     """
     names = _strategies(config, strategies, fit)
     lines: list[str] = []
@@ -119,6 +126,12 @@ def backtest(
     collect = _Collect(variants)
     for _ in replay_results(config, records, collect):
         pass
+    if label_events:
+        name = f"{config.fusion.strategy}+adaptive"
+        partitions = max((r[0] for r in records), default=0) + 1
+        by_partition = labels_by_partition(label_events, partitions)
+        collect.results[name] = list(replay_results(config, records, Fuser(config), by_partition))
+        variants.append(Variant(name, config.fusion.strategy, config))
     if split is not None:
         # Train labels are no concern of the evaluation (not "labels without a result").
         truth = {rid: y for rid, y in truth.items() if rid in split.test}
@@ -161,6 +174,7 @@ def run_backtest(
     _strategies(config, strategies, fit)  # a bad --strategy fails before any reading
     records = load_predictions(config, predictions, progress)
     truth = load_labels(config, labels)
+    label_events = _label_events(config, labels)
     outcome = backtest(
         config,
         records,
@@ -170,6 +184,7 @@ def run_backtest(
         train_share,
         fit_dir or report or Path("backtest-fit"),
         bootstrap,
+        label_events,
     )
     ev = outcome.evaluation
     lines = [
@@ -189,6 +204,18 @@ def run_backtest(
         page = write_report(ev, report, table, lines, winner)
         print(f"report: {page}")
     return 0
+
+
+def _label_events(config: Config, labels: str) -> list[InRecord] | None:
+    """With adaptive weights and a labels file: its lines as label events (ts needed)."""
+    if config.fusion.weights != "adaptive":
+        return None
+    path = Path(labels)
+    if not path.is_file():
+        log.warning("adaptive weights are backtested from a labels file only, not %s", labels)
+        return None
+    with path.open("rb") as fh:
+        return read_labels(fh)
 
 
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:

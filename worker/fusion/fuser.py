@@ -160,12 +160,20 @@ class Fuser:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
+        return self.fuse_arrays(finished)[0]
+
+    def fuse_arrays(
+        self, finished: Sequence[FinishedRequest]
+    ) -> tuple[list[dict[str, Any]], Batch, Fused]:
+        """``fuse``, with the arrays it fused from (the calibrated batch) and computed:
+        what the learning from labels remembers of each request."""
         batch = build_batch(finished, self.models, self._n_labels, self._vocab)
         scored = self.calibrate(batch)
         fused = self.compute(scored)
         if self._n_labels == 0:
-            return regression_results(finished, self.models, self.strategy, fused, batch.scores)
-        return classification_results(
+            results = regression_results(finished, self.models, self.strategy, fused, batch.scores)
+            return results, scored, fused
+        results = classification_results(
             finished,
             self.models,
             self.labels,
@@ -178,6 +186,7 @@ class Fuser:
             None if self._vocab is None or self._vocab.full_cover else self._vocab.cover,
             self.calibration,
         )
+        return results, scored, fused
 
     def calibrate(self, batch: Batch) -> Batch:
         """``batch`` with the members' probabilities calibrated (itself without

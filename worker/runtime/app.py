@@ -38,6 +38,7 @@ from worker.runtime.connect import (
     producer_options,
 )
 from worker.runtime.cycles import CycleCollector
+from worker.runtime.feedback import FeedbackLink, tally_feedback
 from worker.runtime.readback import ReadBack
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.sink import Divert, Sink
@@ -86,11 +87,14 @@ class Worker:
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
         # The pure step; its join tables (one per open partition number) are the loop's.
+        fuser = Fuser(config)
+        self.feedback = FeedbackLink(config, fuser)  # feedback hook: labels and weights
         self.engine = Engine(
             config,
-            Fuser(config),
+            fuser,
             check_keys=k.check_keys,
             track_touched=self._tracks_touched,
+            learning=self.feedback.learning,  # feedback hook
         )
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -142,7 +146,8 @@ class Worker:
         )
         await self._start_producer(opts)
         await self._retry_until_connected(self._consumer.start)
-        self._consumer.subscribe(list(cfg.input_topics), listener=_Listener(self))
+        topics = [*cfg.input_topics, *self.feedback.topics()]  # feedback hook: + labels
+        self._consumer.subscribe(topics, listener=_Listener(self))
         self.health.set_connected(True)
         log.info(
             "started: group %s, inputs %s -> %s, strategy %s, %s",
@@ -197,6 +202,7 @@ class Worker:
         await probe_credentials(self.config.kafka)
         async with admin_client(self.config.kafka) as admin:
             await check_topics(admin, self.config.kafka)
+            await self.feedback.check(admin)  # feedback hook: labels and weights topics
 
     async def _retry_until_connected(self, connect: Callable[[], Any]) -> None:
         """Keep trying while the broker is unreachable; configuration errors stop at once."""
@@ -367,6 +373,8 @@ class Worker:
         if step.records:
             self.health.set_connected(True)
         tally(self.metrics, self.config, step)
+        self.feedback.noted(step)  # feedback hook: weights to snapshot
+        tally_feedback(self.metrics, step)  # feedback hook: metrics
         self._backpressure()
 
     # -- delivery hooks (the exactly-once worker overrides these) -----------------------
@@ -488,6 +496,8 @@ class Worker:
         )
         if not offsets:
             return
+        if self._producer is not None:
+            await self.feedback.save(self._producer)  # feedback hook: weights before offsets
         try:
             # Hook (read-back): each offset carries its output mark as metadata.
             await self._consumer.commit(
@@ -544,10 +554,13 @@ class Worker:
                 self._committed.pop(tp, None)
                 self._spans.pop(tp, None)
                 self.metrics.forget_partition(tp.topic, tp.partition)
+        self.feedback.keep(numbers)  # feedback hook: only ours to snapshot
         new = numbers - set(self.tables)
         self._adopt(new)
         if self._readback is not None:  # hook (read-back): requests fused before us
             await self._readback.assigned(assigned, new, self.tables, int(self._clock_ms()))
+        if not self.config.kafka.exactly_once:  # exactly-once restores when it opens them
+            await self.feedback.restore(new, self._beat)  # feedback hook: resume weights
         for tp in assigned:
             # A partition we kept: continue where we were, not from the commit
             # (which sits below our pending requests and would re-fuse some).

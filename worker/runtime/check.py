@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 from worker.config import Config
 from worker.errors import KafkaSetupError
 from worker.runtime.connect import admin_client, probe_credentials
+from worker.runtime.feedback import check_labels_topic
 from worker.runtime.topics import check_topics, partition_counts
 
 
@@ -20,6 +21,8 @@ async def _check(config: Config) -> int:
         async with admin_client(cfg) as admin:
             partitions = await check_topics(admin, cfg)
             outputs = (await partition_counts(admin, [cfg.output_topic]))[cfg.output_topic]
+            if config.feedback.topic:
+                await check_labels_topic(admin, config)
     except KafkaError as exc:
         raise KafkaSetupError(f"cannot connect to {cfg.bootstrap_servers}: {exc}") from None
     models, strategy = len(config.models), config.fusion.strategy
@@ -29,6 +32,8 @@ async def _check(config: Config) -> int:
     print(f"topics: inputs {inputs} co-partitioned, {partitions} partitions; outputs exist")
     if not cfg.exactly_once:
         print(f"read-back: {_readback(config, partitions, outputs)}")
+    if config.feedback.topic:
+        print(f"labels: {config.feedback.topic} co-partitioned with the inputs")
     return 0
 
 

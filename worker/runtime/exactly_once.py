@@ -47,6 +47,7 @@ from worker.engine import OutRecord
 from worker.runtime.app import Clock, Worker, wall_clock_ms
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import admin_client, close_client, producer_options
+from worker.runtime.feedback import weights_topic
 from worker.runtime.retry import Backoff
 from worker.runtime.sink import BatchWriter, Divert, Sent, SizeLimits, settled
 
@@ -194,7 +195,8 @@ class ExactlyOnceWorker(Worker):
         if table is None:
             return  # closed meanwhile: nothing of it may be committed
         delta = net_change(table, part.dirty, part.logged)
-        if not (part.in_txn or offsets or delta):
+        weights = self.feedback.records([p] if p in self.feedback.dirty else [])  # feedback hook
+        if not (part.in_txn or offsets or delta or weights):
             return  # no empty transactions
         await self._begin(part)
         # The offsets go first: a changelog batch in flight while the coordinator takes
@@ -203,6 +205,8 @@ class ExactlyOnceWorker(Worker):
             await part.producer.send_offsets_to_transaction(offsets, self.config.kafka.group_id)
         if delta:
             part.sent += await part.writer.write_to(self._changelog, p, delta)
+        if weights:  # feedback hook: the weights commit with the outputs and offsets
+            part.sent += await part.writer.write_to(weights_topic(self.config), 0, weights)
         part.sent += await part.writer.submit(force=True)
         # aiokafka commits a transaction even when the broker refused one of its
         # batches (a produce error fails only that batch's future), so every send is
@@ -211,6 +215,8 @@ class ExactlyOnceWorker(Worker):
         await part.producer.commit_transaction()
         part.in_txn = False
         part.dirty.clear()
+        if weights:
+            self.feedback.dirty.discard(p)  # feedback hook
         for key, value in delta:
             if value is None:
                 part.logged.discard(key.decode())
@@ -318,6 +324,9 @@ class ExactlyOnceWorker(Worker):
                 producers[p] = producer = self._new_producer(p)
                 await producer.start()  # init: fences the previous owner, aborts its txn
             restored = await read_changelog(self.config, numbers, self._beat)
+            # feedback hook: after the producers' init, so a fenced owner's last
+            # transaction has ended; its weights are read as committed.
+            await self.feedback.restore(numbers, self._beat)
             positions = await self._committed_positions(numbers)
         except TXN_ERRORS as exc:
             for producer in producers.values():
