@@ -10,7 +10,7 @@ export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
 .PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
-	backtest-demo demo-langid chaos chaos-at-least-once clean lock
+	backtest-demo demo-langid backtest-langid chaos chaos-at-least-once clean lock
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -75,6 +75,17 @@ $(VENV)/.langid: $(VENV)/.installed
 
 demo-langid: .venv $(VENV)/.langid kafka-up  ## 4 pre-trained language identifiers as model services, fused live; accuracies
 	$(BIN)/python -m worker.demo_langid demo --bootstrap 127.0.0.1:$(KAFKA_PORT)
+
+LANGID_DIR := .cache/backtest-langid
+backtest-langid: .venv $(VENV)/.langid  ## backtest of the 4 language identifiers (own codes): accuracy per identifier, strategy
+	@echo "== the 43 languages every identifier covers"
+	$(BIN)/python -m worker.demo_langid backtest-data --out $(LANGID_DIR)
+	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)/fusion.toml \
+	  --predictions $(LANGID_DIR)/predictions.jsonl --labels $(LANGID_DIR)/labels.jsonl
+	@echo "== every language of the examples one identifier names (partial coverage)"
+	$(BIN)/python -m worker.demo_langid backtest-data --wide --out $(LANGID_DIR)-wide
+	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)-wide/fusion.toml \
+	  --predictions $(LANGID_DIR)-wide/predictions.jsonl --labels $(LANGID_DIR)-wide/labels.jsonl
 
 DEMO_DIR := .cache/backtest-demo
 backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digits data, HTML report

@@ -15,6 +15,10 @@ CORE = [
     WORKER / "join.py",
     WORKER / "engine.py",
     WORKER / "events.py",
+    WORKER / "state_deps.py",
+    WORKER / "tracecontext.py",
+    WORKER / "labels.py",
+    WORKER / "learning.py",
     *sorted((WORKER / "fusion").glob("*.py")),
 ]
 FORBIDDEN = ("aiokafka", "asyncio", "time", "worker.runtime", "datetime")

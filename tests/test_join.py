@@ -189,6 +189,41 @@ def test_closed_ids_are_bounded_by_fused_memory_count() -> None:
     assert t.add(ev("r1", "a"), 2) == "accepted"
 
 
+def test_remembered_fused_ids_make_their_events_late() -> None:
+    """Ids remembered as fused (read back at assignment) are late, never reopened."""
+    t = table(memory_ms=500)
+    assert t.remember_fused(["r1", "r2"], 0) == 2
+    assert t.add(ev("r1", "a"), 10) == "late"
+    assert t.add(ev("r2", "b"), 10) == "late"
+    assert t.add(ev("r3", "a"), 10) == "accepted"
+    assert len(t) == 1
+
+
+def test_remembered_fused_ids_are_forgotten_after_fused_memory_ms() -> None:
+    """A remembered id is kept for fused_memory_ms from when it was remembered."""
+    t = table(memory_ms=500)
+    t.remember_fused(["r"], 100)
+    assert t.add(ev("r", "a"), 599) == "late"
+    assert t.add(ev("r", "a"), 600) == "accepted"
+
+
+def test_remembered_fused_ids_leave_a_pending_request_alone() -> None:
+    """Remembering the id of a pending request neither closes nor blocks it."""
+    t = table()
+    t.add(ev("r", "a"), 0)
+    assert t.remember_fused(["r"], 1) == 0
+    assert t.add(ev("r", "b"), 2) == "accepted"
+    assert len(t) == 1
+
+
+def test_remembered_fused_ids_are_bounded_by_fused_memory_count() -> None:
+    """Remembering more than fused_memory_count ids keeps only the last ones."""
+    t = table(memory_ms=10**9, memory_count=2)
+    t.remember_fused(["r1", "r2", "r3"], 0)
+    assert t.add(ev("r1", "a"), 1) == "accepted"
+    assert t.add(ev("r3", "a"), 1) == "late"
+
+
 def test_unknown_model_is_a_value_error() -> None:
     """An event of a model the table does not know is a programming error, named."""
     with pytest.raises(ValueError, match="'zz'"):

@@ -151,13 +151,15 @@ def test_dlq_counts_reason_and_invalid_event() -> None:
 
 
 def test_observe_results_counts_statuses_and_missing() -> None:
-    """Results are counted by strategy and status; each missing model once per result."""
+    """Results are counted by strategy and status; each missing model once per result,
+    except in a result decided early (nobody was waited for in vain)."""
     m, reg = make_metrics()
     m.observe_results(
         [
             result(),
             result(status="partial", members={"bert": "positive"}, missing=("roberta", "distil")),
             result(status="insufficient", label=None, members={}, missing=MODELS),
+            result(status="decided", members={"bert": "positive"}, missing=("roberta", "distil")),
         ]
     )
     for status in STATUSES:
@@ -209,7 +211,7 @@ def test_observe_results_matches_a_per_result_count(results: list[dict[str, Any]
     m, reg = make_metrics()
     m.observe_results(results)
     statuses = Counter(r["status"] for r in results)
-    missing = Counter(model for r in results for model in r["missing"])
+    missing = Counter(model for r in results if r["status"] != "decided" for model in r["missing"])
     disagree = Counter(
         model
         for r in results

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--dlq", type=Path, help="write invalid lines here (JSON Lines with the reason)"
     )
+    sp.add_argument(
+        "--labels",
+        type=Path,
+        help="label events (JSON Lines: request_id, label | score, ts) to learn from, by ts",
+    )
 
     sp = with_config("replay", "fuse a range of the input topics again (event-time clock)")
     sp.add_argument(
@@ -60,10 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--topic", help="publish results here, keyed by request_id")
     sp.add_argument("--strategy", type=_strategies, help="several, comma-separated, in one pass")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument(
+        "--labels", type=Path, help="label events (JSON Lines) to learn from, by event time"
+    )
 
     sp = with_config("backtest", "score members and strategies on labelled history")
     sp.add_argument("--predictions", required=True, help="JSON Lines file or TOPIC@FROM..TO")
-    sp.add_argument("--labels", required=True, help="JSON Lines file or TOPIC@FROM..TO")
+    sp.add_argument(
+        "--labels",
+        required=True,
+        help="JSON Lines file or TOPIC@FROM..TO; with adaptive weights, a file with ts "
+        "also runs <strategy>+adaptive, learning from it on event time",
+    )
     sp.add_argument("--strategy", type=_strategies)
     sp.add_argument("--report", type=Path, help="write DIR/index.html with PNG plots")
     sp.add_argument(
@@ -132,12 +145,26 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         if args.partitions < 1:
             raise ConfigError("--partitions", args.partitions, "must be >= 1")
-        return run_fuse(config, args.input, args.output, partitions=args.partitions, dlq=args.dlq)
+        return run_fuse(
+            config,
+            args.input,
+            args.output,
+            partitions=args.partitions,
+            dlq=args.dlq,
+            labels=args.labels,
+        )
     if args.command == "replay":
         from worker.replay import run_replay
 
         return run_replay(
-            config, args.start, args.end, args.output, args.topic, args.strategy, args.progress
+            config,
+            args.start,
+            args.end,
+            args.output,
+            args.topic,
+            args.strategy,
+            args.progress,
+            args.labels,
         )
     if args.command == "backtest":
         from worker.backtest import run_backtest

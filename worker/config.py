@@ -23,6 +23,8 @@ from msgspec import Meta
 from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
 from worker.fusion import registry
+from worker.fusion.early import EARLY_STRATEGIES
+from worker.vocabulary import Vocabularies, vocabularies
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -56,6 +58,12 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # resolved when the config is built, so the loaded value is always the one in force.
     commit_interval_ms: NonNegative = 0
     transaction_timeout_ms: Positive = 60_000
+    # At-least-once: at assignment, read the output topic back from the position stored
+    # with the committed offsets, so that requests already fused are not published again
+    # (worker/runtime/readback.py); at most this many records per partition (0: off) and
+    # this long for all of an assignment.
+    readback_max_records: NonNegative = 500_000
+    readback_timeout_ms: Positive = 5_000
     shutdown_timeout_ms: Positive = 10_000
     request_timeout_ms: Positive = 30_000
     retry_backoff_ms: Positive = 500
@@ -91,6 +99,9 @@ class JoinConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How long and how many fused request ids are remembered to recognise late events.
     fused_memory_ms: NonNegative = 0  # 0: five timeouts
     fused_memory_count: Positive = 100_000
+    # Fuse a request as soon as its missing members cannot change the fused label
+    # (status "decided"); weighted_average, soft_vote and hard_vote only.
+    early_decision: bool = False
 
     @property
     def fused_memory_effective_ms(self) -> int:
@@ -100,6 +111,11 @@ class JoinConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: NonEmpty
     weight: Annotated[float, Meta(ge=0)] = 1.0
+    # The model's own class codes, in the order of its probs; empty: [fusion] labels.
+    labels: tuple[NonEmpty, ...] = ()
+    # Own code -> fused label, for codes that are not the fused label's own name. A code
+    # neither listed nor a fused label maps to no fused label (see worker.vocabulary).
+    label_map: dict[str, str] = {}
 
 
 class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -116,10 +132,28 @@ class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stacker: str = ""
     fallback: str = "soft_vote"
     weights_file: str = ""
+    # Member temperatures (`fit --method calibration`), applied before every strategy.
+    calibration_file: str = ""
+    # "adaptive": the weights learn from the labels ([feedback]); "static": they stay.
+    weights: Literal["static", "adaptive"] = "static"
 
     @property
     def is_regression(self) -> bool:
         return not self.labels
+
+
+class FeedbackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The labels topic (schemas/label.v1.json, keyed by request_id, co-partitioned with
+    # the inputs). Empty: the live worker reads no labels.
+    topic: str = ""
+    # How long and how many fused requests' member predictions wait for their label.
+    memory_ms: Positive = 600_000
+    memory_count: Positive = 100_000
+    # The exponentiated-gradient step and the least weight a model keeps (adaptive).
+    learning_rate: Annotated[float, Meta(gt=0)] = 0.01
+    weight_floor: Annotated[float, Meta(ge=0, lt=1)] = 0.02
+    # The live quality gauges cover the last ``window`` labelled requests.
+    window: Positive = 1000
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -128,6 +162,9 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, Meta(ge=1, le=65535)] = 9400
     # /healthz fails when the loop has not iterated for this long.
     liveness_timeout_ms: Positive = 30_000
+    # A model's windowed live accuracy below this fires FusionModelAccuracyLow (exported
+    # as fusion_quality_accuracy_floor; 0: never).
+    accuracy_floor: Annotated[float, Meta(ge=0, le=1)] = 0.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -140,6 +177,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     kafka: KafkaConfig = KafkaConfig()
     join: JoinConfig = JoinConfig()
     fusion: FusionConfig = FusionConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     models: Annotated[tuple[ModelConfig, ...], Meta(min_length=1)]
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -153,6 +191,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def weights(self) -> tuple[float, ...]:
         return tuple(m.weight for m in self.models)
+
+    @property
+    def vocabularies(self) -> Vocabularies:
+        """Each model's label vocabulary over ``[fusion] labels`` (worker.vocabulary)."""
+        return vocabularies(self.fusion.labels, [(m.labels, m.label_map) for m in self.models])
 
 
 SECTIONS = tuple(name for name in Config.__struct_fields__ if name != "source")
@@ -189,6 +232,9 @@ def _validate(cfg: Config) -> None:
     _validate_kafka(cfg.kafka)
     _validate_models(cfg)
     _validate_fusion(cfg.fusion)
+    _validate_vocabularies(cfg)
+    _validate_early_decision(cfg)
+    _validate_feedback(cfg)
     if cfg.log.level.upper() not in LOG_LEVELS:
         raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
 
@@ -275,10 +321,125 @@ def _validate_fusion(f: FusionConfig) -> None:
             f.fallback,
             f"must be a strategy that needs no stacker: one of {', '.join(fallbacks)}",
         )
-    for key in ("stacker", "weights_file"):
+    for key in ("stacker", "weights_file", "calibration_file"):
         value = getattr(f, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"fusion.{key}", value, "file not found")
+    if f.calibration_file:
+        if f.is_regression:
+            raise ConfigError(
+                "fusion.calibration_file",
+                f.calibration_file,
+                "calibrates probabilities: it needs fusion.labels (not scores)",
+            )
+        if strategy.needs_stacker:
+            # The stacker was fitted on the raw probabilities and learns its own scaling
+            # of each member; temperatures before it would feed it inputs it never saw.
+            raise ConfigError(
+                "fusion.calibration_file",
+                f.calibration_file,
+                f"cannot be combined with strategy = {f.strategy!r}: the stacker is fitted "
+                "on raw probabilities; remove calibration_file or choose another strategy",
+            )
+
+
+def _validate_early_decision(cfg: Config) -> None:
+    if not cfg.join.early_decision:
+        return
+    f = cfg.fusion
+    if f.is_regression:
+        raise ConfigError(
+            "join.early_decision", True, "needs fusion.labels: a score has no label to decide"
+        )
+    if f.strategy not in EARLY_STRATEGIES:
+        raise ConfigError(
+            "join.early_decision",
+            True,
+            f"needs fusion.strategy one of {', '.join(EARLY_STRATEGIES)}, got {f.strategy!r}",
+        )
+
+
+def _validate_vocabularies(cfg: Config) -> None:
+    """``[[models]] labels`` and ``label_map`` against ``[fusion] labels``."""
+    fused = cfg.fusion.labels
+    for i, model in enumerate(cfg.models):
+        key = f"models[{i}]"
+        if not model.labels and not model.label_map:
+            continue
+        if not fused:
+            which = "labels" if model.labels else "label_map"
+            raise ConfigError(
+                f"{key}.{which}",
+                list(model.labels) if model.labels else model.label_map,
+                "needs fusion.labels (label vocabularies are for classification)",
+            )
+        if not model.labels:
+            raise ConfigError(
+                f"{key}.label_map", model.label_map, f"needs {key}.labels (the model's own codes)"
+            )
+        codes = list(model.labels)
+        if len(codes) < 2:
+            raise ConfigError(f"{key}.labels", codes, "needs at least two codes")
+        seen: set[str] = set()
+        for code in codes:
+            if code in seen:
+                raise ConfigError(f"{key}.labels", codes, f"lists the code {code!r} twice")
+            seen.add(code)
+        for code, label in model.label_map.items():
+            if code not in seen:
+                raise ConfigError(
+                    f"{key}.label_map.{code}", label, f"the code {code!r} is not in {key}.labels"
+                )
+            if label not in fused:
+                raise ConfigError(
+                    f"{key}.label_map.{code}", label, f"not one of fusion.labels {list(fused)}"
+                )
+        if not any(model.label_map.get(code, code) in fused for code in codes):
+            raise ConfigError(
+                f"{key}.labels", codes, "no code maps to one of fusion.labels (add label_map)"
+            )
+    vocab = cfg.vocabularies
+    if not vocab.full_cover and registry.STRATEGIES[cfg.fusion.strategy].needs_stacker:
+        partial = [
+            f"models[{j}] ({cfg.models[j].name})"
+            for j in range(len(cfg.models))
+            if not vocab.cover[j].all()
+        ]
+        raise ConfigError(
+            "fusion.strategy",
+            cfg.fusion.strategy,
+            "needs every model to cover every fused label; not covered by " + ", ".join(partial),
+        )
+
+
+def _validate_feedback(cfg: Config) -> None:
+    fb, k = cfg.feedback, cfg.kafka
+    if fb.topic:
+        used = {*k.input_topics, k.output_topic, k.dlq_topic, k.late_topic} - {""}
+        if fb.topic in used:
+            raise ConfigError(
+                "feedback.topic",
+                fb.topic,
+                "is also an input or output topic; labels need their own",
+            )
+    m = len(cfg.models)
+    if not math.isfinite(fb.learning_rate):
+        raise ConfigError("feedback.learning_rate", fb.learning_rate, "must be finite")
+    if fb.weight_floor * m >= 1:
+        raise ConfigError(
+            "feedback.weight_floor",
+            fb.weight_floor,
+            f"must be below 1/{m} (the share each of the {m} models would have)",
+        )
+    if cfg.fusion.weights == "adaptive":
+        task = registry.task_of(cfg.fusion.labels)
+        strategy = registry.lookup(cfg.fusion.strategy, task, key="fusion.strategy")
+        if task == "text" or not strategy.weighted or strategy.needs_stacker:
+            raise ConfigError(
+                "fusion.weights",
+                cfg.fusion.weights,
+                f"needs a weighted strategy (not {cfg.fusion.strategy!r})",
+            )
 
 
 def sasl_password(cfg: KafkaConfig) -> str:

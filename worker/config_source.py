@@ -87,6 +87,7 @@ def _describe(kind: mi.Type) -> str:
         mi.VarTupleType: "array",
         mi.ListType: "array",
         mi.StructType: "object",
+        mi.DictType: "object",
     }.get(type(kind), "")
     return _NAMES.get(described, type(kind).__name__)
 
@@ -174,10 +175,29 @@ def _put(raw: dict[str, Any], path: Sequence[str | int], name: str, value: Any) 
 
 
 def _parse_path(text: str) -> list[str | int]:
+    # A table's value is at `[...]` in msgspec's path (it does not name the key).
     return [
-        int(index) if index else field
-        for field, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", text)
+        int(index) if index else (field or "...")
+        for field, index, _ in re.findall(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])", text)
     ]
+
+
+_PY_NAMES = {str: "str", int: "int", float: "float", bool: "bool", list: "array", dict: "object"}
+
+
+def _table_key(raw: Any, path: list[str | int], root: type[msgspec.Struct]) -> list[str | int]:
+    """``path`` with msgspec's unnamed table entry (``...``) replaced by the first key of
+    that table whose value is not of the declared type."""
+    if "..." not in path:
+        return path
+    at = path.index("...")
+    table, kind = _lookup(raw, path[:at]), _type_at(root, path[:at])
+    if isinstance(table, dict) and isinstance(kind, mi.DictType):
+        wanted = _describe(kind.value_type)
+        for key, value in table.items():
+            if _NAMES.get(_PY_NAMES.get(type(value), ""), "") != wanted:
+                return [*path[:at], str(key), *path[at + 1 :]]
+    return path[:at]
 
 
 def _lookup(raw: Any, path: Sequence[str | int]) -> Any:
@@ -200,7 +220,7 @@ def conversion_error(
     ``sections`` are the top-level keys a file may have."""
     message = str(exc)
     at = _PATH.search(message)
-    path = _parse_path(at["path"]) if at else []
+    path = _table_key(raw, _parse_path(at["path"]), root) if at else []
     message = message[: at.start()] if at else message
     if (unknown := re.fullmatch(r"Object contains unknown field `(.+)`", message)) is not None:
         table = _type_at(root, path)

@@ -39,6 +39,12 @@ Decisions:
   the event time; a record timestamp below 0 means none (Kafka's ``NO_TIMESTAMP``).
 - ``probs`` are aligned to the configured label order and kept as sent (not rescaled),
   packed as float64 (see ``PredictionEvent``).
+- A model with a vocabulary of its own (``[[models]] labels`` / ``label_map``) sends
+  ``probs`` in its own codes (its configured order, or ``labels``: a permutation of its
+  codes) and a ``label`` that is one of its codes; ``unknown_label`` and
+  ``label_mismatch`` then speak of its codes. Its vector is mapped to the fused labels
+  (``_ModelCodes``, rules in ``worker.vocabulary``); a label code that maps to no fused
+  label is kept as ``UNMAPPED`` (-1): the member abstains.
 - Model names are replaced by the configured string objects, so pending events share
   them instead of holding one copy each.
 """
@@ -49,6 +55,7 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -56,6 +63,7 @@ import orjson
 from worker.config import Config
 from worker.errors import InvalidEvent
 from worker.events import PredictionEvent
+from worker.vocabulary import UNMAPPED, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +82,12 @@ REASONS = (
 # Reasons about the Kafka record around a valid event, checked by the engine step
 # (``check_key``): the value alone cannot show them.
 RECORD_REASONS = ("key_mismatch",)
+# A label event (schemas/label.v1.json, worker/labels.py) whose kind does not fit the task:
+# a label when the models predict scores, or a score when they predict labels.
+LABEL_REASONS = ("label_type",)
 # Every reason code a dead letter can carry: the one list the metrics and the DLQ schema
 # follow (a fused result too large for its topic is ``too_large`` too).
-DLQ_REASONS = (*REASONS, *RECORD_REASONS)
+DLQ_REASONS = (*REASONS, *RECORD_REASONS, *LABEL_REASONS)
 # The reasons that depend on the configuration: the schema cannot see these.
 CONFIG_REASONS = frozenset({"unknown_model", "unknown_label", "label_mismatch", "not_normalised"})
 FIELDS = frozenset(
@@ -148,6 +159,7 @@ class Decoder:
         "_pack",
         "_tolerance",
         "_versions",
+        "_vocab",
     )
 
     def __init__(self, config: Config) -> None:
@@ -161,6 +173,12 @@ class Decoder:
         self._tolerance = config.fusion.prob_tolerance
         self._versions: dict[str, str] = {}
         self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # Models that report in codes of their own ([[models]] labels / label_map).
+        self._vocab = {
+            name: _ModelCodes(name, vocab, self._n_labels)
+            for name, vocab in zip(config.model_names, config.vocabularies.models, strict=True)
+            if not vocab.is_identity
+        }
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:
         """Parse and validate one record value. Raises InvalidEvent (see the module doc)."""
@@ -241,7 +259,12 @@ class Decoder:
             )
         probs: bytes | None = None
         label: int | None = None
-        if raw is not None:
+        codes = self._vocab.get(canonical) if self._vocab else None
+        if codes is not None and raw is not None:
+            probs = codes.mapped(raw, doc.get("labels"), self._tolerance, self._pack)
+        elif codes is not None and label_name is not None:
+            label = codes.label(label_name)
+        elif raw is not None:
             probs = self._aligned(raw, order, names)
         elif label_name is not None:
             label = self._label(label_name)
@@ -356,6 +379,87 @@ class Decoder:
         if len(self._orders) < _ORDER_CACHE_MAX:
             self._orders[tuple(names)] = order
         return order
+
+
+class _ModelCodes:
+    """The label alignment of one model with a vocabulary of its own (``[[models]]
+    labels`` / ``label_map``): its probs over its codes -> a vector over the fused labels
+    (several-to-one summed; mass on unmapped codes dropped and the rest renormalised; no
+    mass left: all zeros, the member abstains), its label code -> a fused label index
+    (``UNMAPPED`` when the code maps to none). See worker.vocabulary."""
+
+    __slots__ = ("_index", "_n", "_name", "_orders", "_rescale", "_vocab")
+
+    def __init__(self, name: str, vocab: Vocabulary, n_labels: int) -> None:
+        self._name = name
+        self._vocab = vocab
+        self._n = n_labels
+        self._index = {code: i for i, code in enumerate(vocab.codes)}
+        self._rescale = vocab.has_unmapped
+        self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def mapped(
+        self, raw: list[float], names: object, tolerance: float, pack: Callable[..., bytes]
+    ) -> bytes:
+        targets = self._vocab.target if names is None else self._targets(names)
+        if len(raw) != len(targets):
+            raise InvalidEvent(
+                "label_mismatch",
+                f"probs has {len(raw)} values, "
+                + (
+                    f"labels has {len(targets)}"
+                    if names is not None
+                    else f"model {self._name!r} has {len(targets)} codes (its labels)"
+                ),
+            )
+        if abs(sum(raw) - 1.0) > tolerance:
+            raise InvalidEvent(
+                "not_normalised",
+                f"probs {_show(raw)} sum to {sum(raw)!r}, "
+                f"not 1 within fusion.prob_tolerance={tolerance}",
+            )
+        out = [0.0] * self._n
+        for target, p in zip(targets, raw, strict=True):
+            if target != UNMAPPED:
+                out[target] += p
+        if self._rescale:
+            kept = sum(out)
+            if kept > 0:
+                out = [p / kept for p in out]
+        return pack(*out)
+
+    def label(self, code: str) -> int:
+        position = self._index.get(code)
+        if position is None:
+            raise InvalidEvent(
+                "unknown_label",
+                f"label {_show(code)} is not one of the codes of model {self._name!r} "
+                f"{_show(list(self._vocab.codes))}",
+            )
+        return self._vocab.target[position]
+
+    def _targets(self, names: object) -> tuple[int, ...]:
+        """The fused label index of each entry of an event's ``labels`` (wire-valid)."""
+        key = tuple(cast("list[str]", names))
+        cached = self._orders.get(key)
+        if cached is not None:
+            return cached
+        unknown = [code for code in key if code not in self._index]
+        if unknown:
+            raise InvalidEvent(
+                "unknown_label",
+                f"labels entries {_show(unknown)} are not codes of model {self._name!r}",
+            )
+        if len(key) != len(self._index):
+            raise InvalidEvent(
+                "label_mismatch",
+                f"labels {_show(list(key))} is not a permutation of the codes of model "
+                f"{self._name!r} {_show(list(self._vocab.codes))}",
+            )
+        targets = tuple(self._vocab.target[self._index[code]] for code in key)
+        if len(self._orders) < _ORDER_CACHE_MAX:
+            self._orders[key] = targets
+        return targets
 
 
 def _probs(value: object) -> list[float]:

@@ -34,10 +34,16 @@ class PredictionEvent:
     ``probs`` is in the configured label order (``[fusion] labels``), whatever order
     the producer used, packed as float64 (``pack_probs``/``unpack_probs``): 24 bytes for
     three labels instead of a tuple of three float objects, which matters with a million
-    requests pending; ``label`` is the index of a hard prediction in that order;
+    requests pending; ``label`` is the index of a hard prediction in that order (-1: a
+    code of the model's own vocabulary that maps to no fused label, an abstention);
     ``score`` is a regression output.
 
     The constructor also takes ``probs`` as a sequence of floats and packs it.
+
+    ``trace_id`` is the v1 body field (free text, carried into the result's ``trace_id``);
+    ``traceparent`` is the record's W3C ``traceparent`` header, parsed into its version-00
+    form (``worker.tracecontext``), or None when the record had no valid one. Unlike
+    ``trace_id``, the join keeps every member's: the result lists each member's trace id.
     """
 
     request_id: str
@@ -48,6 +54,7 @@ class PredictionEvent:
     score: float | None
     model_version: str | None
     trace_id: str | None
+    traceparent: str | None
 
     def __init__(
         self,
@@ -59,6 +66,7 @@ class PredictionEvent:
         score: float | None = None,
         model_version: str | None = None,
         trace_id: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.model = model
@@ -69,6 +77,7 @@ class PredictionEvent:
         self.score = score
         self.model_version = model_version
         self.trace_id = trace_id
+        self.traceparent = traceparent
 
 
 @dataclass(slots=True)
@@ -86,6 +95,9 @@ class FinishedRequest:
     opened_ms: int  # clock time when the first event arrived
     fused_ts: int  # clock time when the request was finished (the wire field `fused_ts`)
     expired: bool  # True: closed by the deadline, not by completion
+    # True: closed early (``[join] early_decision``) because the members still missing
+    # could not change the fused label; the result's status is then "decided".
+    decided: bool = False
     # Per input source (topic), the (first, last) offset of the events it was fused
     # from; None when the caller did not give offsets (offline). Bookkeeping for the
     # commit, not part of what was fused: equality ignores it.

@@ -16,11 +16,12 @@ takes the current time ``now_ms`` from the caller:
   stream time of whichever later event moved the clock on.
 
 A request closes exactly once: at once when its last model arrives (``expired=False``),
-or by ``expire``/``close_all`` (``expired=True``); ``drain`` hands the closed requests
-over in closing order, each with its members in arrival order. Its id is then
-remembered for ``fused_memory_ms`` (on the same clock) and at most
-``fused_memory_count`` ids, so a straggler is reported ``late`` instead of opening the
-request again.
+early when a ``decider`` says its missing members cannot change the fused label
+(``decided=True``), or by ``expire``/``close_all`` (``expired=True``); ``drain`` hands
+the closed requests over in closing order, each with its members in arrival order. Its
+id is then remembered for ``fused_memory_ms`` (on the same clock) and at most
+``fused_memory_count`` ids, so a straggler (a decided request's missing member too) is
+reported ``late`` instead of opening the request again.
 
 Cost: ``add`` is O(log n) (heap pushes), ``expire`` O(k log n) for k closed requests.
 Deadlines and source offsets live in heaps with lazy deletion: an entry whose request
@@ -33,7 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_probs
@@ -41,6 +42,10 @@ from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_p
 log = logging.getLogger(__name__)
 
 Outcome = Literal["accepted", "duplicate", "late"]
+# Given a pending request's events by model position (None: not reported), the index of
+# its final label when nothing the missing members send could change it, else None
+# (worker.fusion.early.EarlyDecider).
+Decider = Callable[[Sequence[PredictionEvent | None]], int | None]
 STATE_VERSION = 1
 # A heap is rebuilt once it holds this many entries more than twice the live ones.
 _COMPACT_SLACK = 1024
@@ -89,6 +94,12 @@ class JoinTable:
         are remembered to recognise late events.
     event_time : deadlines from the first event's ``ts`` (True) or from ``now_ms`` at
         its arrival (False); see the module docstring.
+    decider : asked after each accepted event of a request still incomplete; when it
+        names a label, the request closes at once with ``decided=True`` (early decision).
+        None (the default): requests wait for every model or their deadline.
+    deps : the configuration a ``pending_state`` depends on (labels, models, strategy,
+        task), included in it as ``deps``; ``restore`` expects states already realigned
+        to this table (``worker.state_deps.realign``).
     """
 
     def __init__(
@@ -99,6 +110,8 @@ class JoinTable:
         fused_memory_count: int,
         *,
         event_time: bool = False,
+        decider: Decider | None = None,
+        deps: Mapping[str, Any] | None = None,
     ) -> None:
         if not models or len(set(models)) != len(models):
             raise ValueError(f"models must be distinct names, at least one; got {list(models)}")
@@ -114,6 +127,9 @@ class JoinTable:
         self.fused_memory_ms = fused_memory_ms
         self.fused_memory_count = fused_memory_count
         self.event_time = event_time
+        self._decider = decider
+        # What an exported state depends on (worker/state_deps.py), written with it.
+        self.deps = dict(deps) if deps is not None else None
         self._index = {name: i for i, name in enumerate(self.models)}
         self._empty = (None,) * len(self.models)
         self._base_digits = len(self.models) + 1
@@ -178,6 +194,9 @@ class JoinTable:
                 if offset >= 0:
                     self._widen_last(source, offset)
                 return "accepted"
+            if self._decider is not None and self._decider(p) is not None:
+                self._finish(rid, p, now_ms, expired=False, decided=True)
+                return "accepted"
             self._pending[rid] = p
             heapq.heappush(self._deadlines, (p.deadline_ms, rid))
         else:
@@ -190,6 +209,9 @@ class JoinTable:
                 self._close(rid, p, now_ms, expired=False)
                 if offset >= 0:
                     self._widen_last(source, offset)
+                return "accepted"
+            if self._decider is not None and self._decider(p) is not None:
+                self._close(rid, p, now_ms, expired=False, decided=True)
                 return "accepted"
         if offset >= 0:
             self._track(rid, p, source, offset)
@@ -272,6 +294,29 @@ class JoinTable:
                 self._offset_entries -= 1
         return out
 
+    def remember_fused(self, request_ids: Iterable[str], now_ms: int) -> int:
+        """Remember ``request_ids`` as fused (by an earlier owner of the partition, read
+        back from the output topic), so that their re-read events are ``late``.
+
+        Kept like the ids this table closed: for ``fused_memory_ms`` from ``now_ms`` and
+        within ``fused_memory_count``. A pending id is left alone (its own close will
+        remember it). Returns how many ids are remembered."""
+        if not self.fused_memory_count:
+            return 0
+        fused, order, pending = self._fused, self._fused_order, self._pending
+        expiry = now_ms + self.fused_memory_ms
+        n = 0
+        for rid in request_ids:
+            if rid in pending:
+                continue
+            entry = (expiry, rid)
+            fused[rid] = entry
+            order.append(entry)
+            n += 1
+        if len(fused) > self.fused_memory_count:
+            self._forget(None)
+        return n
+
     # -- state export for the exactly-once changelog ------------------------------------
 
     def pending_state(self, request_id: str) -> dict[str, Any] | None:
@@ -285,7 +330,7 @@ class JoinTable:
         if p is None:
             return None
         members = {self.models[i]: _event_state(ev) for i, ev in self._arrived(p)}
-        return {
+        state: dict[str, Any] = {
             "v": STATE_VERSION,
             "request_id": request_id,
             "opened_ms": p.opened_ms,
@@ -293,6 +338,9 @@ class JoinTable:
             "first_ts": p.first_ts,
             "members": members,
         }
+        if self.deps is not None:
+            state["deps"] = self.deps
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
@@ -383,11 +431,13 @@ class JoinTable:
             return p.low == offset
         return p.more is not None and p.more.get(source) == offset
 
-    def _close(self, rid: str, p: _Pending, now_ms: int, expired: bool) -> None:
+    def _close(
+        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+    ) -> None:
         del self._pending[rid]
         if p.source is not None:
             self._offset_tracked -= _tracked(p)
-        self._finish(rid, p, now_ms, expired)
+        self._finish(rid, p, now_ms, expired, decided)
         # Rebuild a heap once most of it is entries of closed requests, so that memory
         # follows the pending requests: amortised O(1) per close.
         if len(self._deadlines) > 2 * len(self._pending) + _COMPACT_SLACK:
@@ -401,10 +451,12 @@ class JoinTable:
         if self._offset_entries > 2 * self._offset_tracked + _COMPACT_SLACK:
             self._compact_offsets()
 
-    def _finish(self, rid: str, p: _Pending, now_ms: int, expired: bool) -> None:
+    def _finish(
+        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+    ) -> None:
         models = self.models
         members = {models[i]: ev for i, ev in self._arrived(p)}
-        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired)
+        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired, decided)
         if p.source is not None:
             done.spans = _spans(p)
         self._closed.append(done)
@@ -451,7 +503,8 @@ def _share(event: PredictionEvent, p: _Pending) -> None:
     """Slim a request's later event before it joins ``p``, to save memory while it is
     pending: its ``request_id`` becomes the earlier events' string object (equal: one
     copy per request, not one per event), and its ``trace_id`` is dropped when an earlier
-    member has one, since a result carries the first member's (by arrival) that has one."""
+    member has one, since a result carries the first member's (by arrival) that has one.
+    Its ``traceparent`` is kept: the result lists every member's trace id."""
     for other in p:
         if other is not None:
             event.request_id = other.request_id
@@ -488,6 +541,8 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
         out["model_version"] = ev.model_version
     if ev.trace_id is not None:
         out["trace_id"] = ev.trace_id
+    if ev.traceparent is not None:
+        out["traceparent"] = ev.traceparent
     return out
 
 
@@ -504,4 +559,5 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
         score=None if score is None else float(score),
         model_version=fields.get("model_version"),
         trace_id=fields.get("trace_id"),
+        traceparent=fields.get("traceparent"),
     )

@@ -39,11 +39,13 @@ from prometheus_client.utils import floatToGoString
 from worker._version import __version__
 from worker.decode import DLQ_REASONS as DLQ_REASONS
 from worker.events import FinishedRequest
+from worker.fusion.quality import Quality
+from worker.metrics_quality import QualityMetrics
 
 log = logging.getLogger(__name__)
 
 EVENT_OUTCOMES = ("accepted", "duplicate", "late", "invalid")
-STATUSES = ("complete", "partial", "insufficient")
+STATUSES = ("complete", "partial", "insufficient", "decided")
 COMMIT_OUTCOMES = ("ok", "failed")
 TRANSACTION_OUTCOMES = ("committed", "aborted", "fenced")
 # The model label of invalid events and of names outside the configuration: a model
@@ -182,6 +184,7 @@ class Metrics:
         strategy: str = "soft_vote",
         output_topics: Sequence[str] = (),
         process_metrics: bool = True,
+        accuracy_floor: float = 0.0,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.models = tuple(models)
@@ -228,7 +231,7 @@ class Metrics:
         )
         self.missing = Counter(
             "fusion_model_missing",
-            "Results fused without this model (partial or insufficient).",
+            "Results fused without this model (partial or insufficient; not decided early).",
             ["model"],
             registry=r,
         )
@@ -282,7 +285,15 @@ class Metrics:
             "1 while fetching is paused because max_pending requests are pending.",
             registry=r,
         )
+        self.bad_traceparents = Counter(
+            "fusion_traceparent_invalid",
+            "Valid events whose traceparent header was malformed or repeated: ignored "
+            "(the event is fused, its trace is not continued).",
+            registry=r,
+        )
         self.build = Info("fusion_build", "Version of the running worker.", registry=r)
+        # Live quality from feedback labels (worker.metrics_quality).
+        self.quality = QualityMetrics(r, self.models, accuracy_floor)
 
         self._initialise(output_topics)
         self.build_info()
@@ -347,6 +358,10 @@ class Metrics:
         self.dead_letters.labels(reason).inc(n)
         self.events.labels(UNKNOWN_MODEL, "invalid").inc(n)
 
+    def bad_traceparent(self, n: int = 1) -> None:
+        """Count ``n`` events whose ``traceparent`` header was unusable. Once per batch."""
+        self.bad_traceparents.inc(n)
+
     def output(self, topic: str, n: int = 1) -> None:
         """Count ``n`` records produced to ``topic``. Call once per topic per batch, after
         the records are queued."""
@@ -367,7 +382,8 @@ class Metrics:
         latencies_ms: list[float] = []
         for r in results:
             statuses[(r["strategy"], r["status"])] += 1
-            missing.update(r.get("missing", ()))
+            if r["status"] != "decided":  # decided early: nobody was waited for in vain
+                missing.update(r.get("missing", ()))
             fused = r.get("label")
             if fused is not None:
                 for model, member in r.get("members", {}).items():
@@ -440,6 +456,22 @@ class Metrics:
     def changelog(self, n: int) -> None:
         """Count ``n`` changelog records written in one committed transaction."""
         self.changelog_records.inc(n)
+
+    # -- feedback (labels joined with fused results) --------------------------------------
+
+    def observe_quality(self, snapshot: Mapping[str, Quality]) -> None:
+        """Set the windowed accuracy, log loss or MAE per model and for the fused output
+        from ``QualityWindows.snapshot()``. Call after each batch of labels."""
+        self.quality.observe(snapshot)
+
+    def set_weights(self, weights: Sequence[float]) -> None:
+        """Set each configured model's current weight (configured order). Call at start
+        and whenever the weights change (adaptive weights: after each update)."""
+        self.quality.set_weights(weights)
+
+    def count_feedback(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` label events by outcome (joined, expired, unknown, duplicate)."""
+        self.quality.count_feedback(outcome, n)
 
     # -- rebalances -----------------------------------------------------------------------
 

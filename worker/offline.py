@@ -13,6 +13,12 @@ request closes (expired) at its partition's final stream time, partitions in asc
 order. The output depends only on the input's content and order: the same file gives
 byte-identical output.
 
+Labels (``--labels FILE``, schemas/label.v1.json per line): merged into the event-time
+stream by ts (sorted by ts, ties in file order; a label comes after the predictions of
+its ts and before the first prediction of a later ts; labels later than every prediction
+come after the end of input), and learnt from as live (worker/learning.py): quality,
+and with ``[fusion] weights = "adaptive"`` the weights each result names.
+
 Invalid input is never dropped silently: ``fuse_records`` hands each invalid record to
 ``on_invalid`` (or logs it and warns with the counts at the end); ``run_fuse`` writes
 invalid lines to ``--dlq`` or reports them on standard error.
@@ -20,10 +26,11 @@ invalid lines to ``--dlq`` or reports them on standard error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -34,12 +41,16 @@ from worker.config import Config
 from worker.engine import BatchFuser, Engine, InRecord, Step
 from worker.errors import ConfigError, FusionError, InvalidEvent
 from worker.fusion import Fuser
+from worker.learning import Learning
+from worker.murmur2 import partition_for
 
 log = logging.getLogger(__name__)
 
 # Records go to the engine in steps of this many; what closes in a step is fused as one
 # batch (the fusion is vectorised). Any step size gives the same results.
 FUSE_BATCH = 4096
+# The topic name the engine reads label records under, offline.
+LABELS_TOPIC = "<labels>"
 
 __all__ = ["FUSE_BATCH", "BatchFuser", "fuse_records", "run_fuse"]
 
@@ -47,17 +58,25 @@ OnInvalid = Callable[[int, bytes | None, InvalidEvent], None]
 
 
 def _steps(
-    engine: Engine, records: Iterable[InRecord], on_invalid: OnInvalid | None
+    engine: Engine,
+    records: Iterable[InRecord],
+    on_invalid: OnInvalid | None,
+    tail: Iterable[InRecord] = (),
+    on_invalid_label: OnInvalid | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Drive ``engine`` over ``records`` in steps of FUSE_BATCH records, then finish."""
+    """Drive ``engine`` over ``records`` in steps of FUSE_BATCH records, then finish, then
+    read ``tail`` (the labels later than every prediction)."""
     chunk: list[InRecord] = []
     outcomes: Counter[str] = Counter()
+    feedback: Counter[str] = Counter()
 
     def run(step: Step) -> list[dict[str, Any]]:
         outcomes.update(outcome for (_, outcome), n in step.other.items() for _ in range(n))
-        if on_invalid is not None:
-            for record, exc in step.invalid:
-                on_invalid(record.offset, record.value, exc)
+        feedback.update(step.feedback)
+        for record, exc in step.invalid:
+            handle = on_invalid_label if record.topic == LABELS_TOPIC else on_invalid
+            if handle is not None:
+                handle(record.offset, record.value, exc)
         return step.results
 
     for record in records:
@@ -68,6 +87,16 @@ def _steps(
     if chunk:
         yield from run(engine.step(chunk))
     yield from run(engine.finish())
+    rest = list(tail)
+    if rest:
+        yield from run(engine.step(rest))
+    if engine.learning is not None:
+        learning = engine.learning
+        log.info(
+            "labels by outcome: %s; weights %s",
+            dict(sorted(feedback.items())),
+            {p: learning.learners[p].weights.round(4).tolist() for p in sorted(learning.learners)},
+        )
     if outcomes["duplicate"] or outcomes["late"]:
         log.info(
             "%d duplicate and %d late events were not fused (a model's first event counts; "
@@ -82,6 +111,7 @@ def fuse_records(
     records: Iterable[tuple[int, bytes, int | None]],
     fuser: BatchFuser,
     on_invalid: OnInvalid | None = None,
+    labels: Sequence[InRecord] = (),
 ) -> Iterator[dict[str, Any]]:
     """Fused results of ``records`` = ``(partition, value, record_ts_ms)``, in a
     deterministic order (closing order, see the module doc).
@@ -89,6 +119,9 @@ def fuse_records(
     ``on_invalid(index, value, error)`` receives each record the decoder rejects, with its
     0-based position in ``records``. Without it, invalid records are logged and a warning
     with their count per reason is logged at the end.
+
+    ``labels``: label records (``read_labels``), merged in by ts and learnt from; the
+    fuser must then be a ``Fuser``. Invalid ones are logged.
     """
     seen: Counter[str] = Counter()
 
@@ -103,9 +136,33 @@ def fuse_records(
 
     handle = on_invalid or report
 
-    engine = Engine(config, fuser, event_time=True, encode=False)
-    rows = (InRecord("", p, i, None, value, ts) for i, (p, value, ts) in enumerate(records))
-    yield from _steps(engine, rows, handle)
+    learning = None
+    if labels:
+        if not isinstance(fuser, Fuser):
+            raise ConfigError("--labels", "<file>", "learns with one strategy, not several")
+        # A Fuser of its own: learning moves its weights, and each call starts afresh
+        # (replay calls once per partition number) from the configured ones.
+        fuser = Fuser(config, strategy=fuser.strategy, temperatures=fuser.temperatures)
+        learning = Learning(config, fuser.weights)
+    engine = Engine(
+        config,
+        fuser,
+        event_time=True,
+        encode=False,
+        learning=learning,
+        labels_topic=LABELS_TOPIC,
+    )
+    rows: Iterable[InRecord] = (
+        InRecord("", p, i, None, value, ts) for i, (p, value, ts) in enumerate(records)
+    )
+    tail: list[InRecord] = []
+    if labels:
+        rows, tail = merge_labels(rows, list(labels))
+
+    def label_invalid(number: int, value: bytes | None, exc: InvalidEvent) -> None:
+        log.warning("label line %d is invalid and not learnt from (%s)", number, exc)
+
+    yield from _steps(engine, rows, handle, tail, label_invalid)
     if seen:
         log.warning(
             "%d invalid records were not fused: %s",
@@ -120,6 +177,7 @@ def run_fuse(
     output: Path | None,
     partitions: int = 1,
     dlq: Path | None = None,
+    labels: Path | None = None,
 ) -> int:
     """The body of ``fusion-worker fuse``: JSON Lines of prediction events in, one fused
     result per line out (standard output when ``output`` is None).
@@ -129,6 +187,9 @@ def run_fuse(
     with that many partitions. Blank lines are skipped. Invalid lines go to ``dlq`` as
     JSON Lines ``{"error", "error_detail", "line", "value"}`` (``line`` 1-based, ``value``
     the line as text); without ``dlq`` they are counted on standard error.
+
+    ``labels``: a JSON Lines file of label events, merged in by ts (see the module doc).
+    Its invalid lines are reported as the input's are, with ``"file": "labels"``.
 
     Returns 0, or 1 when invalid lines were found and no ``dlq`` kept them.
     """
@@ -151,22 +212,35 @@ def run_fuse(
                 if value.strip():
                     yield InRecord("", 0, number, None, value)
 
-        def on_invalid(number: int, value: bytes | None, exc: InvalidEvent) -> None:
-            invalid[exc.reason] += 1
-            if not first_invalid:
-                first_invalid.append(f"line {number}: {exc}")
-            if dead is not None:
-                dead.write(_dead_letter(number, value or b"", exc))
+        def invalid_in(file: str | None) -> OnInvalid:
+            def on_invalid(number: int, value: bytes | None, exc: InvalidEvent) -> None:
+                invalid[exc.reason] += 1
+                if not first_invalid:
+                    where = f"line {number}" if file is None else f"{file} line {number}"
+                    first_invalid.append(f"{where}: {exc}")
+                if dead is not None:
+                    dead.write(_dead_letter(number, value or b"", exc, file))
 
+            return on_invalid
+
+        learning = None if labels is None else Learning(config, fuser.weights)
         engine = Engine(
             config,
             fuser,
             event_time=True,
             encode=False,
             partitions=partitions if partitions > 1 else None,
+            learning=learning,
+            labels_topic=LABELS_TOPIC,
         )
+        records: Iterable[InRecord] = lines()
+        tail: list[InRecord] = []
+        if labels is not None:
+            label_records = read_labels(stack.enter_context(_open(labels, write=False)))
+            records, tail = merge_labels(records, label_records)
         try:
-            for result in _steps(engine, lines(), on_invalid):
+            steps = _steps(engine, records, invalid_in(None), tail, invalid_in("labels"))
+            for result in steps:
                 sink.write(orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE))
                 written += 1
             sink.flush()
@@ -199,13 +273,83 @@ def _open(path: Path, write: bool) -> IO[bytes]:
         raise FusionError(f"cannot open {what} file {str(path)!r}: {exc.strerror}") from None
 
 
-def _dead_letter(number: int, value: bytes, exc: InvalidEvent) -> bytes:
-    return orjson.dumps(
-        {
-            "error": exc.reason,
-            "error_detail": exc.detail,
-            "line": number,
-            "value": value.decode("utf-8", "replace"),
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+def _dead_letter(number: int, value: bytes, exc: InvalidEvent, file: str | None = None) -> bytes:
+    doc: dict[str, Any] = {
+        "error": exc.reason,
+        "error_detail": exc.detail,
+        "line": number,
+        "value": value.decode("utf-8", "replace"),
+    }
+    if file is not None:
+        doc["file"] = file
+    return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _ts_of(value: bytes | None) -> int | None:
+    """The ``ts`` of a JSON event, or None when it has none (or is not valid)."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    ts = doc.get("ts") if type(doc) is dict else None
+    return ts if type(ts) is int else None
+
+
+def _ts_or_first(record: InRecord) -> int:
+    return -1 if record.timestamp is None else record.timestamp
+
+
+def read_labels(source: Iterable[bytes]) -> list[InRecord]:
+    """The label lines of ``source`` as records of LABELS_TOPIC (offset = the 1-based line
+    number, timestamp = its ts), sorted by ts, ties in file order; a line without a
+    valid ts sorts first (it is rejected as it is read)."""
+    out: list[tuple[int, InRecord]] = []
+    for number, line in enumerate(source, 1):
+        value = line.rstrip(b"\r\n")
+        if value.strip():
+            ts = _ts_of(value)
+            record = InRecord(LABELS_TOPIC, 0, number, None, value, ts)
+            out.append((-1 if ts is None else ts, record))
+    out.sort(key=lambda pair: pair[0])  # stable: ties keep the file order
+    return [record for _, record in out]
+
+
+def labels_by_partition(labels: Iterable[InRecord], partitions: int) -> dict[int, list[InRecord]]:
+    """Label records grouped by, and placed on, the partition number Kafka's partitioner
+    gives their request_id (a line without one goes to 0, where it is rejected), order
+    kept."""
+    out: dict[int, list[InRecord]] = {}
+    for record in labels:
+        try:
+            doc = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            doc = None
+        rid = doc.get("request_id") if type(doc) is dict else None
+        p = partition_for(rid.encode(), partitions) if type(rid) is str else 0
+        out.setdefault(p, []).append(dataclasses.replace(record, partition=p))
+    return out
+
+
+def merge_labels(
+    predictions: Iterable[InRecord], labels: list[InRecord]
+) -> tuple[Iterator[InRecord], list[InRecord]]:
+    """``predictions`` in their order with ``labels`` (sorted by ts) merged in: a label
+    goes before the first prediction whose ts is later than its own. A prediction
+    without a ts keeps the last ts seen. Returns the merged stream and the labels that
+    the stream never reached (later than every prediction); the stream must be read
+    to its end before the second is complete."""
+    tail: list[InRecord] = []
+
+    def merged() -> Iterator[InRecord]:
+        i, current = 0, -1
+        for record in predictions:
+            ts = _ts_of(record.value)
+            if ts is not None:
+                current = max(current, ts)
+            while i < len(labels) and _ts_or_first(labels[i]) < current:
+                yield labels[i]
+                i += 1
+            yield record
+        tail.extend(labels[i:])
+
+    return merged(), tail

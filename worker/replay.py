@@ -25,7 +25,7 @@ import heapq
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +35,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.config import Config
+from worker.engine import InRecord
 from worker.errors import ConfigError, FusionError, KafkaSetupError
 from worker.events import FinishedRequest
 from worker.fusion import Fuser, registry
-from worker.offline import BatchFuser, fuse_records
+from worker.offline import BatchFuser, fuse_records, labels_by_partition, read_labels
 from worker.runtime.connect import admin_client, client_options, producer_options
 from worker.runtime.topics import partition_counts
 
@@ -196,6 +197,7 @@ class RangeReader:
         self._co_partitioned = co_partitioned
         self._consumer: AIOKafkaConsumer | None = None
         self.spans: dict[TopicPartition, tuple[int, int]] = {}
+        self.partition_count = 0  # of the inputs, known once entered
 
     @property
     def total(self) -> int:
@@ -203,6 +205,7 @@ class RangeReader:
 
     async def __aenter__(self) -> RangeReader:
         counts = await self._partition_counts()
+        self.partition_count = max(counts.values())
         cfg = self.config.kafka
         self._consumer = AIOKafkaConsumer(
             client_id=f"{cfg.client_id}-replay",
@@ -322,18 +325,23 @@ async def read_range(
 
 
 def replay_results(
-    config: Config, records: Iterable[Record], fuser: BatchFuser
+    config: Config,
+    records: Iterable[Record],
+    fuser: BatchFuser,
+    labels: Mapping[int, Sequence[InRecord]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Fused results of ``records`` in replay order (grouped by partition number): the
-    offline engine runs on each partition number in turn."""
+    offline engine runs on each partition number in turn, learning from that partition
+    number's ``labels`` (as the live worker, whose weights are per partition number)."""
     group: list[Record] = []
+    by_partition = labels or {}
     for record in records:
         if group and record[0] != group[-1][0]:
-            yield from fuse_records(config, group, fuser)
+            yield from fuse_records(config, group, fuser, labels=by_partition.get(group[0][0], ()))
             group = []
         group.append(record)
     if group:
-        yield from fuse_records(config, group, fuser)
+        yield from fuse_records(config, group, fuser, labels=by_partition.get(group[0][0], ()))
 
 
 # -- the command -------------------------------------------------------------------
@@ -347,22 +355,35 @@ def run_replay(
     topic: str | None = None,
     strategies: Sequence[str] | None = None,
     progress: bool | None = None,
+    labels: Path | None = None,
 ) -> int:
-    """The body of `fusion-worker replay`: returns the exit code (0)."""
+    """The body of `fusion-worker replay`: returns the exit code (0). ``labels``: a JSON
+    Lines file of label events to learn from (one strategy only)."""
     if output is not None and topic is not None:
         raise ConfigError("--topic", topic, "give either --output or --topic, not both")
     if topic is not None and topic in config.kafka.input_topics:
         raise ConfigError("--topic", topic, "is an input topic; results go to another topic")
     lo, hi = Position.parse(start, "--from"), Position.parse(end, "--to")
     fuser = make_fuser(config, strategies)  # a bad --strategy fails before any reading
+    label_records: list[InRecord] = []
+    if labels is not None:
+        if not isinstance(fuser, Fuser):
+            raise ConfigError("--labels", str(labels), "learns with one strategy, not several")
+        try:
+            with labels.open("rb") as lf:
+                label_records = read_labels(lf)
+        except OSError as exc:
+            raise FusionError(f"cannot read {str(labels)!r}: {exc.strerror}") from None
     if output is None:
-        return asyncio.run(_replay(config, lo, hi, fuser, sys.stdout.buffer, topic, progress))
+        return asyncio.run(
+            _replay(config, lo, hi, fuser, sys.stdout.buffer, topic, progress, label_records)
+        )
     try:
         fh = output.open("wb")
     except OSError as exc:
         raise FusionError(f"cannot write {str(output)!r}: {exc.strerror}") from None
     with fh:
-        return asyncio.run(_replay(config, lo, hi, fuser, fh, topic, progress))
+        return asyncio.run(_replay(config, lo, hi, fuser, fh, topic, progress, label_records))
 
 
 async def _replay(
@@ -373,6 +394,7 @@ async def _replay(
     fh: IO[bytes],
     topic: str | None,
     progress: bool | None,
+    labels: Sequence[InRecord] = (),
 ) -> int:
     producer: AIOKafkaProducer | None = None
     if topic is not None:
@@ -385,9 +407,10 @@ async def _replay(
     try:
         async with RangeReader(config, topics, start, end) as reader:
             bar = Progress(reader.total, "replay", progress)
+            by_partition = labels_by_partition(labels, reader.partition_count)
             async for records in reader.partitions():
                 read += len(records)
-                results = replay_results(config, _counted(records, bar), fuser)
+                results = replay_results(config, _counted(records, bar), fuser, by_partition)
                 if producer is None:
                     for r in results:
                         fh.write(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE))

@@ -15,7 +15,12 @@ from tests.deploy.promql import ROOT, rules
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 # The alerts whose firing and silence rules.test.yml must cover.
-TESTED_ALERTS = ("FusionWorkerDown", "FusionDeadLetterRateHigh", "FusionModelMissingOften")
+TESTED_ALERTS = (
+    "FusionWorkerDown",
+    "FusionDeadLetterRateHigh",
+    "FusionModelMissingOften",
+    "FusionModelAccuracyLow",
+)
 
 
 @pytest.fixture(scope="module")

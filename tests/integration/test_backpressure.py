@@ -144,11 +144,6 @@ async def test_flood_pauses_at_max_pending_resumes_and_loses_nothing(
     assert "resumed fetching" in run.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the worker's RSS grows by about 1.9 KB per request drained from a "
-    "flood (+190 MB over 100,000 with 1,000 pending at most), not with max_pending",
-)
 async def test_memory_stays_flat_while_a_flood_drains(
     pipeline: Callable[..., Any], spawn_worker: WorkerFactory
 ) -> None:

@@ -58,6 +58,39 @@ async def test_inputs_with_different_partition_counts_are_refused(
     assert await consume(kafka_bootstrap, out, 1, timeout_s=2) == []
 
 
+@pytest.mark.parametrize(("outputs", "expected"), [(2, "read-back: on"), (3, "read-back: off")])
+async def test_check_says_whether_the_output_is_read_back(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path, outputs: int, expected: str
+) -> None:
+    """At-least-once reads its output back at assignment only when the output topic is
+    co-partitioned with the inputs: `check` says which, naming the counts when off."""
+    (inp,) = await make_topics(2, prefix="in")
+    (out,) = await make_topics(outputs, prefix="out")
+    (dlq,) = await make_topics(2, prefix="dlq")
+    cfg = write_config(
+        tmp_path / "fusion.toml",
+        bootstrap=kafka_bootstrap,
+        inputs=[inp],
+        output=out,
+        dlq=dlq,
+        group=f"group-{inp}",
+        metrics_port=free_port(),
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected in done.stdout
+    if outputs != 2:
+        assert f"{out} has 3 partitions, the inputs 2" in done.stdout
+
+
 MODELS2 = ("bert-base", "roberta")
 
 

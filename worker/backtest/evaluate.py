@@ -205,14 +205,16 @@ def _member_labels(
         members = r.get("members") or {}
         for j, m in enumerate(models):
             member = members.get(m)
-            if member is None:
+            # label None: the member abstained (named no fused label), scored as absent.
+            if member is None or member.get("label") is None:
                 continue
             out[i, j] = index[member["label"]]
             rows = probs[j]
             if member.get("probs") is None:
                 probs[j] = None  # a hard-label member: no probabilistic metrics
             elif rows is not None:
-                rows.append(member["probs"])
+                # null: a label the model does not cover, probability 0 for its scores.
+                rows.append([0.0 if p is None else p for p in member["probs"]])
     arrays: list[FloatArray | None] = [
         None if p is None else np.array(p, dtype=np.float64).reshape(-1, k) for p in probs
     ]

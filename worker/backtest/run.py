@@ -1,9 +1,11 @@
 """`fusion-worker backtest`: fuse labelled history with every strategy in one pass, score
 members and strategies, print the table, optionally write the HTML report.
 
-With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker and the
-learned weights on the earlier requests (through worker.fusion.fit) and evaluates
-everything on the later ones; the winner (lowest log loss, ties by accuracy; for
+With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker, the
+learned weights and the member temperatures on the earlier requests (through
+worker.fusion.fit) and evaluates everything on the later ones, each strategy with and
+without calibration (a configured calibration_file is then not used, as a configured
+stacker is not); the winner (lowest log loss, ties by accuracy; for
 scores lowest RMSE, ties by MAE) is named with the config lines that select it.
 """
 
@@ -19,7 +21,13 @@ from typing import Any
 
 from worker.backtest.compare import Comparison, paired_bootstrap
 from worker.backtest.evaluate import Evaluation, Row, evaluate
-from worker.backtest.fitting import Variant, fitted_variants, split_records
+from worker.backtest.fitting import (
+    CALIBRATED,
+    Variant,
+    fitted_variants,
+    split_records,
+    uncalibrated,
+)
 from worker.backtest.inputs import (
     Label,
     first_times,
@@ -29,9 +37,11 @@ from worker.backtest.inputs import (
 from worker.backtest.split import DEFAULT_TRAIN_SHARE, TimeSplit, time_split
 from worker.backtest.table import format_table
 from worker.config import Config
+from worker.engine import InRecord
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
 from worker.fusion import Fuser, registry
+from worker.offline import labels_by_partition, read_labels
 from worker.replay import Record, replay_results
 
 log = logging.getLogger(__name__)
@@ -85,12 +95,17 @@ def backtest(
     train_share: float = DEFAULT_TRAIN_SHARE,
     fit_dir: Path = Path("backtest-fit"),
     bootstrap: int = 0,
+    label_events: Sequence[InRecord] | None = None,
 ) -> Outcome:
     """Fuse ``records`` with every strategy in one pass and score them on ``truth``.
 
     With ``fit``: split by time, fit on the earlier requests (artefacts into
     ``fit_dir``), fuse and score the later ones only. ``bootstrap``: resamples of the
     paired comparison of the winner with the best member (0: none).
+
+    ``label_events`` (``[fusion] weights = "adaptive"``, label lines with ts): one more
+    variant, ``<strategy>+adaptive``, fused by a second pass that learns from them on
+    event time, per partition number, as ``replay --labels`` does.
     """
     names = _strategies(config, strategies, fit)
     lines: list[str] = []
@@ -99,16 +114,24 @@ def backtest(
     if fit:
         split = time_split(first_times(config, records), train_share)
         train, records = split_records(config, records, split)
-        fitted = fitted_variants(config, train, truth, split, fit_dir)
+        fitted = fitted_variants(config, train, truth, split, fit_dir, names)
         lines.append(
-            f"time split: {len(split.train)} earlier requests trained the stacker and the "
-            f"learned weights; the {len(split.test)} requests from {_when(split.cut_ts)} on "
-            "are evaluated"
+            f"time split: {len(split.train)} earlier requests trained the stacker, the "
+            f"learned weights and the temperatures; the {len(split.test)} requests from "
+            f"{_when(split.cut_ts)} on are evaluated"
         )
+        # The fitted calibration is compared with none (a configured one is not used).
+        config = uncalibrated(config)
     variants = [Variant(s, s, config) for s in names] + fitted
     collect = _Collect(variants)
     for _ in replay_results(config, records, collect):
         pass
+    if label_events:
+        name = f"{config.fusion.strategy}+adaptive"
+        partitions = max((r[0] for r in records), default=0) + 1
+        by_partition = labels_by_partition(label_events, partitions)
+        collect.results[name] = list(replay_results(config, records, Fuser(config), by_partition))
+        variants.append(Variant(name, config.fusion.strategy, config))
     if split is not None:
         # Train labels are no concern of the evaluation (not "labels without a result").
         truth = {rid: y for rid, y in truth.items() if rid in split.test}
@@ -119,6 +142,7 @@ def backtest(
     if winner is not None and best is not None and bootstrap > 0:
         comparison = paired_bootstrap(winner, best, ev.task, bootstrap)
     lines += _verdict(ev, winner, best)
+    lines += _calibration_lines(ev)
     if comparison is not None and winner is not None and best is not None:
         lines.append(comparison.describe(winner.name, best.name))
     lines += _config_lines(winner, variants)
@@ -150,6 +174,7 @@ def run_backtest(
     _strategies(config, strategies, fit)  # a bad --strategy fails before any reading
     records = load_predictions(config, predictions, progress)
     truth = load_labels(config, labels)
+    label_events = _label_events(config, labels)
     outcome = backtest(
         config,
         records,
@@ -159,6 +184,7 @@ def run_backtest(
         train_share,
         fit_dir or report or Path("backtest-fit"),
         bootstrap,
+        label_events,
     )
     ev = outcome.evaluation
     lines = [
@@ -178,6 +204,18 @@ def run_backtest(
         page = write_report(ev, report, table, lines, winner)
         print(f"report: {page}")
     return 0
+
+
+def _label_events(config: Config, labels: str) -> list[InRecord] | None:
+    """With adaptive weights and a labels file: its lines as label events (ts needed)."""
+    if config.fusion.weights != "adaptive":
+        return None
+    path = Path(labels)
+    if not path.is_file():
+        log.warning("adaptive weights are backtested from a labels file only, not %s", labels)
+        return None
+    with path.open("rb") as fh:
+        return read_labels(fh)
 
 
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
@@ -257,4 +295,27 @@ def _config_lines(winner: Row | None, variants: Sequence[Variant]) -> list[str]:
         lines.append(f'stacker = "{variant.config.fusion.stacker}"')
     if variant.config.fusion.weights_file:
         lines.append(f'weights_file = "{variant.config.fusion.weights_file}"')
+    if variant.config.fusion.calibration_file:
+        lines.append(f'calibration_file = "{variant.config.fusion.calibration_file}"')
+    return lines
+
+
+def _calibration_lines(ev: Evaluation) -> list[str]:
+    """Each calibrated row against its uncalibrated twin: log loss and accuracy (scores
+    from the table; nothing when calibration was not fitted)."""
+    rows = {r.name: r for r in ev.strategies if r.answered}
+    pairs = [
+        (rows[name.removesuffix(CALIBRATED)], row)
+        for name, row in rows.items()
+        if name.endswith(CALIBRATED) and name.removesuffix(CALIBRATED) in rows
+    ]
+    if not pairs:
+        return []
+    lines = ["calibration (temperatures fitted on the earlier requests), raw -> calibrated:"]
+    for raw, cal in pairs:
+        lines.append(
+            f"  {raw.name}: log_loss {raw.metrics['log_loss']:.4f} -> "
+            f"{cal.metrics['log_loss']:.4f}, accuracy {raw.metrics['accuracy']:.4f} -> "
+            f"{cal.metrics['accuracy']:.4f}"
+        )
     return lines

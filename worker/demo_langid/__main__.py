@@ -3,6 +3,7 @@
     python -m worker.demo_langid serve --identifier py3langid --bootstrap HOST:PORT \
         --texts texts --predictions predictions
     python -m worker.demo_langid demo --bootstrap HOST:PORT [--per-language N]
+    python -m worker.demo_langid backtest-data --out DIR [--per-language N] [--wide]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from worker.demo_langid.identifiers import IDENTIFIERS, build
 
@@ -31,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bootstrap", default="127.0.0.1:9092")
     demo.add_argument("--per-language", type=int, default=None, help="sentences per language")
     demo.add_argument("--quiet", action="store_true", help="print only the accuracies")
+    data = sub.add_parser(
+        "backtest-data", help="predictions, labels and config for fusion-worker backtest"
+    )
+    data.add_argument("--out", required=True, type=Path, help="directory to write into")
+    data.add_argument("--per-language", type=int, default=None, help="sentences per language")
+    data.add_argument(
+        "--wide",
+        action="store_true",
+        help="every language of the examples that one identifier names (partial coverage)",
+    )
     return parser
 
 
@@ -68,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if args.command == "serve":
         return asyncio.run(_serve(args))
+    if args.command == "backtest-data":
+        from worker.demo_langid.backtest import write
+
+        count = write(args.out, per_language=args.per_language, wide=args.wide)
+        print(f"{count} sentences: {args.out}/predictions.jsonl, labels.jsonl, fusion.toml")
+        return 0
     return asyncio.run(_demo(args))
 
 

@@ -53,3 +53,8 @@ def load(languages: Iterable[str] = LANGUAGES, per_language: int | None = None) 
         texts = _sentences(path) if path.is_file() else []
         out.extend(Sentence(language, t) for t in texts[:per_language])
     return out
+
+
+def available() -> tuple[str, ...]:
+    """Every language spaCy ships example sentences for, sorted."""
+    return tuple(sorted(p.parent.name for p in _lang_dir().glob("*/examples.py")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import sys
@@ -18,7 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.client import FusedResults
 from worker.demo_langid import corpus
-from worker.demo_langid.identifiers import IDENTIFIERS, build
-from worker.demo_langid.languages import LANGUAGES
+from worker.demo_langid.identifiers import IDENTIFIERS, UNDETERMINED, Identifier, build
+from worker.demo_langid.languages import LABEL_MAPS, LANGUAGES
 from worker.demo_langid.service import serve
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Report:
     """What the demo measured: per request the true and fused labels, per identifier its
-    own top label (from the fused result's members)."""
+    top label (from the fused result's members, in fused labels): ``und`` when it reported
+    but abstained (no mass on a fused label), None when it did not report."""
 
     truth: list[str] = field(default_factory=list)
     fused: list[str | None] = field(default_factory=list)
@@ -58,14 +60,44 @@ class Report:
         members = result.get("members") or {}
         for name in IDENTIFIERS:
             member = members.get(name)
-            self.members.setdefault(name, []).append(member.get("label") if member else None)
+            label = None if member is None else (member.get("label") or UNDETERMINED)
+            self.members.setdefault(name, []).append(label)
+
+
+def _toml_strings(values: Iterable[str]) -> str:
+    # JSON strings of these ASCII codes are TOML basic strings.
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def models_toml(identifiers: Sequence[Identifier], labels: Sequence[str] = LANGUAGES) -> list[str]:
+    """The ``[fusion] labels`` and ``[[models]]`` lines of the identifiers: each with its
+    own codes (``labels``) and the map of those that differ from the fused labels
+    (``label_map``, from ``languages.LABEL_MAPS``); equal weights."""
+    lines = [f"labels = {_toml_strings(labels)}"]
+    for ident in identifiers:
+        mapping = ", ".join(
+            f"{json.dumps(code)} = {json.dumps(label)}"
+            for code, label in LABEL_MAPS[ident.name].items()
+        )
+        lines += [
+            "[[models]]",
+            f"name = {json.dumps(ident.name)}",
+            "weight = 1.0",
+            f"labels = {_toml_strings(ident.codes)}",
+            f"label_map = {{ {mapping} }}",
+        ]
+    return lines
 
 
 def worker_config(
-    bootstrap: str, topics: dict[str, str], group: str, metrics_port: int, timeout_ms: int
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str,
+    metrics_port: int,
+    timeout_ms: int,
+    identifiers: Sequence[Identifier],
 ) -> str:
     """The TOML configuration of the demo's worker: the four identifiers, equal weights."""
-    labels = ", ".join(f'"{label}"' for label in LANGUAGES)
     lines = [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -77,13 +109,13 @@ def worker_config(
         "[join]",
         f"timeout_ms = {timeout_ms}",
         "min_models = 1",
+        "[metrics]",
+        'host = "127.0.0.1"',
+        f"port = {metrics_port}",
         "[fusion]",
         'strategy = "soft_vote"',
-        f"labels = [{labels}]",
+        *models_toml(identifiers),
     ]
-    for name in IDENTIFIERS:
-        lines += ["[[models]]", f'name = "{name}"', "weight = 1.0"]
-    lines += ["[metrics]", 'host = "127.0.0.1"', f"port = {metrics_port}"]
     return "\n".join(lines) + "\n"
 
 
@@ -141,16 +173,17 @@ async def run(
         await admin.create_topics([NewTopic(t, partitions, 1) for t in topics.values()])
         port = _free_port()
         workdir = Path(tempfile.mkdtemp(prefix="langid-demo-"))
+        identifiers = [build(name) for name in IDENTIFIERS]
         config = workdir / "fusion.toml"
         config.write_text(
-            worker_config(bootstrap, topics, f"langid-{run_id}", port, timeout_ms), "utf-8"
+            worker_config(bootstrap, topics, f"langid-{run_id}", port, timeout_ms, identifiers),
+            "utf-8",
         )
         with (log_path or workdir / "worker.log").open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker.cli", "run", "--config", str(config),
                 stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
-        identifiers = [build(name) for name in IDENTIFIERS]
         await _wait_ready(proc, port, timeout_s=60.0)
         tasks = [
             asyncio.create_task(
@@ -207,7 +240,10 @@ async def run(
 
 def _print_answer(sentence: corpus.Sentence, result: dict[str, Any]) -> None:
     members = result.get("members") or {}
-    own = " ".join(f"{name}={(members.get(name) or {}).get('label', '-')}" for name in IDENTIFIERS)
+    own = " ".join(
+        f"{name}={'-' if name not in members else members[name]['label'] or UNDETERMINED}"
+        for name in IDENTIFIERS
+    )
     mark = "ok " if result.get("label") == sentence.language else "XX "
     text = sentence.text if len(sentence.text) <= 40 else sentence.text[:37] + "..."
     print(

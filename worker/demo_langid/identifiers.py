@@ -1,20 +1,19 @@
-"""The pre-trained language identifiers, each giving a probability vector over
-``languages.LANGUAGES`` (in that order).
+"""The pre-trained language identifiers, each giving a probability vector over its own
+language codes (``codes``, in that order): what the library says, in its own words. The
+worker maps those codes to the fused labels (``[[models]] labels`` / ``label_map``, see
+``languages`` and ``demo.models_toml``); no identifier knows the fused label set.
 
-Each library says something different, and each vector is what it says restricted to the
-fused set and renormalised:
-
-- ``py3langid``: naive Bayes over byte n-grams; restricted to the set's languages inside the
-  model (``set_languages``), so its normalised probabilities are over the set already.
-- ``langdetect``: the full posterior over its 55 profiles (fixed seed: it samples), restricted.
-- ``pycld2``: CLD2's share of the text per language (up to three), restricted; not a
+- ``py3langid``: naive Bayes over byte n-grams; its normalised probabilities over its
+  languages (``zxx``, "no linguistic content", among them).
+- ``langdetect``: the full posterior over its 55 profiles (fixed seed: it samples).
+- ``pycld2``: CLD2's share of the text per language (up to three), normalised; not a
   probability but the closest thing CLD2 exposes.
 - ``cld3``: CLD3's probability of its top language; CLD3 exposes no other, so the rest of
-  the mass is spread evenly over the other labels.
+  the mass is spread evenly over its other languages.
 
-When an identifier finds no evidence for any language of the set (a text of digits, a
-language outside the set), its vector is uniform: it then leaves the decision to the
-others instead of inventing one.
+When an identifier finds no evidence at all (langdetect and CLD2 refuse some texts, CLD3
+may say ``und``), all its mass goes to ``und`` (undetermined), a code that maps to no
+fused label: the worker lets that member abstain instead of inventing a vector.
 
 The libraries are imported when an identifier is built, so the worker does not need them.
 """
@@ -22,40 +21,49 @@ The libraries are imported when an identifier is built, so the worker does not n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
+from worker.demo_langid.languages import CLD3_CODES
 
-from worker.demo_langid.languages import LANGUAGES, fused_label, label_index, own_codes
-
-N = len(LANGUAGES)
+UNDETERMINED = "und"
 
 
 class Identifier(Protocol):
-    """A language identifier: a name (the worker's model name) and a prediction."""
+    """A language identifier: a name (the worker's model name), its own codes (the
+    model's ``labels`` in the worker's configuration) and a prediction."""
 
     name: str
+    codes: tuple[str, ...]
 
     def predict(self, text: str) -> list[float]:
-        """Probabilities over ``LANGUAGES``, in that order, summing to 1."""
+        """Probabilities over ``codes``, in that order, summing to 1."""
         ...
 
 
-def _uniform() -> list[float]:
-    return [1.0 / N] * N
+class _Vector:
+    """Builds a probability vector over an identifier's codes."""
 
+    def __init__(self, codes: Sequence[str]) -> None:
+        self.codes = tuple(codes)
+        self._index = {code: i for i, code in enumerate(self.codes)}
 
-def _restricted(name: str, scores: Sequence[tuple[str, float]]) -> list[float]:
-    """(own code, non-negative score) pairs -> normalised vector over the set."""
-    vector = np.zeros(N)
-    for code, score in scores:
-        label = fused_label(name, code)
-        if label is not None:
-            vector[label_index(label)] += score
-    total = vector.sum()
-    if not total > 0:
-        return _uniform()
-    return (vector / total).tolist()  # type: ignore[no-any-return]
+    def undetermined(self) -> list[float]:
+        vector = [0.0] * len(self.codes)
+        vector[self._index[UNDETERMINED]] = 1.0
+        return vector
+
+    def normalised(self, scores: Sequence[tuple[str, float]]) -> list[float]:
+        """(code, non-negative score) pairs -> a vector over the codes summing to 1; codes
+        the identifier does not list are left out; nothing left: undetermined."""
+        vector = [0.0] * len(self.codes)
+        for code, score in scores:
+            position = self._index.get(code)
+            if position is not None:
+                vector[position] += score
+        total = sum(vector)
+        if not total > 0:
+            return self.undetermined()
+        return [v / total for v in vector]
 
 
 class Py3Langid:
@@ -65,11 +73,12 @@ class Py3Langid:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
         self._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        self._model.set_languages([c for codes in own_codes(self.name).values() for c in codes])
+        self._vector = _Vector([*self._model.labels, UNDETERMINED])
+        self.codes = self._vector.codes
 
     def predict(self, text: str) -> list[float]:
         ranked: list[tuple[str, float]] = self._model.rank(text)
-        return _restricted(self.name, [(code, float(p)) for code, p in ranked])
+        return self._vector.normalised([(code, float(p)) for code, p in ranked])
 
 
 class LangDetect:
@@ -84,6 +93,9 @@ class LangDetect:
         # langdetect samples n-grams at random: a fixed seed makes it deterministic.
         self._factory.set_seed(seed)
         self._error = LangDetectException
+        self._languages: list[str] = list(self._factory.get_lang_list())
+        self._vector = _Vector([*self._languages, UNDETERMINED])
+        self.codes = self._vector.codes
 
     def predict(self, text: str) -> list[float]:
         detector = self._factory.create()
@@ -91,9 +103,9 @@ class LangDetect:
         try:
             detector.get_probabilities()
         except self._error:
-            return _uniform()  # no letters it knows: no evidence
-        codes: list[str] = self._factory.get_lang_list()
-        return _restricted(self.name, list(zip(codes, map(float, detector.langprob), strict=True)))
+            return self._vector.undetermined()  # no letters it knows: no evidence
+        pairs = zip(self._languages, map(float, detector.langprob), strict=True)
+        return self._vector.normalised(list(pairs))
 
 
 class Pycld2:
@@ -102,15 +114,20 @@ class Pycld2:
     def __init__(self) -> None:
         import pycld2
 
-        self._detect: Callable[..., Any] = pycld2.detect
+        self._detect: Callable[..., tuple[bool, int, tuple[tuple[str, str, int, float], ...]]]
+        self._detect = pycld2.detect
         self._error = pycld2.error
+        # "un" is CLD2's own "unknown": a share of the text, not a language.
+        known = sorted({code for _, code in pycld2.LANGUAGES} - {"un"})
+        self._vector = _Vector([*known, UNDETERMINED])
+        self.codes = self._vector.codes
 
     def predict(self, text: str) -> list[float]:
         try:
             _, _, details = self._detect(text, bestEffort=True)
         except self._error:
-            return _uniform()  # CLD2 refuses some control characters
-        return _restricted(self.name, [(code, float(percent)) for _, code, percent, _ in details])
+            return self._vector.undetermined()  # CLD2 refuses some control characters
+        return self._vector.normalised([(code, float(pct)) for _, code, pct, _ in details])
 
 
 class Cld3:
@@ -120,16 +137,20 @@ class Cld3:
         import gcld3
 
         self._model = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+        self._vector = _Vector([*sorted(CLD3_CODES), UNDETERMINED])
+        self.codes = self._vector.codes
+        self._languages = len(CLD3_CODES)
 
     def predict(self, text: str) -> list[float]:
         result = self._model.FindLanguage(text=text)
-        label = fused_label(self.name, result.language)
-        if label is None:
-            return _uniform()
+        if result.language not in CLD3_CODES:
+            return self._vector.undetermined()
         top = min(max(float(result.probability), 0.0), 1.0)
-        vector = [(1.0 - top) / (N - 1)] * N
-        vector[label_index(label)] = top
-        return vector
+        rest = (1.0 - top) / (self._languages - 1)
+        return [
+            0.0 if code == UNDETERMINED else top if code == result.language else rest
+            for code in self.codes
+        ]
 
 
 # One table of the identifiers: the CLI, the demo and the tests read it.

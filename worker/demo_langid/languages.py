@@ -1,20 +1,21 @@
-"""The fused label set of the language-identification demo and, in one table, how each
-identifier names those languages.
+"""The fused label set of the language-identification demo and, in one table, how the
+worker maps each identifier's own codes to it.
 
 Labels are ISO 639-1 codes as spaCy names its languages (``nb`` for Norwegian Bokmål).
 The set is every language that all four identifiers cover *and* spaCy ships example
-sentences for (see ``corpus``), so each identifier gives a real probability for every
-label; a language an identifier cannot recognise is never given a made-up value.
+sentences for (see ``corpus``).
 
-``LABEL_MAPS`` holds each identifier's codes that differ from the fused labels (CLD2 and
-CLD3 still say ``iw`` for Hebrew; langdetect splits Chinese in two). Any other code is
-its own label when it is in the set, and outside it otherwise. This table is what moves
-to the worker's ``[[models]] label_map`` once label vocabularies exist there.
+The identifiers publish in their own codes (``identifiers``); ``LABEL_MAPS`` is what the
+worker's configuration says of them (``[[models]] label_map``, written by
+``demo.models_toml``): the codes that differ from the fused label (CLD2 and CLD3 still
+say ``iw`` for Hebrew; langdetect splits Chinese in two, summed into ``zh``). Any other
+code is its own label when it is in the set, and maps to no fused label otherwise (the
+worker drops its mass and renormalises the rest).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 LANGUAGES: tuple[str, ...] = (
     "ar", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "gu",
@@ -23,7 +24,8 @@ LANGUAGES: tuple[str, ...] = (
     "zh",
 )  # fmt: skip
 
-# identifier -> {its own code: fused label}, for the codes that are not the label itself.
+# identifier -> {its own code: fused label}, for the codes that are not the label itself:
+# the worker's [[models]] label_map of each identifier.
 LABEL_MAPS: Mapping[str, Mapping[str, str]] = {
     "py3langid": {"no": "nb"},
     "langdetect": {"no": "nb", "zh-cn": "zh", "zh-tw": "zh"},
@@ -69,3 +71,13 @@ def own_codes(identifier: str) -> dict[str, list[str]]:
             codes.clear()
         codes.append(code)
     return inverse
+
+
+def covered_languages(
+    candidates: Iterable[str], codes: Mapping[str, Iterable[str]]
+) -> tuple[str, ...]:
+    """The ``candidates`` that at least one identifier (name -> its own codes) names, as the
+    label itself or through ``LABEL_MAPS``; in the order given. A wider fused set than
+    ``LANGUAGES``, where some identifiers do not cover some labels."""
+    named = {LABEL_MAPS[name].get(code, code) for name, own in codes.items() for code in own}
+    return tuple(label for label in candidates if label in named)

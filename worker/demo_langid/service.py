@@ -25,7 +25,6 @@ from worker.client import (
     check_traceparent,
 )
 from worker.demo_langid.identifiers import Identifier
-from worker.demo_langid.languages import LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +94,10 @@ async def serve(
                         await pub.publish(
                             request.request_id,
                             model=identifier.name,
+                            # In the order of its own codes, the model's labels in the
+                            # worker's configuration: sending them (hundreds of codes)
+                            # with every event would cost more than the prediction.
                             probs=identifier.predict(request.text),
-                            labels=LANGUAGES,
                             traceparent=request.traceparent,
                         )
                         published += 1

@@ -19,8 +19,10 @@ no pickle, nothing executable.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,16 @@ def load_weights(
     return weights
 
 
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Member temperatures (m,) and the id results name them by: ``sha256:`` and the
+    first 16 hex digits of the artefact file's SHA-256 (the same file, the same id, on
+    every worker and in every backtest)."""
+
+    temperatures: FloatArray
+    id: str
+
+
 def load_calibration(
     path: str | Path,
     models: Sequence[str],
@@ -157,8 +169,21 @@ def load_calibration(
 ) -> FloatArray:
     """Read and check member temperatures: (m,) in the configured model order, each > 0,
     fitted with the same transform (``log_floor``) this worker applies."""
+    return read_calibration(path, models, labels, log_floor, key).temperatures
+
+
+def read_calibration(
+    path: str | Path,
+    models: Sequence[str],
+    labels: Sequence[str],
+    log_floor: float,
+    key: str = "fusion.calibration_file",
+) -> Calibration:
+    """``load_calibration``, with the id of the file's bytes (read once, so the id is
+    that of the temperatures returned)."""
     path = Path(path)
-    doc = _read(path, "calibration", models, labels, key)
+    raw = _read_bytes(path, key)
+    doc = _read(path, "calibration", models, labels, key, raw)
     layout = doc.get("feature_layout")
     expected_layout = _calibration_layout(models, log_floor)
     if layout != expected_layout:
@@ -171,17 +196,27 @@ def load_calibration(
         raise ArtefactError(
             f"{key} = {str(path)!r}: temperatures {temperatures.tolist()} must all be > 0"
         )
-    return temperatures
+    return Calibration(temperatures, "sha256:" + hashlib.sha256(raw).hexdigest()[:16])
+
+
+def _read_bytes(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ArtefactError(f"{key} = {str(path)!r}: cannot read the artefact: {exc}") from None
 
 
 def _read(
-    path: Path, kind: str, models: Sequence[str], labels: Sequence[str], key: str
+    path: Path,
+    kind: str,
+    models: Sequence[str],
+    labels: Sequence[str],
+    key: str,
+    raw: bytes | None = None,
 ) -> dict[str, Any]:
     where = f"{key} = {str(path)!r}"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ArtefactError(f"{where}: cannot read the artefact: {exc}") from None
+    if raw is None:
+        raw = _read_bytes(path, key)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

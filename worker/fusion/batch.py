@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.errors import FusionError
 from worker.events import FinishedRequest, pack_probs
+
+if TYPE_CHECKING:
+    from worker.vocabulary import Vocabularies
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -34,12 +38,17 @@ class Batch:
         Each member's score (regression); zeros where missing. Shape (n, 0) when the
         task is a classification.
     present : ndarray of shape (n, m), bool
-        Which members reported.
+        Which members reported (and, with label vocabularies, did not abstain).
+    covered : ndarray of shape (n, m, k), bool, or None
+        With label vocabularies that leave a label uncovered: which labels each present
+        member covers (False where it is missing). None: every present member covers
+        every label, and the strategies are exactly those without vocabularies.
     """
 
     probs: FloatArray
     scores: FloatArray
     present: BoolArray
+    covered: BoolArray | None = None
 
     @property
     def n_requests(self) -> int:
@@ -54,12 +63,21 @@ class Batch:
 
     def take(self, rows: IntArray) -> Batch:
         """The sub-batch of the given request rows."""
-        return Batch(self.probs[rows], self.scores[rows], self.present[rows])
+        covered = None if self.covered is None else self.covered[rows]
+        return Batch(self.probs[rows], self.scores[rows], self.present[rows], covered)
 
 
-def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_labels: int) -> Batch:
+def build_batch(
+    finished: Sequence[FinishedRequest],
+    models: Sequence[str],
+    n_labels: int,
+    vocab: Vocabularies | None = None,
+) -> Batch:
     """Arrange ``finished`` as a Batch: ``models`` in the configured order, ``n_labels``
-    labels (0 for scores). Events are trusted to be decoded (aligned and validated)."""
+    labels (0 for scores). Events are trusted to be decoded (aligned and validated).
+    ``vocab``: the models' label vocabularies when some are not full (None: all are);
+    a member whose vector has no mass abstains (not present), and ``covered`` is set
+    when some model leaves a label uncovered."""
     n, m = len(finished), len(models)
     present: list[bool] = []
     if n_labels == 0:
@@ -104,17 +122,21 @@ def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_la
                 rows.append(ev.probs)
                 present.append(True)
             elif ev.label is not None:
-                rows.append(one_hot[ev.label])
+                # -1: a code of the model's own that maps to no fused label (it abstains).
+                rows.append(one_hot[ev.label] if ev.label >= 0 else zeros)
                 present.append(True)
             else:
                 raise _kind_error(req, name, "probs or a label")
     # A bytearray rather than bytes: an array over bytes would be read-only.
     flat = np.frombuffer(bytearray().join(rows), dtype=np.float64)
-    return Batch(
-        flat.reshape(n, m, n_labels),
-        np.empty((n, 0)),
-        np.array(present, dtype=np.bool_).reshape(n, m),
-    )
+    probs = flat.reshape(n, m, n_labels)
+    reported = np.array(present, dtype=np.bool_).reshape(n, m)
+    if vocab is None or vocab.full:
+        return Batch(probs, np.empty((n, 0)), reported)
+    if vocab.may_abstain:
+        reported &= probs.sum(axis=2) > 0
+    covered = None if vocab.full_cover else reported[:, :, None] & vocab.cover[None]
+    return Batch(probs, np.empty((n, 0)), reported, covered)
 
 
 def _kind_error(req: FinishedRequest, model: str, expected: str) -> FusionError:

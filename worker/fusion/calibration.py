@@ -88,18 +88,27 @@ def fit_temperatures(probs: FloatArray, present: BoolArray, y: IntArray) -> Floa
 
 
 def apply_temperatures(
-    probs: FloatArray, present: BoolArray, temperatures: FloatArray
+    probs: FloatArray,
+    present: BoolArray,
+    temperatures: FloatArray,
+    covered: BoolArray | None = None,
 ) -> FloatArray:
     """The calibrated probs (n, m, k) of a batch: member j's rows become
     softmax(log p / T_j). Missing members stay all zero; a member with T = 1 is returned
     unchanged (not re-normalised through exp/log), so calibration with every T = 1 is
-    exactly no calibration."""
+    exactly no calibration. With ``covered`` (n, m, k, label vocabularies), a label a
+    member does not cover stays 0 and the softmax runs over the labels it covers."""
     scaled = [j for j in range(probs.shape[1]) if temperatures[j] != 1.0]
     if not scaled:
         return probs
     out = probs.copy()
     cols = np.array(scaled)
     calibrated = _softmax(_logits(probs[:, cols]) / temperatures[cols][None, :, None])
+    if covered is not None:
+        # The floor in _logits gives an uncovered label mass; take it back.
+        calibrated = np.where(covered[:, cols], calibrated, 0.0)
+        total = calibrated.sum(axis=2, keepdims=True)
+        np.divide(calibrated, total, out=calibrated, where=total > 0)
     out[:, cols] = np.where(present[:, cols, None], calibrated, 0.0)
     return out
 

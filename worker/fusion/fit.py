@@ -77,7 +77,17 @@ def run_fit(
         learned = fit_stacker(data.probs, data.y, models, label_names)
         fused_name = "stacker (out-of-fold)"
     elif method == "weights":
-        learned = fit_weights(data.probs, data.y, models, label_names)
+        probs = data.probs
+        if config.fusion.calibration_file:
+            # The weights will weigh calibrated members: learn them on those.
+            from worker.fusion.artefact import read_calibration
+            from worker.fusion.calibration import LOG_FLOOR, apply_temperatures
+
+            cal = read_calibration(config.fusion.calibration_file, models, label_names, LOG_FLOOR)
+            probs = apply_temperatures(probs, np.ones(probs.shape[:2], np.bool_), cal.temperatures)
+            summary = {**summary, "calibrated_with": cal.id}
+            print(f"members calibrated with {config.fusion.calibration_file} ({cal.id})")
+        learned = fit_weights(probs, data.y, models, label_names)
         fused_name = "learned weights (out-of-fold)"
     else:
         # Imported here: only this method needs it.
@@ -123,6 +133,17 @@ def run_fit(
 def read_training_set(config: Config, predictions: Path, labels: Path) -> TrainingSet:
     """Decode the events, join them by request_id (first event of a model wins), keep the
     complete requests with a known label, in the order of their first event."""
+    vocab = config.vocabularies
+    if not vocab.full_cover:
+        # A stacker and learned weights need every member's probability of every label.
+        partial = [
+            name for name, row in zip(config.model_names, vocab.cover, strict=True) if not row.all()
+        ]
+        raise ConfigError(
+            "models[*].labels",
+            partial,
+            "fit needs every model to cover every fused label; these do not",
+        )
     decoder = Decoder(config)
     requests: dict[str, dict[str, PredictionEvent]] = {}
     invalid: Counter[str] = Counter()
@@ -145,7 +166,12 @@ def read_training_set(config: Config, predictions: Path, labels: Path) -> Traini
     complete = [rid for rid, members in requests.items() if len(members) == len(models)]
     used = [rid for rid in complete if rid in truth]
     finished = [FinishedRequest(rid, requests[rid], 0, 0, 0, False) for rid in used]
-    batch = build_batch(finished, models, len(config.fusion.labels))
+    batch = build_batch(finished, models, len(config.fusion.labels), vocab)
+    if vocab.may_abstain:
+        # A member that named no fused label abstained: the request is not complete.
+        rows = np.flatnonzero(batch.present.all(axis=1))
+        used = [used[i] for i in rows]
+        batch = batch.take(rows)
     y = np.array([truth[rid] for rid in used], dtype=np.int64)
     if invalid:
         log.warning("skipped %d invalid event lines: %s", sum(invalid.values()), dict(invalid))

@@ -20,6 +20,15 @@ Decisions:
 - Member temperatures (calibration) apply to the members' probabilities before every
   strategy; the results show the probabilities the members sent, and each member's
   ``contribution`` is computed from the calibrated ones.
+- Label vocabularies (``[[models]] labels`` / ``label_map``, worker.vocabulary): each
+  label is fused over the members that cover it, and the fused row renormalised; a
+  member with no mass on the fused labels abstains (weight 0, label null). When every
+  model covers every label the strategies are exactly those without vocabularies.
+  ``contribution`` is computed from the calibrated ones. ``[fusion] calibration_file``
+  is loaded here, so every command that fuses applies it the same way, and each result
+  names it (``"calibration": "sha256:<first 16 hex digits of the file>"``). Stacking
+  never calibrates: its meta-learner was fitted on raw probabilities (the configuration
+  refuses the combination; a stacking Fuser asked for by name ignores the file).
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
@@ -37,7 +46,7 @@ import numpy as np
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
 from worker.fusion import registry
-from worker.fusion.artefact import load_stacker, load_weights
+from worker.fusion.artefact import load_stacker, load_weights, read_calibration
 from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.calibration import apply_temperatures
 from worker.fusion.result import Fused, classification_results, regression_results
@@ -61,9 +70,10 @@ class Fuser:
     """Fuse batches of finished requests with one strategy.
 
     ``strategy`` overrides ``[fusion] strategy``. ``temperatures`` (m,), > 0, calibrate
-    the members (``worker.fusion.artefact.load_calibration``). Raises ConfigError for a
-    strategy that does not exist or does not fit the task, ArtefactError for an artefact
-    that does not match the configuration.
+    the members (``worker.fusion.artefact.load_calibration``) instead of ``[fusion]
+    calibration_file``; ``calibration`` is then the id the results name (None: none).
+    Raises ConfigError for a strategy that does not exist or does not fit the task,
+    ArtefactError for an artefact that does not match the configuration.
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class Fuser:
         config: Config,
         strategy: str | None = None,
         temperatures: FloatArray | None = None,
+        calibration: str | None = None,
     ) -> None:
         fusion = config.fusion
         name = strategy or fusion.strategy
@@ -79,6 +90,9 @@ class Fuser:
         self.models = config.model_names
         self.labels = fusion.labels
         self._n_labels = len(fusion.labels)
+        vocab = config.vocabularies
+        # None when every model reports every fused label: the fusion without vocabularies.
+        self._vocab = None if vocab.full else vocab
         weights = np.array(config.weights, dtype=np.float64)
         if fusion.weights_file:
             weights = load_weights(fusion.weights_file, self.models, self.labels)
@@ -87,6 +101,11 @@ class Fuser:
         self.fallback: str | None = None
         stacker = None
         if spec.needs_stacker:
+            if not vocab.full_cover:
+                # Its meta-features are every member's probability of every label.
+                raise ConfigError(
+                    "fusion.strategy", name, "needs every model to cover every fused label"
+                )
             if not fusion.stacker:
                 raise ConfigError("fusion.stacker", fusion.stacker, f"required with {name}")
             stacker = load_stacker(fusion.stacker, self.models, self.labels)
@@ -102,6 +121,18 @@ class Fuser:
             fallback=self.fallback,
         )
         self.temperatures: FloatArray | None = None
+        self.calibration: str | None = None
+        if temperatures is None and fusion.calibration_file and not spec.needs_stacker:
+            from worker.fusion.calibration import LOG_FLOOR
+
+            loaded = read_calibration(fusion.calibration_file, self.models, self.labels, LOG_FLOOR)
+            temperatures, calibration = loaded.temperatures, loaded.id
+            log.info(
+                "calibration %s from %s: %s",
+                calibration,
+                fusion.calibration_file,
+                temperatures.tolist(),
+            )
         if temperatures is not None:
             t = np.asarray(temperatures, dtype=np.float64)
             if fusion.is_regression:
@@ -115,6 +146,7 @@ class Fuser:
                     f"needs {len(self.models)} finite temperatures > 0, one per model",
                 )
             self.temperatures = t
+            self.calibration = calibration
 
     def set_weights(self, weights: FloatArray) -> None:
         """Fuse from now on with ``weights`` (m,), >= 0 with a positive sum (adaptive
@@ -128,12 +160,20 @@ class Fuser:
         """One fused result per request of ``finished``, in the same order."""
         if not finished:
             return []
-        batch = build_batch(finished, self.models, self._n_labels)
+        return self.fuse_arrays(finished)[0]
+
+    def fuse_arrays(
+        self, finished: Sequence[FinishedRequest]
+    ) -> tuple[list[dict[str, Any]], Batch, Fused]:
+        """``fuse``, with the arrays it fused from (the calibrated batch) and computed:
+        what the learning from labels remembers of each request."""
+        batch = build_batch(finished, self.models, self._n_labels, self._vocab)
         scored = self.calibrate(batch)
         fused = self.compute(scored)
         if self._n_labels == 0:
-            return regression_results(finished, self.models, self.strategy, fused, batch.scores)
-        return classification_results(
+            results = regression_results(finished, self.models, self.strategy, fused, batch.scores)
+            return results, scored, fused
+        results = classification_results(
             finished,
             self.models,
             self.labels,
@@ -143,7 +183,10 @@ class Fuser:
             batch.member_labels,
             self.fallback,
             scored.probs,
+            None if self._vocab is None or self._vocab.full_cover else self._vocab.cover,
+            self.calibration,
         )
+        return results, scored, fused
 
     def calibrate(self, batch: Batch) -> Batch:
         """``batch`` with the members' probabilities calibrated (itself without
@@ -151,8 +194,8 @@ class Fuser:
         votes do not change."""
         if self.temperatures is None:
             return batch
-        probs = apply_temperatures(batch.probs, batch.present, self.temperatures)
-        return Batch(probs, batch.scores, batch.present)
+        probs = apply_temperatures(batch.probs, batch.present, self.temperatures, batch.covered)
+        return dataclasses.replace(batch, probs=probs)
 
     def compute(self, batch: Batch) -> Fused:
         """The array part of ``fuse``: this Fuser's strategy over a whole batch, whose

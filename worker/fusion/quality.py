@@ -16,7 +16,7 @@ import numpy as np
 
 from worker.errors import ConfigError
 from worker.fusion.batch import BoolArray, FloatArray
-from worker.fusion.learn import LOG_FLOOR
+from worker.fusion.calibration import LOG_FLOOR  # as learn.LOG_FLOOR, without scikit-learn
 
 FUSED = "fused"
 

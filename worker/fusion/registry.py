@@ -104,6 +104,8 @@ def _weighted_average(batch: Batch, w: Weights, s: Settings) -> Fused:
     if s.n_labels == 0:
         score = st.weighted_average_scores(batch.scores, w.reported)
         return Fused(None, None, score, w.reported, w.answered)
+    if batch.covered is not None:
+        return _classified(st.weighted_average_covered(batch.probs, w.raw, batch.covered), w)
     return _classified(st.weighted_average_probs(batch.probs, w.raw, w.total), w)
 
 
@@ -117,13 +119,21 @@ def _hard_vote(batch: Batch, w: Weights, s: Settings) -> Fused:
 
 
 def _geometric_mean(batch: Batch, w: Weights, s: Settings) -> Fused:
+    if batch.covered is not None:
+        pooled = st.geometric_mean_covered(
+            batch.probs, w.reported, batch.covered, s.geometric_floor
+        )
+        return _classified(pooled, w)
     return _classified(st.geometric_mean(batch.probs, w.reported, s.geometric_floor), w)
 
 
 def _median(batch: Batch, w: Weights, s: Settings) -> Fused:
     if s.n_labels == 0:
         return Fused(None, None, st.median(batch.scores, batch.present), w.reported, w.answered)
-    pooled = st.median(batch.probs, batch.present)
+    if batch.covered is not None:
+        pooled = st.median_covered(batch.probs, batch.covered)
+    else:
+        pooled = st.median(batch.probs, batch.present)
     return _classified(st.renormalise(pooled, batch.probs, batch.present), w)
 
 
@@ -131,7 +141,10 @@ def _trimmed_mean(batch: Batch, w: Weights, s: Settings) -> Fused:
     if s.n_labels == 0:
         score = st.trimmed_mean(batch.scores, batch.present, s.trim_proportion)
         return Fused(None, None, score, w.reported, w.answered)
-    pooled = st.trimmed_mean(batch.probs, batch.present, s.trim_proportion)
+    if batch.covered is not None:
+        pooled = st.trimmed_mean_covered(batch.probs, batch.covered, s.trim_proportion)
+    else:
+        pooled = st.trimmed_mean(batch.probs, batch.present, s.trim_proportion)
     return _classified(st.renormalise(pooled, batch.probs, batch.present), w)
 
 

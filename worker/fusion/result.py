@@ -19,6 +19,7 @@ from worker.fusion.batch import BoolArray, FloatArray, IntArray
 COMPLETE = "complete"
 PARTIAL = "partial"
 INSUFFICIENT = "insufficient"
+DECIDED = "decided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +60,23 @@ def classification_results(
     member_labels: IntArray,
     fallback: str | None = None,
     scored_probs: FloatArray | None = None,
+    cover: BoolArray | None = None,
+    calibration: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per request, in input order. ``member_probs`` (n, m, k) and
     ``member_labels`` (n, m) are the batch's (one-hot / sent label for label-only members).
+    ``cover`` (m, k): which labels each model covers, when some model does not cover all;
+    a member's probs show null for the labels it does not cover. A member that reported
+    but abstained (label -1: no mass on the fused labels) shows label null.
 
     Each member of an answered request carries its ``contribution`` to the fused label's
     score: its weight times its probability of the fused label, from ``scored_probs``
     (n, m, k), the probabilities the strategy fused (after calibration; default
     ``member_probs``); in hard_vote, its weight when it voted for the fused label, else 0.
     For weighted_average, soft_vote and hard_vote the contributions add up to the fused
-    label's probability."""
+    label's probability. A request the join decided early (``decided``) has status
+    ``decided``; ``calibration`` (the applied calibration's id) is named in every result
+    when set."""
     assert fused.probs is not None
     assert fused.labels is not None
     label_names = list(labels)
@@ -88,6 +96,11 @@ def classification_results(
         scored = member_probs if scored_probs is None else scored_probs
         share = np.take_along_axis(scored, fused.labels[:, None, None], axis=2)[:, :, 0]
     contribution = (fused.weights * share).tolist()
+    uncovered = (
+        [[k for k, c in enumerate(row) if not c] for row in cover.tolist()]
+        if cover is not None
+        else None
+    )
     m_labels = member_labels.tolist()
     out: list[dict[str, Any]] = []
     for i, req in enumerate(finished):
@@ -101,11 +114,19 @@ def classification_results(
             if ev is None:
                 missing.append(name)
                 continue
-            member: dict[str, Any] = {"weight": w[j], "label": label_names[ml[j]]}
+            member: dict[str, Any] = {
+                "weight": w[j],
+                "label": label_names[ml[j]] if ml[j] >= 0 else None,
+            }
             if ev.probs is not None:
                 member["probs"] = mp[j]
-            if answered[i]:
+                if uncovered is not None and uncovered[j]:
+                    for k in uncovered[j]:
+                        mp[j][k] = None
+            if answered[i] and ml[j] >= 0:  # an abstaining member contributes nothing
                 member["contribution"] = contribution[i][j]
+            if ev.traceparent is not None:
+                member["trace_id"] = ev.traceparent[3:35]
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version
@@ -113,7 +134,7 @@ def classification_results(
             result = {
                 "request_id": req.request_id,
                 "strategy": strategy,
-                "status": PARTIAL if missing else COMPLETE,
+                "status": _answered_status(req, missing),
                 "label": label_names[winner[i]],
                 "probs": probs[i],
                 "labels": label_names.copy(),
@@ -140,8 +161,16 @@ def classification_results(
         result["trace_id"] = _trace_id(req)
         if by_fallback is not None and by_fallback[i] and answered[i]:
             result["fallback"] = fallback
+        if calibration is not None:
+            result["calibration"] = calibration
         out.append(result)
     return out
+
+
+def _answered_status(req: FinishedRequest, missing: list[str]) -> str:
+    if not missing:
+        return COMPLETE
+    return DECIDED if req.decided else PARTIAL
 
 
 def regression_results(
@@ -170,6 +199,8 @@ def regression_results(
                 missing.append(name)
                 continue
             members[name] = {"weight": w[j], "score": ms[j]}
+            if ev.traceparent is not None:
+                members[name]["trace_id"] = ev.traceparent[3:35]
             if ev.model_version is not None:
                 versions[name] = ev.model_version
         result = {

@@ -143,3 +143,82 @@ def renormalise(pooled: FloatArray, probs: FloatArray, present: BoolArray) -> Fl
         mean = np.where(present[rows, :, None], probs[rows], 0.0).sum(axis=1)
         out[rows] = mean / mean.sum(axis=1, keepdims=True)
     return out
+
+
+# -- label vocabularies: each label over the members that cover it ---------------------
+#
+# ``covered`` (n, m, k) is True where a present member covers a label. Each label's value
+# is computed over its covering members only, and the row is renormalised at the end; a
+# label no present member covers gets 0. With every member covering every label these
+# equal the functions above up to rounding; the Fuser uses those then (``covered`` None),
+# so that scikit-learn parity stays exact.
+
+
+def _renormalised_rows(pooled: FloatArray) -> FloatArray:
+    sums = pooled.sum(axis=1, keepdims=True)
+    out = np.zeros_like(pooled)
+    np.divide(pooled, sums, out=out, where=sums > 0)
+    return out
+
+
+def weighted_average_covered(probs: FloatArray, raw: FloatArray, covered: BoolArray) -> FloatArray:
+    """(n, k): per label k, sum_i w_i p_ik / sum_i w_i over the present members covering
+    k, in member order; then each row renormalised."""
+    w = raw[:, :, None] * covered
+    acc: FloatArray = w[:, 0] * probs[:, 0]
+    weight: FloatArray = w[:, 0].copy()
+    for j in range(1, probs.shape[1]):
+        acc += w[:, j] * probs[:, j]
+        weight += w[:, j]
+    out = np.zeros_like(acc)
+    np.divide(acc, weight, out=out, where=weight > 0)
+    return _renormalised_rows(out)
+
+
+def geometric_mean_covered(
+    probs: FloatArray, weights: FloatArray, covered: BoolArray, floor: float
+) -> FloatArray:
+    """(n, k): per label, the weighted mean of log max(p, floor) over the members covering
+    it (their weights renormalised per label); exp, each row renormalised. A label no
+    member covers gets 0."""
+    w = weights[:, :, None] * covered
+    logs = (w * np.log(np.maximum(probs, floor))).sum(axis=1)
+    weight = w.sum(axis=1)
+    log_pool = np.full_like(logs, -np.inf)
+    np.divide(logs, weight, out=log_pool, where=weight > 0)
+    empty = ~(weight > 0).any(axis=1)
+    log_pool[empty] = 0.0
+    log_pool -= log_pool.max(axis=1, keepdims=True)
+    pooled: FloatArray = np.exp(log_pool)
+    return _renormalised_rows(pooled)
+
+
+def _sorted_covered(values: FloatArray, covered: BoolArray) -> tuple[FloatArray, IntArray]:
+    ordered = np.sort(np.where(covered, values, np.inf), axis=1)
+    count: IntArray = covered.sum(axis=1)
+    return ordered, count
+
+
+def median_covered(values: FloatArray, covered: BoolArray) -> FloatArray:
+    """(n, k): per label, the unweighted median over the members covering it; 0 where none
+    does."""
+    ordered, count = _sorted_covered(values, covered)
+    lower = np.take_along_axis(ordered, ((np.maximum(count, 1) - 1) // 2)[:, None, :], 1)[:, 0]
+    upper = np.take_along_axis(ordered, (count // 2)[:, None, :], 1)[:, 0]
+    out: FloatArray = np.where(count > 0, lower * 0.5 + upper * 0.5, 0.0)
+    return out
+
+
+def trimmed_mean_covered(values: FloatArray, covered: BoolArray, proportion: float) -> FloatArray:
+    """(n, k): per label, the unweighted trimmed mean over the c members covering it
+    (``int(proportion * c)`` cut from each end, as ``scipy.stats.trim_mean``)."""
+    ordered, count = _sorted_covered(values, covered)
+    cut = np.floor(proportion * count).astype(np.int64)
+    kept = count - 2 * cut
+    position = np.arange(values.shape[1])[None, :, None]
+    keep = (position >= cut[:, None, :]) & (position < (count - cut)[:, None, :])
+    share = np.zeros(count.shape)
+    np.divide(1.0, kept, out=share, where=kept > 0)
+    terms = np.where(keep, ordered, 0.0) * share[:, None, :]
+    out: FloatArray = terms.sum(axis=1)
+    return out

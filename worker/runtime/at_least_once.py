@@ -21,6 +21,7 @@ from worker.engine import Step
 from worker.offsets import safe_commit_offset
 from worker.runtime.connect import close_client, producer_options
 from worker.runtime.delivery import Context
+from worker.runtime.readback import ReadBack
 from worker.runtime.retry import is_fatal
 from worker.runtime.sink import Sink
 
@@ -42,6 +43,9 @@ class AtLeastOnce:
         # Per input partition, the (first, last) offsets of requests fused from it that a
         # commit may still fall inside (see worker/offsets.py); pruned at each commit.
         self._spans: dict[TopicPartition, list[tuple[int, int]]] = {}
+        # Requests fused by an earlier owner are read back at assignment, not re-published
+        # (exactly-once needs none: its changelog holds the pending state).
+        self._readback = ReadBack(context.config, context.beat)
 
     async def start(self) -> None:
         """One idempotent producer for every output."""
@@ -99,6 +103,9 @@ class AtLeastOnce:
                 del self._spans[tp]
         for p in new:
             self._state.open(p)
+        state, ctx = self._state, self._ctx
+        await self._readback.assigned(assigned, new, state.tables, int(ctx.clock_ms()))
+        await ctx.feedback.restore(new, ctx.beat)
 
     def _offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Per partition: the oldest offset of a still-pending request, else the position,
@@ -133,12 +140,18 @@ class AtLeastOnce:
         assert state.consumer is not None
         assert self._sink is not None
         await self._sink.flush()
+        # The output marks, once every output before them is acknowledged.
+        await self._readback.snapshot(state.positions)
         offsets = self._offsets(partitions if partitions is not None else list(state.positions))
         if not offsets:
             return
         metrics = self._ctx.metrics
+        if self._producer is not None:
+            # Weights before offsets: a crash between them repeats learning, never skips it.
+            await self._ctx.feedback.save(self._producer)
         try:
-            await state.consumer.commit(offsets)
+            # Each offset carries its output mark as metadata (worker/runtime/readback.py).
+            await state.consumer.commit(self._readback.annotate(offsets))
         except CommitFailedError as exc:
             # The group rebalanced under us; the new owner starts from the last commit.
             metrics.commit(ok=False)
@@ -161,3 +174,4 @@ class AtLeastOnce:
             budget = self._ctx.config.kafka.shutdown_timeout_ms / 1000
             await close_client(self._producer, budget * 0.2 + 1)
             self._producer = None
+        await self._readback.close()

@@ -22,6 +22,7 @@ from worker.errors import KafkaSetupError
 from worker.join import JoinTable
 from worker.runtime.connect import client_options, close_client
 from worker.runtime.topics import partition_counts
+from worker.state_deps import describe, describe_change, realign
 
 log = logging.getLogger(__name__)
 
@@ -120,4 +121,31 @@ async def read_changelog(
         # Not reader.stop(): during an outage its fetcher's cancellation comes out of it
         # and would end the worker's loop (close_client passes on only our own).
         await close_client(reader, READER_STOP_S)
-    return states
+    return realigned(config, states)
+
+
+def realigned(config: Config, states: dict[int, dict[str, State]]) -> dict[int, dict[str, State]]:
+    """The restored states adapted to the configuration in force (``state_deps.realign``);
+    raises ``StateMismatch`` (exit 2) for a change they cannot follow."""
+    current = describe(config)
+    out: dict[int, dict[str, State]] = {}
+    changes: set[str] = set()
+    dropped = 0
+    for p, table in states.items():
+        out[p] = {}
+        for rid, state in table.items():
+            saved = state.get("deps")
+            if saved is not None and saved != current:
+                changes.add(describe_change(saved, current))
+            adapted = realign(state, current)
+            if adapted is None:
+                dropped += 1
+            else:
+                out[p][rid] = adapted
+    for change in sorted(changes):
+        log.warning("pending state saved under another configuration, realigned: %s", change)
+    if dropped:
+        log.warning(
+            "%d restored pending requests dropped: none of their models is configured", dropped
+        )
+    return out

@@ -22,6 +22,7 @@ from worker.config import Config
 from worker.engine import Step
 from worker.metrics import Metrics
 from worker.runtime.batches import Divert
+from worker.runtime.feedback import FeedbackLink
 from worker.runtime.partitions import Partitions
 
 Connect = Callable[[Callable[[], Awaitable[Any]]], Awaitable[None]]
@@ -30,14 +31,18 @@ Connect = Callable[[Callable[[], Awaitable[Any]]], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a delivery may use of the loop: the configuration, the metrics, the
-    partition state, ``beat`` (liveness, while waiting on the broker) and ``connect``
-    (retry a connecting step with the loop's backoff and fatal-error policy)."""
+    partition state, ``beat`` (liveness, while waiting on the broker), ``connect``
+    (retry a connecting step with the loop's backoff and fatal-error policy),
+    ``feedback`` (the adaptive weights to snapshot and restore) and ``clock_ms``
+    (the loop's clock)."""
 
     config: Config
     metrics: Metrics
     state: Partitions
     beat: Callable[[], None]
     connect: Connect
+    feedback: FeedbackLink
+    clock_ms: Callable[[], float]
 
     def divert(self) -> Divert:
         """Fused results too large for the output topic go to the DLQ, counted."""

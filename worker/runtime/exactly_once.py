@@ -41,6 +41,7 @@ from worker.runtime.batches import SizeLimits
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import admin_client, close_client, producer_options
 from worker.runtime.delivery import Context
+from worker.runtime.feedback import weights_topic
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.transactions import (
     FENCED,
@@ -163,7 +164,9 @@ class ExactlyOnce:
         if table is None:
             return  # closed meanwhile: nothing of it may be committed
         delta = net_change(table, part.dirty, part.logged)
-        if not (part.in_txn or offsets or delta):
+        feedback = self._ctx.feedback
+        weights = feedback.records([p] if p in feedback.dirty else [])
+        if not (part.in_txn or offsets or delta or weights):
             return  # no empty transactions
         await part.begin()
         # The offsets go first: a changelog batch in flight while the coordinator takes
@@ -174,6 +177,8 @@ class ExactlyOnce:
             )
         if delta:
             part.sent += await part.writer.write_to(self._changelog, p, delta)
+        if weights:  # feedback hook: the weights commit with the outputs and offsets
+            part.sent += await part.writer.write_to(weights_topic(self._ctx.config), 0, weights)
         part.sent += await part.writer.submit(force=True)
         # aiokafka commits a transaction even when the broker refused one of its
         # batches (a produce error fails only that batch's future), so every send is
@@ -182,6 +187,8 @@ class ExactlyOnce:
         await part.producer.commit_transaction()
         part.in_txn = False
         part.dirty.clear()
+        if weights:
+            feedback.dirty.discard(p)
         for key, value in delta:
             if value is None:
                 part.logged.discard(key.decode())
@@ -267,7 +274,9 @@ class ExactlyOnce:
                 producers[p] = producer = self._new_producer(p)
                 await producer.start()  # init: fences the previous owner, aborts its txn
             restored = await read_changelog(self._ctx.config, numbers, self._ctx.beat)
-            # Read after the producers' init, so a zombie's last transaction has ended.
+            # Read after the producers' init, so a zombie's last transaction has ended;
+            # its weights too are read as committed.
+            await self._ctx.feedback.restore(numbers, self._ctx.beat)
             positions = {tp: await consumer.committed(tp) for p in numbers for tp in state.of(p)}
         except TXN_ERRORS as exc:
             for producer in producers.values():

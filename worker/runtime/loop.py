@@ -25,18 +25,21 @@ from prometheus_client import CollectorRegistry
 
 from worker.config import Config
 from worker.engine import Engine
-from worker.errors import FusionError, KafkaSetupError
+from worker.errors import KafkaSetupError
 from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
 from worker.runtime.connect import admin_client, client_options, close_client, probe_credentials
+from worker.runtime.cycles import CycleCollector
 from worker.runtime.delivery import Context, Delivery, DeliveryFactory
+from worker.runtime.feedback import FeedbackLink, tally_feedback
 from worker.runtime.handoff import HandOff, Listener
 from worker.runtime.partitions import Partitions
-from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal
+from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal, retry_until_connected
 from worker.runtime.tally import observe_state, tally
 from worker.runtime.topics import check_topics
+from worker.tracing import trace_step
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class Loop:
             models=config.model_names,
             strategy=config.fusion.strategy,
             output_topics=[t for t in (k.output_topic, k.dlq_topic, k.late_topic) if t],
+            accuracy_floor=config.metrics.accuracy_floor,
         )
         self.health = Health(config.metrics.liveness_timeout_ms / 1000)
         self._server: HealthServer | None = None
@@ -85,12 +89,22 @@ class Loop:
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()  # set once partitions are assigned
         # The pure step; its join tables (one per open partition number) are the loop's.
+        fuser = Fuser(config)
+        # Labels and adaptive weights: the engine learns, the link snapshots and restores.
+        self.feedback = FeedbackLink(config, fuser)
         engine = Engine(
-            config, Fuser(config), check_keys=k.check_keys, track_touched=delivery.tracks_touched
+            config,
+            fuser,
+            check_keys=k.check_keys,
+            track_touched=delivery.tracks_touched,
+            learning=self.feedback.learning,
         )
         self.state = Partitions(engine, self.metrics)
         self.engine = engine
-        context = Context(config, self.metrics, self.state, self._beat, self._retry_until_connected)
+        # Frees the fetch buffers aiokafka drops on pause and seek (issue #14).
+        self._cycles = CycleCollector()
+        connect, beat = self._retry_until_connected, self._beat
+        context = Context(config, self.metrics, self.state, beat, connect, self.feedback, clock_ms)
         self.delivery: Delivery = delivery(context)
         self._watch = TopicWatch(k.unknown_topic_timeout_ms)
         self._next_commit = 0.0
@@ -126,7 +140,8 @@ class Loop:
         await self.delivery.start()
         await self._retry_until_connected(consumer.start)
         listener = Listener(self.on_revoked, self.on_assigned)
-        consumer.subscribe(list(cfg.input_topics), listener=listener)
+        # Labels share the consumer: their partition p joins the inputs' partition p.
+        consumer.subscribe([*cfg.input_topics, *self.feedback.topics()], listener=listener)
         self.health.set_connected(True)
         log.info(
             "started: group %s, inputs %s -> %s, strategy %s, %s",
@@ -141,26 +156,15 @@ class Loop:
         await probe_credentials(self.config.kafka)
         async with admin_client(self.config.kafka) as admin:
             await check_topics(admin, self.config.kafka)
+            await self.feedback.check(admin)
 
     async def _retry_until_connected(self, connect: Callable[[], Awaitable[Any]]) -> None:
         """Keep trying while the broker is unreachable; configuration errors stop at once."""
-        backoff = Backoff(self.config.kafka.retry_backoff_ms)
-        while True:
-            self._beat()
-            try:
-                await connect()
-                return
-            except FusionError:
-                raise
-            except KafkaError as exc:
-                if is_fatal(exc):
-                    where = self.config.kafka.bootstrap_servers
-                    raise KafkaSetupError(f"cannot use {where}: {fatal_message(exc)}") from None
-                if self._stopping.is_set():
-                    raise KafkaSetupError(f"stopped while connecting: {exc}") from None
-                wait = backoff.next_s()
-                log.warning("broker not reachable (%s); retrying in %.1fs", exc, wait)
-                await asyncio.sleep(wait)
+        k = self.config.kafka
+        backoff = Backoff(k.retry_backoff_ms)
+        await retry_until_connected(
+            connect, backoff, k.bootstrap_servers, self._beat, self._stopping
+        )
 
     def _beat(self) -> None:
         """Liveness: the loop is alive (also while it waits out an outage)."""
@@ -309,12 +313,16 @@ class Loop:
         now = int(self._clock_ms())
         # ConsumerRecords have what the engine reads (engine.Record): no conversion.
         step = self.engine.step([r for records in batch.values() for r in records], now)
+        # Before the delivery: a span may rename its result's traceparent.
+        trace_step(step)
         self.state.record(step)
         # Where a step's outputs leave the loop: the delivery queues them.
         await self.delivery.emit(step)
         if step.records:
             self.health.set_connected(True)
         tally(self.metrics, self.config, step)
+        self.feedback.noted(step)
+        tally_feedback(self.metrics, step)
         self._backpressure()
 
     def _backpressure(self) -> None:
@@ -334,6 +342,9 @@ class Loop:
             state.paused = False
             self.metrics.set_paused(False)
             log.info("resumed fetching: %d pending requests", pending)
+            # The paused fetches dropped buffered records in reference cycles.
+            self._cycles.mark()
+        self._cycles.maybe_collect()
 
     async def _periodic(self) -> None:
         self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
@@ -385,7 +396,10 @@ class Loop:
         """Where an assignment is applied: keep the tables of partitions that stay, let
         the delivery drop what it lost and take on the new ones, seek kept partitions
         to our position."""
+        self._cycles.mark()  # seeks drop buffered records in cycles too
         new = self.state.apply(assigned)
+        # Only the partition numbers we own are ours to snapshot.
+        self.feedback.keep(self.state.owned)
         await self.delivery.assigned(assigned, new)
         self.state.resume_kept(assigned)
 

@@ -18,10 +18,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from worker.errors import KafkaSetupError
+from worker.errors import FusionError, KafkaSetupError
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +153,30 @@ class Backoff:
         wait = self.next_s()
         await asyncio.sleep(wait)
         return wait
+
+
+async def retry_until_connected(
+    connect: Callable[[], Awaitable[Any]],
+    backoff: Backoff,
+    where: str,
+    beat: Callable[[], None],
+    stopping: asyncio.Event,
+) -> None:
+    """Keep trying ``connect`` while the broker at ``where`` is unreachable; configuration
+    errors and fatal broker errors stop at once (``KafkaSetupError``), as does a stop
+    asked for meanwhile."""
+    while True:
+        beat()
+        try:
+            await connect()
+            return
+        except FusionError:
+            raise
+        except KafkaError as exc:
+            if is_fatal(exc):
+                raise KafkaSetupError(f"cannot use {where}: {fatal_message(exc)}") from None
+            if stopping.is_set():
+                raise KafkaSetupError(f"stopped while connecting: {exc}") from None
+            wait = backoff.next_s()
+            log.warning("broker not reachable (%s); retrying in %.1fs", exc, wait)
+            await asyncio.sleep(wait)

@@ -28,6 +28,8 @@ def tally(metrics: Metrics, config: Config, step: Step) -> None:
         metrics.count_events(model, kind, count)
     for reason, count in step.dead_letters.items():
         metrics.dlq(reason, count)
+    if step.bad_traceparents:
+        metrics.bad_traceparent(step.bad_traceparents)
 
 
 def observe_state(metrics: Metrics, state: Partitions, now_ms: float) -> None:

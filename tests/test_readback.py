@@ -1,0 +1,70 @@
+"""The read-back's pure bookkeeping: the mark each commit stores (worker/runtime/
+readback.py). The read-back itself runs against the broker in the at-least-once chaos
+test."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from worker.runtime.readback import Marks, decode_mark, encode_mark
+
+TP = TopicPartition("in", 0)
+
+
+def test_a_mark_round_trips_through_the_commit_metadata() -> None:
+    """What encode_mark stores, decode_mark reads back for the same output topic."""
+    assert decode_mark(encode_mark("fused", 123), "fused") == 123
+
+
+def test_a_mark_of_another_output_topic_or_writer_is_ignored() -> None:
+    """Metadata for another output topic, of another writer, or none gives no mark."""
+    assert decode_mark(encode_mark("other", 5), "fused") is None
+    assert decode_mark("", "fused") is None
+    assert decode_mark("not json", "fused") is None
+    assert decode_mark('{"v": 99, "output": "fused", "mark": 5}', "fused") is None
+
+
+def test_a_commit_takes_the_mark_of_the_latest_snapshot_at_or_below_it() -> None:
+    """A commit held back below the position stores an earlier snapshot's mark: results
+    published since may belong to requests read again from the commit."""
+    marks = Marks()
+    marks.record(TP, 100, 10)
+    marks.record(TP, 200, 20)
+    marks.record(TP, 300, 30)
+    assert marks.mark_for(TP, 250) == 20
+    assert marks.mark_for(TP, 300) == 30
+
+
+def test_a_commit_below_every_snapshot_has_no_mark() -> None:
+    """Without a snapshot at or below the commit there is no safe mark."""
+    marks = Marks()
+    marks.record(TP, 100, 10)
+    assert marks.mark_for(TP, 99) is None
+
+
+def test_the_start_of_an_assignment_is_a_snapshot() -> None:
+    """The committed offset and its mark at assignment serve the first commits."""
+    marks = Marks()
+    marks.start(TP, 50, 7)
+    marks.record(TP, 400, 40)
+    assert marks.mark_for(TP, 60) == 7
+
+
+def test_a_floor_caps_the_marks_until_the_position_passes_its_end() -> None:
+    """Requests read back at assignment may still have events below the input's end
+    then: their results (after the floor) stay in every mark until the position passes
+    that end; from there snapshots are taken as they are."""
+    marks = Marks()
+    marks.floor(TP, 5, until=150)
+    marks.record(TP, 100, 50)
+    assert marks.mark_for(TP, 100) == 5
+    marks.record(TP, 150, 60)
+    assert marks.mark_for(TP, 150) == 60
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    """forget drops the snapshots of partitions no longer assigned."""
+    marks = Marks()
+    marks.record(TP, 100, 10)
+    marks.forget([TopicPartition("in", 1)])
+    assert marks.mark_for(TP, 100) is None
