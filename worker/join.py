@@ -437,6 +437,10 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
         out["probs"] = unpack_probs(ev.probs)
     elif ev.label is not None:
         out["label"] = ev.label
+    elif ev.text is not None:
+        out["text"] = ev.text
+        if ev.confidence is not None:
+            out["confidence"] = ev.confidence
     else:
         out["score"] = ev.score
     if ev.model_version is not None:
@@ -450,6 +454,8 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
     probs = fields.get("probs")
     label = fields.get("label")
     score = fields.get("score")
+    text = fields.get("text")
+    confidence = fields.get("confidence")
     return PredictionEvent(
         request_id=rid,
         model=model,
@@ -459,4 +465,6 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
         score=None if score is None else float(score),
         model_version=fields.get("model_version"),
         trace_id=fields.get("trace_id"),
+        text=None if text is None else str(text),
+        confidence=None if confidence is None else float(confidence),
     )

@@ -56,7 +56,9 @@ class _Collect:
 
 def default_strategies(config: Config) -> list[str]:
     """Every strategy valid for the config's task but those that need a fitted stacker."""
-    return list(registry.names(registry.task_of(config.fusion.labels), stacker=False))
+    return list(
+        registry.names(registry.task_of(config.fusion.labels, config.fusion.task), stacker=False)
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ def run_backtest(
 
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
     names = list(strategies) if strategies else default_strategies(config)
-    task = registry.task_of(config.fusion.labels)
+    task = registry.task_of(config.fusion.labels, config.fusion.task)
     for name in names:
         registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):

@@ -35,11 +35,14 @@ class Batch:
         task is a classification.
     present : ndarray of shape (n, m), bool
         Which members reported.
+    texts : n rows of m texts (text task), None where the member is missing; empty
+        for the other tasks.
     """
 
     probs: FloatArray
     scores: FloatArray
     present: BoolArray
+    texts: Sequence[Sequence[str | None]] = ()
 
     @property
     def n_requests(self) -> int:
@@ -54,14 +57,24 @@ class Batch:
 
     def take(self, rows: IntArray) -> Batch:
         """The sub-batch of the given request rows."""
-        return Batch(self.probs[rows], self.scores[rows], self.present[rows])
+        texts = [self.texts[r] for r in rows.tolist()] if self.texts else ()
+        return Batch(self.probs[rows], self.scores[rows], self.present[rows], texts)
 
 
-def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_labels: int) -> Batch:
+def build_batch(
+    finished: Sequence[FinishedRequest],
+    models: Sequence[str],
+    n_labels: int,
+    *,
+    text: bool = False,
+) -> Batch:
     """Arrange ``finished`` as a Batch: ``models`` in the configured order, ``n_labels``
-    labels (0 for scores). Events are trusted to be decoded (aligned and validated)."""
+    labels (0 for scores and texts), the members' texts when ``text``. Events are
+    trusted to be decoded (aligned and validated)."""
     n, m = len(finished), len(models)
     present: list[bool] = []
+    if text:
+        return _text_batch(finished, models)
     if n_labels == 0:
         scores: list[float] = []
         for req in finished:
@@ -115,6 +128,22 @@ def build_batch(finished: Sequence[FinishedRequest], models: Sequence[str], n_la
         np.empty((n, 0)),
         np.array(present, dtype=np.bool_).reshape(n, m),
     )
+
+
+def _text_batch(finished: Sequence[FinishedRequest], models: Sequence[str]) -> Batch:
+    n, m = len(finished), len(models)
+    rows: list[list[str | None]] = []
+    for req in finished:
+        get = req.members.get
+        row: list[str | None] = []
+        for name in models:
+            ev = get(name)
+            if ev is not None and ev.text is None:
+                raise _kind_error(req, name, "text")
+            row.append(None if ev is None else ev.text)
+        rows.append(row)
+    present = np.array([[t is not None for t in row] for row in rows], dtype=np.bool_)
+    return Batch(np.empty((n, m, 0)), np.empty((n, 0)), present.reshape(n, m), rows)
 
 
 def _kind_error(req: FinishedRequest, model: str, expected: str) -> FusionError:
