@@ -4,7 +4,14 @@ members and strategies, print the table, optionally write the HTML report.
 With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker and the
 learned weights on the earlier requests (through worker.fusion.fit) and evaluates
 everything on the later ones; the winner (lowest log loss, ties by accuracy; for
-scores lowest RMSE, ties by MAE) is named with the config lines that select it.
+scores lowest RMSE, ties by MAE; for texts highest chrF, ties by WER) is named with the
+config lines that select it.
+
+The text task (``[fusion] task = "text"``): the labels carry the reference texts
+(``{"request_id", "text"}``), the table shows exact match, chrF and WER per member and
+per strategy and the average member (``worker.backtest.text_evaluate``), and the verdict
+says on which metrics the winner beats the average and the best member. ``--fit`` and
+``--bootstrap`` are classification and regression tools and refuse text.
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ def backtest(
     winner = pick_winner(ev)
     best = best_member(ev)
     comparison = None
-    if winner is not None and best is not None and bootstrap > 0:
+    if winner is not None and best is not None and bootstrap > 0 and ev.task != "text":
         comparison = paired_bootstrap(winner, best, ev.task, bootstrap)
     lines += _verdict(ev, winner, best)
     if comparison is not None and winner is not None and best is not None:
@@ -185,6 +192,8 @@ def run_backtest(
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
     names = list(strategies) if strategies else default_strategies(config)
     task = registry.task_of(config.fusion.labels, config.fusion.task)
+    if task == "text" and fit:
+        raise ConfigError("--fit", True, "fitting needs a classification config (fusion.labels)")
     for name in names:
         registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):
@@ -210,6 +219,8 @@ def _when(ts_ms: int | None) -> str:
 def _key(row: Row, task: str) -> tuple[float, float]:
     if task == "classification":
         primary, second = row.metrics["log_loss"], -row.metrics["accuracy"]
+    elif task == "text":
+        primary, second = -row.metrics["chrf"], row.metrics["wer"]
     else:
         primary, second = row.metrics["rmse"], row.metrics["mae"]
     return (
@@ -220,7 +231,8 @@ def _key(row: Row, task: str) -> tuple[float, float]:
 
 def pick_winner(ev: Evaluation) -> Row | None:
     """The best strategy: lowest log loss, ties by higher accuracy (scores: lowest RMSE,
-    ties by MAE), then by name; None when no strategy answered anything."""
+    ties by MAE; texts: highest chrF, ties by lower WER), then by name; None when no
+    strategy answered anything."""
     rows = [r for r in ev.strategies if r.answered]
     if not rows:
         return None
@@ -238,6 +250,8 @@ def best_member(ev: Evaluation) -> Row | None:
 def _verdict(ev: Evaluation, winner: Row | None, best: Row | None) -> list[str]:
     if winner is None:
         return ["no strategy produced a prediction"]
+    if ev.task == "text":
+        return _text_verdict(ev, winner, best)
     metric = "log_loss" if ev.task == "classification" else "rmse"
     lines = [f"winner: {winner.name} ({metric} {winner.metrics[metric]:.4f})"]
     if best is not None:
@@ -245,6 +259,37 @@ def _verdict(ev: Evaluation, winner: Row | None, best: Row | None) -> list[str]:
         lines.append(
             f"best single member: {best.name} ({metric} {best.metrics[metric]:.4f}); "
             f"fusion {'beats' if beats else 'does not beat'} it"
+        )
+    return lines
+
+
+# The text verdict's metrics: (key, name, True when higher is better).
+_TEXT_VERDICT = (
+    ("chrf", "chrF", True),
+    ("wer", "WER", False),
+    ("exact_match", "exact match", True),
+)
+
+
+def _text_verdict(ev: Evaluation, winner: Row, best: Row | None) -> list[str]:
+    """The winner against the average and the best member, metric by metric."""
+    lines = [f"winner: {winner.name} (chrF {winner.metrics['chrf']:.4f})"]
+    average = next((r for r in ev.rows if r.kind == "summary"), None)
+    for other in (average, best):
+        if other is None:
+            continue
+        better = [
+            name
+            for key, name, higher in _TEXT_VERDICT
+            if (winner.metrics[key] > other.metrics[key]) == higher
+            and winner.metrics[key] != other.metrics[key]
+        ]
+        worse = [name for _, name, _ in _TEXT_VERDICT if name not in better]
+        who = "the average member" if other is average else f"the best single member, {other.name}"
+        figures = ", ".join(f"{name} {other.metrics[key]:.4f}" for key, name, _ in _TEXT_VERDICT)
+        lines.append(
+            f"{who} ({figures}): {winner.name} beats it on {', '.join(better) or 'nothing'}"
+            + (f", not on {', '.join(worse)}" if worse and better else "")
         )
     return lines
 
