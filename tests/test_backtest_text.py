@@ -129,3 +129,11 @@ def test_on_the_demo_consensus_beats_the_average_member_through_the_engine(
     consensus, average = rows["consensus"], rows["average"]
     assert float(consensus[-2]) > float(average[-2])
     assert float(consensus[-1]) < float(average[-1])
+
+
+def test_bootstrap_is_refused_for_text(tmp_path: Path) -> None:
+    """The paired bootstrap resamples label or score losses: a ConfigError on --bootstrap."""
+    config, events, labels = write_case(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        run_backtest(load_config(config, env={}), str(events), str(labels), bootstrap=100)
+    assert info.value.key == "--bootstrap"

@@ -102,6 +102,8 @@ def backtest(
     paired comparison of the winner with the best member (0: none).
     """
     names = _strategies(config, strategies, fit)
+    if bootstrap > 0 and config.fusion.is_text:
+        raise ConfigError("--bootstrap", bootstrap, "the paired bootstrap needs labels or scores")
     lines: list[str] = []
     split: TimeSplit | None = None
     fitted: list[Variant] = []
@@ -125,7 +127,7 @@ def backtest(
     winner = pick_winner(ev)
     best = best_member(ev)
     comparison = None
-    if winner is not None and best is not None and bootstrap > 0 and ev.task != "text":
+    if winner is not None and best is not None and bootstrap > 0:
         comparison = paired_bootstrap(winner, best, ev.task, bootstrap)
     lines += _verdict(ev, winner, best)
     if comparison is not None and winner is not None and best is not None:
