@@ -131,6 +131,7 @@ def build_batch(
 
 
 def _text_batch(finished: Sequence[FinishedRequest], models: Sequence[str]) -> Batch:
+    """The text task's batch: each request's texts in model order, None where missing."""
     n, m = len(finished), len(models)
     rows: list[list[str | None]] = []
     for req in finished:
