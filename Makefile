@@ -10,7 +10,7 @@ export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
 .PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
-	backtest-demo demo-langid backtest-langid chaos chaos-at-least-once clean lock
+	backtest-demo text-demo demo-langid backtest-langid chaos chaos-at-least-once clean lock
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,17 @@ backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digi
 	  --output $(DEMO_DIR)/fused.jsonl
 	$(BIN)/fusion-worker backtest --config $(DEMO_DIR)/fusion.toml --predictions $(DEMO_DIR)/events.jsonl \
 	  --labels $(DEMO_DIR)/labels.jsonl --fit --bootstrap 1000 --report $(DEMO_DIR)/report
+
+TEXT_DEMO_DIR := .cache/text-demo
+text-demo: .venv  ## text fusion on real sentences, 4 SIMULATED members: fuse, then the backtest table (report too)
+	$(BIN)/python -m worker.demo_text --out $(TEXT_DEMO_DIR) --quiet
+	$(BIN)/fusion-worker fuse --config $(TEXT_DEMO_DIR)/fusion-text.toml \
+	  --input $(TEXT_DEMO_DIR)/events.jsonl --output $(TEXT_DEMO_DIR)/fused.jsonl
+	$(BIN)/fusion-worker backtest --config $(TEXT_DEMO_DIR)/fusion-text.toml \
+	  --predictions $(TEXT_DEMO_DIR)/events.jsonl --labels $(TEXT_DEMO_DIR)/references.jsonl \
+	  --report $(TEXT_DEMO_DIR)/report
+	@echo "The members above are SIMULATED (worker/demo_text.py: OCR-like, ASR-like, reordering"
+	@echo "and mixed error processes on pyjokes' sentences), not real models."
 
 chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes, 0 lost, 0 duplicates
 	$(BIN)/python -m tests.integration.chaos --bootstrap 127.0.0.1:$(KAFKA_PORT)

@@ -15,7 +15,7 @@ from worker.backtest.run import _config_lines, backtest
 from worker.fusion.artefact import calibration_document, write_artefact
 from worker.fusion.calibration import LOG_FLOOR, apply_temperatures, fit_temperatures
 from worker.fusion.fit import read_training_set
-from worker.fusion.registry import STRATEGIES
+from worker.fusion.registry import names as strategy_names
 
 
 def test_fit_compares_every_calibratable_strategy_with_and_without(tmp_path: Path) -> None:
@@ -26,7 +26,10 @@ def test_fit_compares_every_calibratable_strategy_with_and_without(tmp_path: Pat
     records, truth = history(300, seed=5)
     outcome = backtest(config, records, truth, fit=True, fit_dir=tmp_path)
     names = {r.name for r in outcome.evaluation.strategies}
-    twins = {s + CALIBRATED for s in STRATEGIES} - {"hard_vote+calibrated", "stacking+calibrated"}
+    twins = {s + CALIBRATED for s in strategy_names("classification")} - {
+        "hard_vote+calibrated",
+        "stacking+calibrated",
+    }
     assert twins <= names
     assert "hard_vote" + CALIBRATED not in names
     assert "soft_vote+calibrated+learned_weights" in names

@@ -183,7 +183,7 @@ def test_a_text_answer_with_confidence_is_accepted() -> None:
     ("doc", "reason"),
     [
         ({"text": "x" * (TEXT_MAX_CHARS + 1)}, "schema"),
-        ({"text": 3}, "schema"),
+        ({"text": 3}, "text_type"),
         ({"text": "a", "confidence": 1.5}, "schema"),
         ({"text": "a", "confidence": -0.1}, "schema"),
         ({"text": "a", "confidence": float("nan")}, "non_finite"),

@@ -375,3 +375,72 @@ def test_an_empty_required_array_says_how_many_entries_it_needs() -> None:
         build_config(doc(models=[]))
     assert (info.value.key, info.value.value) == ("models", [])
     assert info.value.problem == "needs at least 1 entry"
+
+
+# -- the text task -----------------------------------------------------------------------
+
+TEXT = {"task": "text", "strategy": "consensus"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "strategy", "task"),
+    [(["a", "b"], "soft_vote", "classification"), ([], "median", "regression")],
+)
+def test_the_task_is_derived_from_labels_when_not_given(
+    labels: list[str], strategy: str, task: str
+) -> None:
+    """Without [fusion] task, labels make a classification and none a regression; the
+    loaded config holds the task in force."""
+    cfg = build_config(doc(fusion={"labels": labels, "strategy": strategy}))
+    assert cfg.fusion.task == task
+
+
+def test_the_text_task_keys_are_loaded(tmp_path: Path) -> None:
+    """task, similarity, normalise and max_text_chars load from TOML (the demo's keys)."""
+    path = tmp_path / "text.toml"
+    path.write_text(
+        '[fusion]\ntask = "text"\nstrategy = "consensus"\nsimilarity = "wer"\n'
+        'normalise = ["nfkc", "whitespace"]\nmax_text_chars = 2000\n[[models]]\nname = "mt"\n'
+    )
+    f = load_config(path, env={}).fusion
+    assert (f.task, f.similarity, f.normalise, f.max_text_chars) == (
+        "text",
+        "wer",
+        ("nfkc", "whitespace"),
+        2000,
+    )
+    assert f.is_text
+    assert not f.is_regression
+
+
+@pytest.mark.parametrize(
+    ("fusion", "key", "value"),
+    [
+        ({**TEXT, "labels": ["a", "b"]}, "fusion.labels", ["a", "b"]),
+        ({"task": "classification", "strategy": "soft_vote"}, "fusion.labels", []),
+        ({"task": "text", "strategy": "soft_vote"}, "fusion.strategy", "soft_vote"),
+        ({"labels": ["a", "b"], "strategy": "consensus"}, "fusion.strategy", "consensus"),
+        ({**TEXT, "max_text_chars": 65_537}, "fusion.max_text_chars", 65_537),
+        ({**TEXT, "max_text_chars": 0}, "fusion.max_text_chars", 0),
+        ({**TEXT, "normalise": ["nfkc", "nfkc"]}, "fusion.normalise", ["nfkc", "nfkc"]),
+        ({**TEXT, "task": "translation"}, "fusion.task", "translation"),
+        ({**TEXT, "similarity": "bleu"}, "fusion.similarity", "bleu"),
+    ],
+)
+def test_bad_text_settings_name_the_key_and_value(
+    fusion: dict[str, Any], key: str, value: Any
+) -> None:
+    """Labels with the text task, a text strategy elsewhere (and the reverse), a
+    max_text_chars beyond the wire bound, a repeated or unknown step: refused by key."""
+    with pytest.raises(ConfigError) as info:
+        build_config(doc(fusion=fusion))
+    assert info.value.key == key
+    assert info.value.value == value
+
+
+def test_an_unknown_normalisation_step_names_the_choices() -> None:
+    """fusion.normalise takes only the four steps, and says which."""
+    with pytest.raises(ConfigError) as info:
+        build_config(doc(fusion={**TEXT, "normalise": ["nfkc", "stem"]}))
+    assert info.value.key.startswith("fusion.normalise")
+    assert "punctuation" in info.value.problem

@@ -15,12 +15,10 @@ The decoder rejects more than the schema by design:
 
 dlq.v1.json: the headers the runtime writes on a dead-letter record match it.
 
-Text events (tests/data/text_prediction_cases.json): the decoder does not decode ``text``
-yet, so these cases are checked against the schema and against the text checks the
-decoder will call (``worker.text_event``), on the fields those checks own; the cases
-about the one-of prediction kinds are schema-only until the decoder learns ``text``.
-The DLQ reason list is the decoder's reasons plus ``TEXT_REASONS``, which the decoder
-will then raise itself.
+Text events (tests/data/text_prediction_cases.json): the decoder under the table's text
+configuration gives each case's verdict, and agrees with the schema as above; the text
+checks it calls (``worker.text_event``) agree on the cases they own. The DLQ reason list
+is exactly the decoder's reasons.
 """
 
 from __future__ import annotations
@@ -133,11 +131,12 @@ def test_schema_examples_validate(name: str) -> None:
 
 def test_the_prediction_examples_decode() -> None:
     """The schema's examples are accepted by the decoder (their models configured)."""
-    examples = [e for e in schema("prediction.v1.json")["examples"] if "text" not in e]
-    models = {e["model"] for e in examples}
-    cfg = build_config({**CASES["config"], "models": [{"name": m} for m in sorted(models)]})
+    examples = schema("prediction.v1.json")["examples"]
+    models = [{"name": m} for m in sorted({e["model"] for e in examples})]
+    cfg = build_config({**CASES["config"], "models": models})
+    text_cfg = build_config({"fusion": {"task": "text", "strategy": "consensus"}, "models": models})
     for example in examples:
-        Decoder(cfg).decode(orjson.dumps(example), RECORD_TS)
+        Decoder(text_cfg if "text" in example else cfg).decode(orjson.dumps(example), RECORD_TS)
 
 
 # -- the table -------------------------------------------------------------------------
@@ -163,8 +162,9 @@ def test_schema_and_decoder_agree_on_the_table(case: dict[str, Any]) -> None:
 
 
 def test_the_table_covers_every_reason() -> None:
-    """Each reason code the decoder has appears in the table."""
-    assert {c["decoder"] for c in CASES["cases"]} - {"ok"} == set(REASONS)
+    """Each reason code the decoder has appears in the table or the text table."""
+    seen = {c["decoder"] for c in CASES["cases"]} | {c["decoder"] for c in TEXT_CASES["cases"]}
+    assert seen - {"ok"} == set(REASONS)
 
 
 # -- every edge value of every field, one at a time -------------------------------------
@@ -250,12 +250,9 @@ def test_schema_and_decoder_agree_on_generated_events(
 
 
 def test_the_dlq_schema_lists_every_reason() -> None:
-    """The ``error`` header's enum is exactly the dead-letter reason codes: the decoder's,
-    the record checks' (``key_mismatch``) and the text checks' (until the decoder applies
-    them)."""
-    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(DLQ_REASONS) | set(
-        TEXT_REASONS
-    )
+    """The ``error`` header's enum is exactly the dead-letter reason codes: the decoder's
+    (text checks included) and the record checks' (``key_mismatch``)."""
+    assert set(schema("dlq.v1.json")["properties"]["error"]["enum"]) == set(DLQ_REASONS)
     assert set(REASONS) < set(DLQ_REASONS)
 
 
@@ -283,6 +280,26 @@ for _case in TEXT_CASES["cases"]:  # "LONG" stands for a text one over the wire 
     if _case["event"].get("text") == "LONG":
         _case["event"]["text"] = "x" * (TEXT_MAX_CHARS + 1)
 OWNED = [c for c in TEXT_CASES["cases"] if c["owner"] == "text_event"]
+TEXT_DECODER = Decoder(build_config(TEXT_CASES["config"]))
+TEXT_IDS = [c["case"] for c in TEXT_CASES["cases"]]
+
+
+def text_decoder_says(value: bytes) -> str:
+    """ "ok" or the reason of the decoder under the text table's configuration."""
+    try:
+        TEXT_DECODER.decode(value, RECORD_TS)
+    except InvalidEvent as exc:
+        return exc.reason
+    return "ok"
+
+
+def text_agree(value: bytes) -> None:
+    valid, verdict = schema_says(value), text_decoder_says(value)
+    if valid:
+        assert verdict == "ok" or verdict in CONFIG_REASONS | {"too_large"}, (value, verdict)
+    else:
+        assert verdict != "ok", (value, "the decoder accepts what the schema rejects")
+        assert verdict not in CONFIG_REASONS, (value, verdict)
 
 
 def text_checks_say(doc: dict[str, Any]) -> str:
@@ -294,7 +311,7 @@ def text_checks_say(doc: dict[str, Any]) -> str:
     return "ok"
 
 
-@pytest.mark.parametrize("case", TEXT_CASES["cases"], ids=[c["case"] for c in TEXT_CASES["cases"]])
+@pytest.mark.parametrize("case", TEXT_CASES["cases"], ids=TEXT_IDS)
 def test_schema_verdict_on_the_text_table(case: dict[str, Any]) -> None:
     """The schema accepts or rejects each text event as the table says."""
     assert schema_says(orjson.dumps(case["event"])) is case["schema"]
@@ -316,6 +333,66 @@ def test_schema_and_text_checks_agree(case: dict[str, Any]) -> None:
     else:
         assert verdict != "ok"
         assert verdict not in TEXT_CONFIG_REASONS
+
+
+@pytest.mark.parametrize("case", TEXT_CASES["cases"], ids=TEXT_IDS)
+def test_decoder_verdict_on_the_text_table(case: dict[str, Any]) -> None:
+    """The decoder, under the text task, accepts each text event or rejects it with the
+    reason the table says (the one-of prediction kinds included)."""
+    assert text_decoder_says(orjson.dumps(case["event"])) == case["decoder"]
+
+
+@pytest.mark.parametrize("case", TEXT_CASES["cases"], ids=TEXT_IDS)
+def test_schema_and_decoder_agree_on_the_text_table(case: dict[str, Any]) -> None:
+    """Text events: schema-invalid -> rejected for a wire reason; schema-valid ->
+    accepted or rejected only for a configuration reason."""
+    text_agree(orjson.dumps(case["event"]))
+
+
+def test_a_prediction_kind_that_does_not_fit_the_task_is_a_label_mismatch() -> None:
+    """text under a classification task, and probs, label or score under the text task:
+    schema-valid, rejected as label_mismatch."""
+    text_event = {"request_id": "r1", "model": "roberta", "ts": 5, "text": "Paris"}
+    assert decoder_says(orjson.dumps(text_event)) == "label_mismatch"
+    for kind in ({"probs": [0.5, 0.5]}, {"label": "Paris"}, {"score": 0.5}):
+        event = {"request_id": "r1", "model": "roberta", "ts": 5, **kind}
+        assert schema_says(orjson.dumps(event))
+        assert text_decoder_says(orjson.dumps(event)) == "label_mismatch", kind
+
+
+TEXT_BASES: list[dict[str, Any]] = [
+    {"request_id": "r1", "model": "roberta", "ts": 5, "text": "The cat sat."},
+    {"request_id": "r1", "model": "bert-base", "text": "Paris", "confidence": 0.5},
+]
+TEXT_EDGES: dict[str, list[Any]] = {
+    "text": ["", " ", "...", "x" * 40, "x" * 41, "東京", *ODD],
+    "confidence": [0, 1, 0.5, -0.1, 1.5, 2**64, *ODD],
+    "probs": [[0.5, 0.5], *ODD],
+    "label": ["x", *ODD],
+    "score": [0.5, *ODD],
+    "labels": [["a", "b"], *ODD],
+    "model": ["gpt-9", *ODD],
+    "extra": ODD,
+}
+
+
+@given(
+    base=st.sampled_from(TEXT_BASES),
+    changes=st.dictionaries(
+        st.sampled_from(sorted(TEXT_EDGES)),
+        st.one_of(
+            st.sampled_from([v for values in TEXT_EDGES.values() for v in values]),
+            json_values(2**65, 4, 4),
+        ),
+        max_size=3,
+    ),
+)
+def test_schema_and_decoder_agree_on_generated_text_events(
+    base: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    """Property: a text event with up to three fields set to edge values or any JSON
+    value: the decoder under the text task and the schema agree."""
+    text_agree(json.dumps({**base, **changes}).encode())
 
 
 def test_the_text_table_covers_every_text_reason() -> None:

@@ -24,6 +24,7 @@ from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
 from worker.fusion import registry
 from worker.fusion.early import EARLY_STRATEGIES
+from worker.text_event import TEXT_MAX_CHARS
 from worker.vocabulary import Vocabularies, vocabularies
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -118,9 +119,15 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     label_map: dict[str, str] = {}
 
 
+NormaliseStep = Literal["nfkc", "case", "punctuation", "whitespace"]
+
+
 class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A name of worker.fusion.registry.STRATEGIES, valid for the task.
     strategy: str = "soft_vote"
+    # Empty in the file: derived from labels (classification with labels, else
+    # regression), resolved at load, so the loaded value is always the task in force.
+    task: Literal["", "classification", "regression", "text"] = ""
     # Empty: the models predict scores (regression).
     labels: tuple[str, ...] = ()
     # |sum(probs) - 1| above this is an invalid event (reason ``not_normalised``).
@@ -136,10 +143,20 @@ class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     calibration_file: str = ""
     # "adaptive": the weights learn from the labels ([feedback]); "static": they stay.
     weights: Literal["static", "adaptive"] = "static"
+    # The text task (worker.fusion.text): how consensus compares texts, which
+    # normalisation steps apply before comparing (None: the strategy's default), and
+    # the longest text accepted (the wire bound of the schema may only be lowered).
+    similarity: Literal["chrf", "token_f1", "wer"] = "chrf"
+    normalise: tuple[NormaliseStep, ...] | None = None
+    max_text_chars: Annotated[int, Meta(ge=1, le=TEXT_MAX_CHARS)] = TEXT_MAX_CHARS
 
     @property
     def is_regression(self) -> bool:
-        return not self.labels
+        return registry.task_of(self.labels, self.task) == "regression"
+
+    @property
+    def is_text(self) -> bool:
+        return self.task == "text"
 
 
 class FeedbackConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -221,11 +238,14 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         raise conversion_error(exc, raw, Config, SECTIONS) from None
     _validate(cfg)
     kafka = cfg.kafka
+    fusion = cfg.fusion
+    if not fusion.task:
+        fusion = msgspec.structs.replace(fusion, task=registry.task_of(fusion.labels))
     if not kafka.commit_interval_ms:
         commit_interval_ms = DEFAULT_COMMIT_INTERVAL_MS[kafka.delivery]
         kafka = msgspec.structs.replace(kafka, commit_interval_ms=commit_interval_ms)
     _validate_commit_interval(kafka)
-    return msgspec.structs.replace(cfg, kafka=kafka, source=source)
+    return msgspec.structs.replace(cfg, kafka=kafka, fusion=fusion, source=source)
 
 
 def _validate(cfg: Config) -> None:
@@ -311,10 +331,19 @@ def _validate_fusion(f: FusionConfig) -> None:
         raise ConfigError(
             "fusion.labels", list(f.labels), "needs at least two labels (or none for scores)"
         )
-    strategy = registry.lookup(f.strategy, registry.task_of(f.labels), key="fusion.strategy")
+    task = registry.task_of(f.labels, f.task)
+    if task == "classification" and not f.labels:
+        raise ConfigError("fusion.labels", [], 'required with task = "classification"')
+    if task in ("regression", "text") and f.labels:
+        raise ConfigError(
+            "fusion.labels", list(f.labels), f"must be empty with task = {task!r} (no labels)"
+        )
+    if f.normalise is not None and len(set(f.normalise)) != len(f.normalise):
+        raise ConfigError("fusion.normalise", list(f.normalise), "lists a step twice")
+    strategy = registry.lookup(f.strategy, task, key="fusion.strategy")
     if strategy.needs_stacker and not f.stacker:
         raise ConfigError("fusion.stacker", f.stacker, f"required with strategy = {f.strategy!r}")
-    fallbacks = registry.names(stacker=False)
+    fallbacks = registry.names("classification", stacker=False)
     if f.fallback not in fallbacks:
         raise ConfigError(
             "fusion.fallback",

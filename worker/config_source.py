@@ -64,6 +64,7 @@ def _type_at(root: type[msgspec.Struct], path: Sequence[str | int]) -> mi.Type |
     """The declared type of the key at ``path``, or None when there is no such key."""
     node: mi.Type = _schema(root)
     for step in path:
+        node = _optional(node)
         if isinstance(node, mi.StructType) and isinstance(step, str):
             found = [f.type for f in node.fields if f.encode_name == step]
             if not found:
@@ -73,7 +74,16 @@ def _type_at(root: type[msgspec.Struct], path: Sequence[str | int]) -> mi.Type |
             node = node.item_type
         else:
             return None
-    return node
+    return _optional(node)
+
+
+def _optional(kind: mi.Type) -> mi.Type:
+    """``T`` for an optional key of type ``T | None`` (the union of both otherwise)."""
+    if isinstance(kind, mi.UnionType):
+        kinds = [k for k in kind.types if not isinstance(k, mi.NoneType)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return kind
 
 
 def _describe(kind: mi.Type) -> str:

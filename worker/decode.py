@@ -14,14 +14,19 @@ Checks run in this order, so that the reason does not depend on chance:
                    overflows a double (orjson refuses both; RFC 8259 has no such numbers).
 3. Wire checks, everything ``prediction.v1.json`` states: ``schema`` (missing or
    wrong-typed field, a field the schema does not define, none or several of
-   ``probs``/``label``/``score``, ``labels`` without ``probs``, request_id length, ``ts``
-   not an integer in [0, 2**63)), ``negative`` (a probability below 0).
+   ``probs``/``label``/``score``/``text``, ``labels`` without ``probs``, ``confidence``
+   without ``text`` or outside [0, 1], request_id length, ``ts`` not an integer in
+   [0, 2**63), ``text`` over the wire bound of 65,536 characters), ``negative`` (a
+   probability below 0), ``text_type`` (``text`` not a string).
 4. Config checks, which the schema cannot make: ``unknown_model``; ``unknown_label`` (a
    ``label`` or a ``labels`` entry that is not configured); ``label_mismatch`` (``probs``
    length differs from the label count or from ``labels``, ``labels`` not a permutation of
    the configured labels, or the prediction kind does not fit the task: ``score`` with
-   labels configured, ``probs``/``label`` without); ``not_normalised`` (|sum(probs) - 1|
-   above ``[fusion] prob_tolerance``).
+   labels configured, ``probs``/``label`` without, ``text`` under any task but
+   ``[fusion] task = "text"``, anything but ``text`` under it); ``not_normalised``
+   (|sum(probs) - 1| above ``[fusion] prob_tolerance``); ``text_too_long`` (over
+   ``[fusion] max_text_chars``) and ``text_empty`` (nothing left once normalised as
+   configured), the checks of ``worker.text_event``.
 
 So a schema-invalid event never gets a config reason (``CONFIG_REASONS``), and a
 schema-valid one is rejected only for one of those or ``too_large`` (a size limit, checked
@@ -63,12 +68,21 @@ import orjson
 from worker.config import Config
 from worker.errors import InvalidEvent
 from worker.events import PredictionEvent
+from worker.fusion.text import text_normalisation
+from worker.text_event import (
+    TEXT_CONFIG_REASONS,
+    TEXT_FIELDS,
+    TEXT_REASONS,
+    check_confidence,
+    check_text_config,
+    check_text_type,
+)
 from worker.vocabulary import UNMAPPED, Vocabulary
 
 log = logging.getLogger(__name__)
 
 # Every InvalidEvent.reason the decoder raises (the DLQ header ``error``, a metric label).
-REASONS = (
+REASONS: tuple[str, ...] = (
     "too_large",
     "json",
     "non_finite",
@@ -79,6 +93,8 @@ REASONS = (
     "label_mismatch",
     "not_normalised",
 )
+REASONS += TEXT_REASONS
+
 # Reasons about the Kafka record around a valid event, checked by the engine step
 # (``check_key``): the value alone cannot show them.
 RECORD_REASONS = ("key_mismatch",)
@@ -90,8 +106,10 @@ LABEL_REASONS = ("label_type",)
 DLQ_REASONS = (*REASONS, *RECORD_REASONS, *LABEL_REASONS)
 # The reasons that depend on the configuration: the schema cannot see these.
 CONFIG_REASONS = frozenset({"unknown_model", "unknown_label", "label_mismatch", "not_normalised"})
+CONFIG_REASONS |= TEXT_CONFIG_REASONS
 FIELDS = frozenset(
     {"request_id", "model", "ts", "probs", "label", "score", "labels", "model_version", "trace_id"}
+    | TEXT_FIELDS
 )
 REQUEST_ID_MAX_CHARS = 256
 TS_MAX = 2**63 - 1  # Kafka timestamps are int64 ms
@@ -157,6 +175,7 @@ class Decoder:
         "_n_labels",
         "_orders",
         "_pack",
+        "_text",
         "_tolerance",
         "_versions",
         "_vocab",
@@ -179,6 +198,13 @@ class Decoder:
             for name, vocab in zip(config.model_names, config.vocabularies.models, strict=True)
             if not vocab.is_identity
         }
+        fusion = config.fusion
+        # The text task: (max_text_chars, normalisation) for the checks; None otherwise.
+        self._text = (
+            (fusion.max_text_chars, text_normalisation(fusion.strategy, fusion.normalise))
+            if fusion.is_text
+            else None
+        )
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:
         """Parse and validate one record value. Raises InvalidEvent (see the module doc)."""
@@ -215,15 +241,17 @@ class Decoder:
         ts = doc.get("ts")
         if type(ts) is not int or not 0 <= ts <= TS_MAX:
             ts = self._ts(doc, record_ts_ms)
-        kinds = ("probs" in doc) + ("label" in doc) + ("score" in doc)
+        kinds = ("probs" in doc) + ("label" in doc) + ("score" in doc) + ("text" in doc)
         if kinds != 1:
             raise InvalidEvent(
                 "schema",
-                "exactly one of probs, label, score is required, got "
-                + (", ".join(k for k in ("probs", "label", "score") if k in doc) or "none"),
+                "exactly one of probs, label, score, text is required, got "
+                + (", ".join(k for k in ("probs", "label", "score", "text") if k in doc) or "none"),
             )
         if "labels" in doc and "probs" not in doc:
             raise InvalidEvent("schema", "labels is only allowed with probs")
+        if "confidence" in doc and "text" not in doc:
+            raise InvalidEvent("schema", "confidence is only allowed with text")
         model_version = doc.get("model_version")
         if model_version is not None or "model_version" in doc:
             model_version = self._version(model_version)
@@ -237,7 +265,13 @@ class Decoder:
         names: list[str] | None = None
         label_name: str | None = None
         score: float | None = None
-        if "probs" in doc:
+        text: str | None = None
+        confidence: float | None = None
+        if "text" in doc:
+            text = check_text_type(doc["text"])
+            if "confidence" in doc:
+                confidence = check_confidence(doc["confidence"])
+        elif "probs" in doc:
             raw = _probs(doc["probs"])
             if "labels" in doc:
                 order = self._cached_order(doc["labels"])
@@ -260,7 +294,9 @@ class Decoder:
         probs: bytes | None = None
         label: int | None = None
         codes = self._vocab.get(canonical) if self._vocab else None
-        if codes is not None and raw is not None:
+        if self._text is not None or text is not None:
+            text = self._checked_text(text)
+        elif codes is not None and raw is not None:
             probs = codes.mapped(raw, doc.get("labels"), self._tolerance, self._pack)
         elif codes is not None and label_name is not None:
             label = codes.label(label_name)
@@ -274,7 +310,16 @@ class Decoder:
                 f"score {score!r} sent but fusion.labels is set (a classification task)",
             )
         return PredictionEvent(
-            request_id, canonical, ts, probs, label, score, model_version, trace_id
+            request_id,
+            canonical,
+            ts,
+            probs,
+            label,
+            score,
+            model_version,
+            trace_id,
+            text=text,
+            confidence=confidence,
         )
 
     # -- helpers ------------------------------------------------------------------------
@@ -294,6 +339,17 @@ class Decoder:
         if not 0 <= ts <= TS_MAX:
             raise InvalidEvent("schema", f"ts must be in [0, 2**63), got {ts}")
         return int(ts)
+
+    def _checked_text(self, text: str | None) -> str:
+        """Config checks of the text task: a text, and only under it (``label_mismatch``),
+        within ``max_text_chars`` and not empty once normalised."""
+        if self._text is None:
+            raise InvalidEvent("label_mismatch", 'text sent but fusion.task is not "text"')
+        if text is None:
+            raise InvalidEvent(
+                "label_mismatch", 'probs, label or score sent but fusion.task is "text"'
+            )
+        return check_text_config(text, *self._text)
 
     def _version(self, value: object) -> str:
         if type(value) is not str:

@@ -21,8 +21,11 @@ changed (a simulation too, not a model's log-probability).
 ``python -m worker.demo_text --out DIR`` writes DIR/events.jsonl (prediction events
 with ``text``), DIR/references.jsonl (request_id, text), DIR/fusion-text.toml (the
 configuration these events are for: task "text", consensus) and prints the table of
-exact match, chrF and WER per member, per strategy, for the average member and the
-best member, computed with worker.backtest.text_metrics.
+exact match, chrF and WER per member, per strategy (consensus with each similarity),
+for the average member and the best member, computed with
+worker.backtest.text_metrics (``--quiet``: no table). ``make text-demo`` then runs
+``fusion-worker fuse`` and ``fusion-worker backtest`` on these files, the path a user
+takes with real models.
 """
 
 from __future__ import annotations
@@ -209,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Text fusion demo data and its table.")
     parser.add_argument("--out", type=Path, default=Path(".cache/text-demo"))
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--quiet", action="store_true", help="write the files, print no table")
     args = parser.parse_args(argv)
     events, references = simulate(sentences(), args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{len(references)} requests (pyjokes' English sentences), {len(events)} events from "
         f"4 SIMULATED members, seed {args.seed}; files in {args.out}"
     )
-    print(format_text_table(evaluate(events, references)))
+    if not args.quiet:
+        print(format_text_table(evaluate(events, references)))
 
 
 if __name__ == "__main__":

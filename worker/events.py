@@ -30,13 +30,14 @@ def unpack_probs(packed: bytes) -> list[float]:
 class PredictionEvent:
     """One model's prediction for one request, validated and aligned to the config.
 
-    Exactly one of ``probs``, ``label`` and ``score`` is set:
+    Exactly one of ``probs``, ``label``, ``score`` and ``text`` is set:
     ``probs`` is in the configured label order (``[fusion] labels``), whatever order
     the producer used, packed as float64 (``pack_probs``/``unpack_probs``): 24 bytes for
     three labels instead of a tuple of three float objects, which matters with a million
     requests pending; ``label`` is the index of a hard prediction in that order (-1: a
     code of the model's own vocabulary that maps to no fused label, an abstention);
-    ``score`` is a regression output.
+    ``score`` is a regression output; ``text`` is a text answer (the text task), as sent,
+    with the member's own ``confidence`` in [0, 1] when it sent one.
 
     The constructor also takes ``probs`` as a sequence of floats and packs it.
 
@@ -55,6 +56,8 @@ class PredictionEvent:
     model_version: str | None
     trace_id: str | None
     traceparent: str | None
+    text: str | None
+    confidence: float | None
 
     def __init__(
         self,
@@ -67,6 +70,8 @@ class PredictionEvent:
         model_version: str | None = None,
         trace_id: str | None = None,
         traceparent: str | None = None,
+        text: str | None = None,
+        confidence: float | None = None,
     ) -> None:
         self.request_id = request_id
         self.model = model
@@ -78,6 +83,8 @@ class PredictionEvent:
         self.model_version = model_version
         self.trace_id = trace_id
         self.traceparent = traceparent
+        self.text = text
+        self.confidence = confidence
 
 
 @dataclass(slots=True)

@@ -535,6 +535,10 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
         out["probs"] = unpack_probs(ev.probs)
     elif ev.label is not None:
         out["label"] = ev.label
+    elif ev.text is not None:
+        out["text"] = ev.text
+        if ev.confidence is not None:
+            out["confidence"] = ev.confidence
     else:
         out["score"] = ev.score
     if ev.model_version is not None:
@@ -550,6 +554,8 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
     probs = fields.get("probs")
     label = fields.get("label")
     score = fields.get("score")
+    text = fields.get("text")
+    confidence = fields.get("confidence")
     return PredictionEvent(
         request_id=rid,
         model=model,
@@ -560,4 +566,6 @@ def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> Predictio
         model_version=fields.get("model_version"),
         trace_id=fields.get("trace_id"),
         traceparent=fields.get("traceparent"),
+        text=None if text is None else str(text),
+        confidence=None if confidence is None else float(confidence),
     )

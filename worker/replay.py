@@ -165,7 +165,7 @@ class MultiFuser:
 def make_fuser(config: Config, strategies: Sequence[str] | None) -> Fuser | MultiFuser:
     """The configured strategy's Fuser, or a MultiFuser for several (names checked)."""
     names = list(strategies) if strategies else [config.fusion.strategy]
-    task = registry.task_of(config.fusion.labels)
+    task = registry.task_of(config.fusion.labels, config.fusion.task)
     for name in names:
         registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):

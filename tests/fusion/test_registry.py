@@ -5,24 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.fusion.factories import MODELS, make_config, probs_requests, score_requests
 from worker.backtest.run import default_strategies
+from worker.config import Config
 from worker.errors import ConfigError
 from worker.fusion import Fuser, registry
 from worker.fusion.registry import STRATEGIES, Strategy, Task
 from worker.replay import make_fuser
 
-TASKS: tuple[Task, ...] = ("classification", "regression")
+TASKS: tuple[Task, ...] = ("classification", "regression", "text")
 PAIRS = [(name, task) for name in STRATEGIES for task in TASKS]
 
 
 def test_the_table_declares_the_documented_tasks() -> None:
     """Votes, log-linear pooling and stacking need labels; the means and order
-    statistics serve scores too; only the order statistics ignore the weights."""
+    statistics serve scores too; only the order statistics ignore the weights; the
+    text strategies serve the text task only."""
     declared = {n: (set(s.tasks), s.weighted, s.needs_stacker) for n, s in STRATEGIES.items()}
     both, cls = {"classification", "regression"}, {"classification"}
     assert declared == {
@@ -33,11 +36,21 @@ def test_the_table_declares_the_documented_tasks() -> None:
         "median": (both, False, False),
         "trimmed_mean": (both, False, False),
         "stacking": (cls, True, True),
+        "text_vote": ({"text"}, True, False),
+        "consensus": ({"text"}, True, False),
     }
 
 
 def _labels(task: Task) -> tuple[str, ...]:
     return ("negative", "neutral", "positive") if task == "classification" else ()
+
+
+def _config(task: Task, **fusion: Any) -> Config:
+    """A valid config of ``task`` (the text task names itself and a text strategy)."""
+    if task == "text":
+        fusion.setdefault("strategy", "consensus")
+        return make_config(labels=(), task="text", **fusion)
+    return make_config(labels=_labels(task), **fusion)
 
 
 @pytest.mark.parametrize(("name", "task"), [p for p in PAIRS if p[1] in STRATEGIES[p[0]].tasks])
@@ -47,7 +60,7 @@ def test_every_strategy_validates_for_its_tasks(name: str, task: Task, tmp_path:
     stacker = tmp_path / "stacker.json"
     stacker.write_text("{}")
     extra = {"stacker": str(stacker)} if STRATEGIES[name].needs_stacker else {}
-    cfg = make_config(labels=_labels(task), strategy=name, **extra)
+    cfg = _config(task, strategy=name, **extra)
     assert cfg.fusion.strategy == name
 
 
@@ -56,9 +69,9 @@ def test_a_strategy_is_refused_outside_its_tasks(name: str, task: Task) -> None:
     """A strategy outside its declared tasks is a ConfigError on fusion.strategy, for the
     config, the Fuser and replay's --strategy alike."""
     with pytest.raises(ConfigError) as info:
-        make_config(labels=_labels(task), strategy=name)
+        _config(task, strategy=name)
     assert (info.value.key, info.value.value) == ("fusion.strategy", name)
-    valid = make_config(labels=_labels(task))
+    valid = _config(task)
     with pytest.raises(ConfigError, match=r"fusion\.strategy"):
         Fuser(valid, name)
     with pytest.raises(ConfigError) as info:
@@ -78,14 +91,15 @@ def test_backtest_defaults_are_the_task_strategies_without_a_stacker(task: Task)
     """The backtest runs, by default, every strategy of the task but those needing a
     stacker, in table order."""
     expected = [s.name for s in STRATEGIES.values() if task in s.tasks and not s.needs_stacker]
-    assert default_strategies(make_config(labels=_labels(task))) == expected
+    assert default_strategies(_config(task)) == expected
     assert "stacking" not in expected
 
 
 def test_the_fallback_must_need_no_stacker() -> None:
-    """fusion.fallback is any strategy of the table that needs no stacker."""
+    """fusion.fallback is any classification strategy of the table that needs no
+    stacker."""
     for name, strategy in STRATEGIES.items():
-        if strategy.needs_stacker:
+        if strategy.needs_stacker or "classification" not in strategy.tasks:
             with pytest.raises(ConfigError, match=r"fusion\.fallback"):
                 make_config(fallback=name)
         else:

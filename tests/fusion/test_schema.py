@@ -72,7 +72,10 @@ def _plain(value: Any) -> None:
         assert value is None or type(value) in (str, int, bool)
 
 
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "stacking"])
+@pytest.mark.parametrize(
+    "strategy",
+    [s for s, v in STRATEGIES.items() if "classification" in v.tasks and s != "stacking"],
+)
 def test_classification_results_validate(strategy: str) -> None:
     """Every non-stacking strategy's complete/partial/insufficient results validate."""
     _check(Fuser(make_config(min_models=2), strategy).fuse(_classification_requests()))

@@ -68,7 +68,7 @@ class Row:
 class Evaluation:
     """Everything the table and the report show."""
 
-    task: str  # "classification" | "regression"
+    task: str  # "classification" | "regression" | "text"
     labels: tuple[str, ...]
     models: tuple[str, ...]
     rows: list[Row]
@@ -94,7 +94,12 @@ def evaluate(
     truth: Mapping[str, Label],
 ) -> Evaluation:
     """Score ``results`` (variant name -> fused results, one per request) on ``truth``
-    (request_id -> label string, or number for a regression config)."""
+    (request_id -> label string, or number for a regression config, or reference text
+    for the text task: ``worker.backtest.text_evaluate``)."""
+    if config.fusion.is_text:
+        from worker.backtest.text_evaluate import evaluate_text
+
+        return evaluate_text(config, results, {k: str(v) for k, v in truth.items()})
     labels = config.fusion.labels
     models = config.model_names
     regression = config.fusion.is_regression

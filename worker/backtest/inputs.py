@@ -33,8 +33,9 @@ def load_predictions(config: Config, spec: str, progress: bool | None = None) ->
 
 
 def load_labels(config: Config, spec: str) -> dict[str, Label]:
-    """request_id -> label from ``{"request_id", "label"}`` lines or records; a later
-    record for the same request replaces an earlier one (as on a compacted topic)."""
+    """request_id -> label from ``{"request_id", "label"}`` lines or records (the text
+    task: ``{"request_id", "text"}``, the reference text); a later record for the same
+    request replaces an earlier one (as on a compacted topic)."""
     rng = TopicRange.parse(spec, "--labels")
     if rng is None:
         values: Iterable[tuple[str, bytes]] = (
@@ -48,6 +49,7 @@ def load_labels(config: Config, spec: str) -> dict[str, Label]:
         )
         values = ((f"{spec} record {i}", r[1]) for i, r in enumerate(records))
     regression = config.fusion.is_regression
+    field = "text" if config.fusion.is_text else "label"
     out: dict[str, Label] = {}
     for where, raw in values:
         try:
@@ -55,10 +57,18 @@ def load_labels(config: Config, spec: str) -> dict[str, Label]:
         except orjson.JSONDecodeError as exc:
             raise FusionError(f"{where}: not JSON ({exc})") from None
         rid = doc.get("request_id") if isinstance(doc, dict) else None
-        label = doc.get("label") if isinstance(doc, dict) else None
+        label = doc.get(field) if isinstance(doc, dict) else None
         if not isinstance(rid, str) or not rid:
-            raise FusionError(f"{where}: expected {{'request_id': str, 'label': ...}}, got {doc!r}")
-        if regression:
+            raise FusionError(
+                f"{where}: expected {{'request_id': str, {field!r}: ...}}, got {doc!r}"
+            )
+        if field == "text":
+            if not isinstance(label, str):
+                raise FusionError(
+                    f"{where}: text must be the reference text (the text task), got {label!r}"
+                )
+            out[rid] = label
+        elif regression:
             if isinstance(label, bool) or not isinstance(label, int | float):
                 raise FusionError(
                     f"{where}: label must be a number (a regression config), got {label!r}"

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from worker.backtest.evaluate import Evaluation, Row
-from worker.backtest.metrics import CLASSIFICATION_METRICS, ECE_BINS, REGRESSION_METRICS
+from worker.backtest.metrics import ECE_BINS
+from worker.backtest.table import METRICS
 from worker.errors import FusionError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ TITLES = {
     "ece": "expected calibration error (lower is better)",
     "mae": "mean absolute error (lower is better)",
     "rmse": "root mean squared error (lower is better)",
+    "exact_match": "exact match (higher is better)",
+    "chrf": "chrF (higher is better)",
+    "wer": "word error rate (lower is better)",
 }
 
 
@@ -75,7 +79,7 @@ def write_report(
         fig.savefig(out_dir / name, format="png", dpi=100, metadata={"Software": None})
         plots.append((name, caption))
 
-    names = CLASSIFICATION_METRICS if evaluation.task == "classification" else REGRESSION_METRICS
+    names = METRICS[evaluation.task]
     save(_metric_bars(figure, evaluation, names, winner), "metrics.png", "Metrics per predictor")
     if evaluation.task == "classification":
         rel = [r for r in evaluation.rows if r.reliability is not None]
@@ -96,6 +100,11 @@ def write_report(
 def _agreement_caption(evaluation: Evaluation) -> str:
     if evaluation.task == "classification":
         return "Members' agreement: share of co-reported requests with the same label"
+    if evaluation.task == "text":
+        return (
+            "Members' agreement: mean chrF of the row member's text against the column "
+            "member's, on co-reported requests"
+        )
     return "Members' agreement: correlation of scores on co-reported requests"
 
 
@@ -118,7 +127,7 @@ def _metric_bars(figure: Any, ev: Evaluation, names: Sequence[str], winner: str 
 
 
 def _colour(row: Row, winner: str | None) -> str:
-    if row.kind == "member":
+    if row.kind != "strategy":
         return MEMBER_COLOUR
     return WINNER_COLOUR if row.name == winner else STRATEGY_COLOUR
 
@@ -231,7 +240,8 @@ the winner in red.</p>
 {figures}
 <p>Definitions: docs/backtest.md (accuracy and macro-F1 on answered requests; log loss
 and Brier score over the configured labels; ECE with {ECE_BINS} equal-width bins on the
-max probability; insufficient results count only in the coverage).</p>
+max probability; text: exact match, corpus chrF and corpus WER against the references;
+insufficient results count only in the coverage).</p>
 </body>
 </html>
 """

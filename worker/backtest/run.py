@@ -5,8 +5,15 @@ With ``fit``: a time-ordered split (worker.backtest.split) trains the stacker, t
 learned weights and the member temperatures on the earlier requests (through
 worker.fusion.fit) and evaluates everything on the later ones, each strategy with and
 without calibration (a configured calibration_file is then not used, as a configured
-stacker is not); the winner (lowest log loss, ties by accuracy; for
-scores lowest RMSE, ties by MAE) is named with the config lines that select it.
+stacker is not); the winner (lowest log loss, ties by accuracy; for scores lowest
+RMSE, ties by MAE; for texts highest chrF, ties by WER) is named with the config lines
+that select it.
+
+The text task (``[fusion] task = "text"``): the labels carry the reference texts
+(``{"request_id", "text"}``), the table shows exact match, chrF and WER per member and
+per strategy and the average member (``worker.backtest.text_evaluate``), and the verdict
+says on which metrics the winner beats the average and the best member. ``--fit`` and
+``--bootstrap`` are classification and regression tools and refuse text.
 """
 
 from __future__ import annotations
@@ -66,7 +73,9 @@ class _Collect:
 
 def default_strategies(config: Config) -> list[str]:
     """Every strategy valid for the config's task but those that need a fitted stacker."""
-    return list(registry.names(registry.task_of(config.fusion.labels), stacker=False))
+    return list(
+        registry.names(registry.task_of(config.fusion.labels, config.fusion.task), stacker=False)
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +117,8 @@ def backtest(
     event time, per partition number, as ``replay --labels`` does.
     """
     names = _strategies(config, strategies, fit)
+    if bootstrap > 0 and config.fusion.is_text:
+        raise ConfigError("--bootstrap", bootstrap, "the paired bootstrap needs labels or scores")
     lines: list[str] = []
     split: TimeSplit | None = None
     fitted: list[Variant] = []
@@ -220,7 +231,9 @@ def _label_events(config: Config, labels: str) -> list[InRecord] | None:
 
 def _strategies(config: Config, strategies: Sequence[str] | None, fit: bool) -> list[str]:
     names = list(strategies) if strategies else default_strategies(config)
-    task = registry.task_of(config.fusion.labels)
+    task = registry.task_of(config.fusion.labels, config.fusion.task)
+    if task == "text" and fit:
+        raise ConfigError("--fit", True, "fitting needs a classification config (fusion.labels)")
     for name in names:
         registry.lookup(name, task, key="--strategy")
     if len(set(names)) != len(names):
@@ -246,6 +259,8 @@ def _when(ts_ms: int | None) -> str:
 def _key(row: Row, task: str) -> tuple[float, float]:
     if task == "classification":
         primary, second = row.metrics["log_loss"], -row.metrics["accuracy"]
+    elif task == "text":
+        primary, second = -row.metrics["chrf"], row.metrics["wer"]
     else:
         primary, second = row.metrics["rmse"], row.metrics["mae"]
     return (
@@ -256,7 +271,8 @@ def _key(row: Row, task: str) -> tuple[float, float]:
 
 def pick_winner(ev: Evaluation) -> Row | None:
     """The best strategy: lowest log loss, ties by higher accuracy (scores: lowest RMSE,
-    ties by MAE), then by name; None when no strategy answered anything."""
+    ties by MAE; texts: highest chrF, ties by lower WER), then by name; None when no
+    strategy answered anything."""
     rows = [r for r in ev.strategies if r.answered]
     if not rows:
         return None
@@ -274,6 +290,8 @@ def best_member(ev: Evaluation) -> Row | None:
 def _verdict(ev: Evaluation, winner: Row | None, best: Row | None) -> list[str]:
     if winner is None:
         return ["no strategy produced a prediction"]
+    if ev.task == "text":
+        return _text_verdict(ev, winner, best)
     metric = "log_loss" if ev.task == "classification" else "rmse"
     lines = [f"winner: {winner.name} ({metric} {winner.metrics[metric]:.4f})"]
     if best is not None:
@@ -281,6 +299,37 @@ def _verdict(ev: Evaluation, winner: Row | None, best: Row | None) -> list[str]:
         lines.append(
             f"best single member: {best.name} ({metric} {best.metrics[metric]:.4f}); "
             f"fusion {'beats' if beats else 'does not beat'} it"
+        )
+    return lines
+
+
+# The text verdict's metrics: (key, name, True when higher is better).
+_TEXT_VERDICT = (
+    ("chrf", "chrF", True),
+    ("wer", "WER", False),
+    ("exact_match", "exact match", True),
+)
+
+
+def _text_verdict(ev: Evaluation, winner: Row, best: Row | None) -> list[str]:
+    """The winner against the average and the best member, metric by metric."""
+    lines = [f"winner: {winner.name} (chrF {winner.metrics['chrf']:.4f})"]
+    average = next((r for r in ev.rows if r.kind == "summary"), None)
+    for other in (average, best):
+        if other is None:
+            continue
+        better = [
+            name
+            for key, name, higher in _TEXT_VERDICT
+            if (winner.metrics[key] > other.metrics[key]) == higher
+            and winner.metrics[key] != other.metrics[key]
+        ]
+        worse = [name for _, name, _ in _TEXT_VERDICT if name not in better]
+        who = "the average member" if other is average else f"the best single member, {other.name}"
+        figures = ", ".join(f"{name} {other.metrics[key]:.4f}" for key, name, _ in _TEXT_VERDICT)
+        lines.append(
+            f"{who} ({figures}): {winner.name} beats it on {', '.join(better) or 'nothing'}"
+            + (f", not on {', '.join(worse)}" if worse and better else "")
         )
     return lines
 

@@ -6,6 +6,7 @@ import math
 
 from worker.backtest.evaluate import Evaluation, Row
 from worker.backtest.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from worker.backtest.text_metrics import TEXT_METRICS
 
 HEADERS = {
     "accuracy": "accuracy",
@@ -15,14 +16,22 @@ HEADERS = {
     "ece": "ECE",
     "mae": "MAE",
     "rmse": "RMSE",
+    "exact_match": "exact match",
+    "chrf": "chrF",
+    "wer": "WER",
+}
+METRICS = {
+    "classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+    "text": TEXT_METRICS,
 }
 
 
 def format_table(ev: Evaluation, winner: str | None = None) -> str:
-    """Members first, then strategies; ``*`` marks ``winner``. Coverage of a strategy is
-    complete/partial/insufficient in percent of the requests, of a member the share it
-    reported."""
-    names = CLASSIFICATION_METRICS if ev.task == "classification" else REGRESSION_METRICS
+    """Members first, then strategies (then summary rows: the text task's average
+    member); ``*`` marks ``winner``. Coverage of a strategy is complete/partial/
+    insufficient in percent of the requests, of a member the share it reported."""
+    names = METRICS[ev.task]
     header = ["predictor", "kind", "answered", "coverage c/p/i %", *(HEADERS[n] for n in names)]
     body = [_cells(r, names, winner) for r in ev.rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -44,6 +53,8 @@ def format_table(ev: Evaluation, winner: str | None = None) -> str:
 def _cells(row: Row, names: tuple[str, ...], winner: str | None) -> list[str]:
     if row.kind == "member":
         coverage = f"reported {_pct(row.coverage['reported'])}"
+    elif row.kind != "strategy":
+        coverage = ""
     else:
         c = row.coverage
         coverage = "/".join(_pct(c[s], sign=False) for s in ("complete", "partial", "insufficient"))

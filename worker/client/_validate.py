@@ -43,7 +43,8 @@ class InvalidPrediction(InvalidEvent):
 
     ``reason`` is the code the worker's dead-letter topic would carry for the same event
     (``schema``, ``negative``, ``non_finite``, ``label_mismatch``, ``not_normalised``,
-    ``unknown_model``, ``too_large``) or ``traceparent`` for a malformed trace header.
+    ``unknown_model``, ``too_large``, ``text_type``) or ``traceparent`` for a malformed
+    trace header.
     Fix the producing code; retrying the same call fails the same way.
     """
 
@@ -143,7 +144,10 @@ def check_event(
     elif kind == "score":
         out["score"] = _finite("score", doc["score"])
     else:
-        text = _string("text", doc["text"])
+        text = doc["text"]
+        if not isinstance(text, str):
+            # The worker's own reason for it (worker.text_event), so that both agree.
+            raise InvalidPrediction("text_type", f"text must be a string, got {_show(text)}")
         if len(text) > TEXT_MAX_CHARS:
             raise InvalidPrediction(
                 "schema", f"text has {len(text)} characters, more than {TEXT_MAX_CHARS}"

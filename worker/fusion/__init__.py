@@ -6,9 +6,11 @@ table of strategies (``registry``: each declared once, with its task), the strat
 array functions (``strategies``, ``stacking``), fitted artefacts
 (``artefact``), the result dicts (``result``) and offline fitting (``fit``, imported on
 its own because it needs scipy's optimiser and scikit-learn's model selection).
-Learning from feedback: member temperatures (``calibration``), adaptive weights
-(``adaptive``), the feedback memory (``feedback``), live quality windows (``quality``);
-and the early decision (``early``).
+The text task: the strategies over texts (``text``), their similarities
+(``similarity``, ``ngram``) and normalisation (``textnorm``). Learning from feedback:
+member temperatures (``calibration``), adaptive weights (``adaptive``), the feedback
+memory (``feedback``), live quality windows (``quality``); and the early decision
+(``early``).
 """
 
 from __future__ import annotations

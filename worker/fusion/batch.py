@@ -43,12 +43,15 @@ class Batch:
         With label vocabularies that leave a label uncovered: which labels each present
         member covers (False where it is missing). None: every present member covers
         every label, and the strategies are exactly those without vocabularies.
+    texts : n rows of m texts (text task), None where the member is missing; empty
+        for the other tasks.
     """
 
     probs: FloatArray
     scores: FloatArray
     present: BoolArray
     covered: BoolArray | None = None
+    texts: Sequence[Sequence[str | None]] = ()
 
     @property
     def n_requests(self) -> int:
@@ -64,7 +67,10 @@ class Batch:
     def take(self, rows: IntArray) -> Batch:
         """The sub-batch of the given request rows."""
         covered = None if self.covered is None else self.covered[rows]
-        return Batch(self.probs[rows], self.scores[rows], self.present[rows], covered)
+        texts = [self.texts[r] for r in rows.tolist()] if self.texts else ()
+        return Batch(
+            self.probs[rows], self.scores[rows], self.present[rows], covered=covered, texts=texts
+        )
 
 
 def build_batch(
@@ -72,14 +78,19 @@ def build_batch(
     models: Sequence[str],
     n_labels: int,
     vocab: Vocabularies | None = None,
+    *,
+    text: bool = False,
 ) -> Batch:
     """Arrange ``finished`` as a Batch: ``models`` in the configured order, ``n_labels``
-    labels (0 for scores). Events are trusted to be decoded (aligned and validated).
-    ``vocab``: the models' label vocabularies when some are not full (None: all are);
-    a member whose vector has no mass abstains (not present), and ``covered`` is set
-    when some model leaves a label uncovered."""
+    labels (0 for scores and texts), the members' texts when ``text``. Events are
+    trusted to be decoded (aligned and validated). ``vocab``: the models' label
+    vocabularies when some are not full (None: all are); a member whose vector has no
+    mass abstains (not present), and ``covered`` is set when some model leaves a label
+    uncovered."""
     n, m = len(finished), len(models)
     present: list[bool] = []
+    if text:
+        return _text_batch(finished, models)
     if n_labels == 0:
         scores: list[float] = []
         for req in finished:
@@ -137,6 +148,23 @@ def build_batch(
         reported &= probs.sum(axis=2) > 0
     covered = None if vocab.full_cover else reported[:, :, None] & vocab.cover[None]
     return Batch(probs, np.empty((n, 0)), reported, covered)
+
+
+def _text_batch(finished: Sequence[FinishedRequest], models: Sequence[str]) -> Batch:
+    """The text task's batch: each request's texts in model order, None where missing."""
+    n, m = len(finished), len(models)
+    rows: list[list[str | None]] = []
+    for req in finished:
+        get = req.members.get
+        row: list[str | None] = []
+        for name in models:
+            ev = get(name)
+            if ev is not None and ev.text is None:
+                raise _kind_error(req, name, "text")
+            row.append(None if ev is None else ev.text)
+        rows.append(row)
+    present = np.array([[t is not None for t in row] for row in rows], dtype=np.bool_)
+    return Batch(np.empty((n, m, 0)), np.empty((n, 0)), present.reshape(n, m), texts=rows)
 
 
 def _kind_error(req: FinishedRequest, model: str, expected: str) -> FusionError:

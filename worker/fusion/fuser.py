@@ -29,6 +29,11 @@ Decisions:
   names it (``"calibration": "sha256:<first 16 hex digits of the file>"``). Stacking
   never calibrates: its meta-learner was fitted on raw probabilities (the configuration
   refuses the combination; a stacking Fuser asked for by name ignores the file).
+- The text task (``text_vote``, ``consensus``): the configured weights renormalised over
+  the members present, as for labels; a member's own ``confidence`` is shown in its
+  result but does not weigh (models' confidences are not on one scale, and a member
+  that sends none would need a made-up one). ``[fusion] similarity`` and ``normalise``
+  choose how texts are compared.
 
 The strategies themselves, and which task each serves, are in ``worker.fusion.registry``.
 """
@@ -49,7 +54,9 @@ from worker.fusion import registry
 from worker.fusion.artefact import load_stacker, load_weights, read_calibration
 from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.calibration import apply_temperatures
-from worker.fusion.result import Fused, classification_results, regression_results
+from worker.fusion.result import Fused, classification_results, regression_results, text_results
+from worker.fusion.text import TextOptions, text_normalisation
+from worker.fusion.textnorm import prepare
 
 if TYPE_CHECKING:
     # Only a type here: worker.config imports the registry, and so this package.
@@ -85,7 +92,9 @@ class Fuser:
     ) -> None:
         fusion = config.fusion
         name = strategy or fusion.strategy
-        spec = registry.lookup(name, registry.task_of(fusion.labels))
+        task = registry.task_of(fusion.labels, fusion.task)
+        spec = registry.lookup(name, task)
+        self._text = task == "text"
         self.strategy = name
         self.models = config.model_names
         self.labels = fusion.labels
@@ -111,6 +120,11 @@ class Fuser:
             stacker = load_stacker(fusion.stacker, self.models, self.labels)
             self.fallback = fusion.fallback
             log.info("stacker from %s, fallback %s", fusion.stacker, self.fallback)
+        text = None
+        if self._text:
+            normalisation = text_normalisation(name, fusion.normalise)
+            prepare(normalisation)  # the first request should not wait for the tables
+            text = TextOptions(normalisation, fusion.similarity)
         self._settings = registry.Settings(
             weights=_power_of_two_scaled(weights),
             min_models=config.join.min_models,
@@ -119,6 +133,7 @@ class Fuser:
             geometric_floor=fusion.geometric_floor,
             stacker=stacker,
             fallback=self.fallback,
+            text=text,
         )
         self.temperatures: FloatArray | None = None
         self.calibration: str | None = None
@@ -135,7 +150,7 @@ class Fuser:
             )
         if temperatures is not None:
             t = np.asarray(temperatures, dtype=np.float64)
-            if fusion.is_regression:
+            if self._n_labels == 0:
                 raise ConfigError(
                     "fusion.calibration_file", t.tolist(), "calibration needs fusion.labels"
                 )
@@ -167,9 +182,11 @@ class Fuser:
     ) -> tuple[list[dict[str, Any]], Batch, Fused]:
         """``fuse``, with the arrays it fused from (the calibrated batch) and computed:
         what the learning from labels remembers of each request."""
-        batch = build_batch(finished, self.models, self._n_labels, self._vocab)
+        batch = build_batch(finished, self.models, self._n_labels, self._vocab, text=self._text)
         scored = self.calibrate(batch)
         fused = self.compute(scored)
+        if self._text:
+            return text_results(finished, self.models, self.strategy, fused), scored, fused
         if self._n_labels == 0:
             results = regression_results(finished, self.models, self.strategy, fused, batch.scores)
             return results, scored, fused

@@ -7,7 +7,9 @@ scikit-learn's ``_SCORERS`` table). The order of the table is the order in which
 backtest runs and lists the strategies.
 
 Every function takes the batch (``Batch``), the members' weights for it (``Weights``)
-and the Fuser's fixed settings (``Settings``) and returns a ``Fused``.
+and the Fuser's fixed settings (``Settings``) and returns a ``Fused``. The text task's
+strategies (``text_vote``, ``consensus``) read the batch's texts and return the chosen
+texts in ``Fused.texts`` (``worker.fusion.text``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -24,10 +26,12 @@ from worker.fusion import strategies as st
 from worker.fusion.batch import Batch, BoolArray, FloatArray
 from worker.fusion.result import Fused
 from worker.fusion.stacking import Stacker, meta_features
+from worker.fusion.text import CONSENSUS, TEXT_VOTE, TextOptions, TextResult, fuse_text_batch
 
 Task = Literal["classification", "regression", "text"]
 CLASSIFICATION: frozenset[Task] = frozenset({"classification"})
 BOTH: frozenset[Task] = frozenset({"classification", "regression"})
+TEXT: frozenset[Task] = frozenset({"text"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Settings:
     geometric_floor: float
     stacker: Stacker | None = None
     fallback: str | None = None
+    text: TextOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +180,28 @@ def _stacking(batch: Batch, w: Weights, s: Settings) -> Fused:
     return Fused(probs, labels, None, weights, answered, ~complete)
 
 
+def _text(name: str) -> StrategyFunction:
+    """The text strategy ``name`` over a batch: the members' weights of each request
+    (renormalised ones are reported; the raw ones decide), none for a request with too
+    few members."""
+
+    def fused(batch: Batch, w: Weights, s: Settings) -> Fused:
+        answered = w.answered
+        rows = np.flatnonzero(answered)
+        chosen: list[TextResult | None] = [None] * batch.n_requests
+        if not len(rows):
+            return Fused(None, None, None, w.reported, answered, texts=chosen)
+        picked = rows.tolist()
+        texts = fuse_text_batch([batch.texts[r] for r in picked], w.raw[rows], name, s.text)
+        for r, result in zip(picked, texts, strict=True):
+            chosen[r] = result
+        answered = np.array([c is not None for c in chosen], dtype=np.bool_)
+        return Fused(None, None, None, w.reported, answered, texts=chosen)
+
+    fused.__name__ = f"_{name}"
+    return fused
+
+
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType(
     {
         s.name: s
@@ -187,13 +214,18 @@ STRATEGIES: Mapping[str, Strategy] = MappingProxyType(
             Strategy("median", BOTH, False, _median),
             Strategy("trimmed_mean", BOTH, False, _trimmed_mean),
             Strategy("stacking", CLASSIFICATION, True, _stacking, needs_stacker=True),
+            Strategy(TEXT_VOTE, TEXT, True, _text(TEXT_VOTE)),
+            Strategy(CONSENSUS, TEXT, True, _text(CONSENSUS)),
         )
     }
 )
 
 
-def task_of(labels: Sequence[str]) -> Task:
-    """The task a configuration's ``[fusion] labels`` imply: none means scores."""
+def task_of(labels: Sequence[str], task: str = "") -> Task:
+    """The task of a configuration: ``[fusion] task`` when given (a loaded configuration
+    always has it), else what ``[fusion] labels`` imply: none means scores."""
+    if task in ("classification", "regression", "text"):
+        return cast("Task", task)
     return "classification" if labels else "regression"
 
 

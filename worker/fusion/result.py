@@ -15,6 +15,7 @@ import numpy as np
 
 from worker.events import FinishedRequest
 from worker.fusion.batch import BoolArray, FloatArray, IntArray
+from worker.fusion.text import TextResult
 
 COMPLETE = "complete"
 PARTIAL = "partial"
@@ -32,6 +33,7 @@ class Fused:
     weights : ndarray of shape (n, m), the weight each member had (0 when missing)
     answered : ndarray of shape (n,), bool; False: status ``insufficient``
     fallback : ndarray of shape (n,), bool; True where the fallback strategy answered
+    texts : the text task's chosen answer per request (None where not answered)
     """
 
     probs: FloatArray | None
@@ -40,6 +42,7 @@ class Fused:
     weights: FloatArray
     answered: BoolArray
     fallback: BoolArray | None = None
+    texts: list[TextResult | None] | None = None
 
 
 def _trace_id(req: FinishedRequest) -> str | None:
@@ -219,4 +222,59 @@ def regression_results(
             "trace_id": _trace_id(req),
         }
         out.append(result)
+    return out
+
+
+def text_results(
+    finished: Sequence[FinishedRequest], models: Sequence[str], strategy: str, fused: Fused
+) -> list[dict[str, Any]]:
+    """One text result per request, in input order (``fused.texts`` set). Each member
+    shows its own text, its weight and, when answered, its similarity to the fused
+    text; its ``confidence`` when it sent one."""
+    assert fused.texts is not None
+    weights = fused.weights.tolist()
+    out: list[dict[str, Any]] = []
+    for i, req in enumerate(finished):
+        events = req.members
+        chosen = fused.texts[i]
+        w = weights[i]
+        members: dict[str, Any] = {}
+        missing: list[str] = []
+        versions: dict[str, str] = {}
+        for j, name in enumerate(models):
+            ev = events.get(name)
+            if ev is None:
+                missing.append(name)
+                continue
+            member: dict[str, Any] = {"weight": w[j], "text": ev.text}
+            if chosen is not None:
+                member["similarity"] = chosen.similarities[j]
+            if ev.confidence is not None:
+                member["confidence"] = ev.confidence
+            members[name] = member
+            if ev.model_version is not None:
+                versions[name] = ev.model_version
+        if chosen is None:
+            status, text, by, agreement = INSUFFICIENT, None, None, None
+        else:
+            status = PARTIAL if missing else COMPLETE
+            text, by, agreement = chosen.text, models[chosen.chosen], chosen.agreement
+        out.append(
+            {
+                "request_id": req.request_id,
+                "strategy": strategy,
+                "status": status,
+                "text": text,
+                "chosen": by,
+                "confidence": None,
+                "agreement": agreement,
+                "members": members,
+                "missing": missing,
+                "first_ts": req.first_ts,
+                "fused_ts": req.fused_ts,
+                "latency_ms": req.fused_ts - req.opened_ms,
+                "model_versions": versions,
+                "trace_id": _trace_id(req),
+            }
+        )
     return out

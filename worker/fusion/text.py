@@ -58,6 +58,14 @@ class TextOptions:
     similarity: str = "chrf"
 
 
+def text_normalisation(strategy: str, steps: Sequence[str] | None) -> TextNormalisation:
+    """The normalisation in force: the configured ``steps`` (``[fusion] normalise``), or
+    the strategy's default when None."""
+    if steps is None:
+        return DEFAULT_NORMALISATION.get(strategy, TextNormalisation())
+    return TextNormalisation.of(list(steps))
+
+
 @dataclass(frozen=True, slots=True)
 class TextResult:
     """The fused answer of one request.
@@ -103,7 +111,9 @@ def fuse_text_batch(
             f"unknown similarity {options.similarity!r}; known: {sorted(SIMILARITIES)}"
         )
     n = len(texts)
-    m = len(texts[0]) if n else 0
+    if not n:
+        return []
+    m = len(texts[0])
     if any(len(row) != m for row in texts):
         raise ValueError("every request must list the same members (None where missing)")
     w = np.broadcast_to(np.asarray(weights, dtype=np.float64), (n, m))
