@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -50,6 +51,9 @@ MAX_SNAPSHOTS = 1000
 _POLL_MS = 200
 # Errors that only cost a read-back (more repeats), never the worker.
 _SOFT_ERRORS = (KafkaError, TimeoutError, OSError)
+# How often a wait on the broker beats the liveness clock.
+_BEAT_S = 1.0
+T = TypeVar("T")
 
 
 def encode_mark(output_topic: str, offset: int) -> str:
@@ -193,6 +197,20 @@ class ReadBack:
                 )
         return self._enabled
 
+    async def _beating(self, step: Coroutine[Any, Any, T]) -> T:
+        """``step`` within the read-back budget, beating the liveness clock meanwhile: in
+        an outage the reader's start and its requests block for request_timeout_ms, and
+        waiting one out is not being stuck. Past the budget: TimeoutError."""
+        task = asyncio.ensure_future(step)
+        try:
+            async with asyncio.timeout(self._budget_s):
+                while not task.done():
+                    await asyncio.wait({task}, timeout=_BEAT_S)
+                    self._beat()
+            return task.result()
+        finally:
+            task.cancel()
+
     async def _ends(self, numbers: Iterable[int]) -> dict[int, int]:
         reader = await self._start_reader()
         tps = [TopicPartition(self._output, p) for p in numbers]
@@ -208,7 +226,7 @@ class ReadBack:
         if not self._enabled or not positions:
             return
         try:
-            ends = await self._ends({tp.partition for tp in positions})
+            ends = await self._beating(self._ends({tp.partition for tp in positions}))
         except _SOFT_ERRORS as exc:
             log.debug("read-back snapshot skipped: %r", exc)
             return
