@@ -12,6 +12,8 @@ import pytest
 WORKER = Path(__file__).resolve().parent.parent / "worker"
 CORE = [
     WORKER / "decode.py",
+    WORKER / "decode_checks.py",
+    WORKER / "decode_codes.py",
     WORKER / "join.py",
     WORKER / "engine.py",
     WORKER / "events.py",
