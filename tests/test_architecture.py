@@ -15,6 +15,8 @@ CORE = [
     WORKER / "decode_checks.py",
     WORKER / "decode_codes.py",
     WORKER / "join.py",
+    WORKER / "join_pending.py",
+    WORKER / "join_state.py",
     WORKER / "engine.py",
     WORKER / "events.py",
     WORKER / "state_deps.py",
