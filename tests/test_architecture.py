@@ -18,6 +18,8 @@ CORE = [
     WORKER / "join_pending.py",
     WORKER / "join_state.py",
     WORKER / "engine.py",
+    WORKER / "engine_labels.py",
+    WORKER / "records.py",
     WORKER / "events.py",
     WORKER / "state_deps.py",
     WORKER / "tracecontext.py",
