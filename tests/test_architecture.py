@@ -12,8 +12,14 @@ import pytest
 WORKER = Path(__file__).resolve().parent.parent / "worker"
 CORE = [
     WORKER / "decode.py",
+    WORKER / "decode_checks.py",
+    WORKER / "decode_codes.py",
     WORKER / "join.py",
+    WORKER / "join_pending.py",
+    WORKER / "join_state.py",
     WORKER / "engine.py",
+    WORKER / "engine_labels.py",
+    WORKER / "records.py",
     WORKER / "events.py",
     WORKER / "state_deps.py",
     WORKER / "tracecontext.py",

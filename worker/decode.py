@@ -56,16 +56,17 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import struct
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from worker.config import Config
+from worker.decode_checks import _labels, _probs, _score
+from worker.decode_checks import _parse_error as _parse_error
+from worker.decode_checks import _show as _show
+from worker.decode_codes import _ORDER_CACHE_MAX, _ModelCodes
 from worker.errors import InvalidEvent
 from worker.events import PredictionEvent
 from worker.fusion.text import text_normalisation
@@ -77,7 +78,6 @@ from worker.text_event import (
     check_text_config,
     check_text_type,
 )
-from worker.vocabulary import UNMAPPED, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -113,51 +113,8 @@ FIELDS = frozenset(
 )
 REQUEST_ID_MAX_CHARS = 256
 TS_MAX = 2**63 - 1  # Kafka timestamps are int64 ms
-_NUMBER = frozenset({float, int})
-_STR = {str}
 # Model versions repeat across events; sharing them saves memory while requests are pending.
 _VERSION_CACHE_MAX = 4096
-# Producers send the same few label orders again and again: remember their alignment.
-_ORDER_CACHE_MAX = 1024
-
-
-def _show(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _NonFinite(ValueError):
-    def __init__(self, token: str) -> None:
-        super().__init__(token)
-        self.token = token
-
-
-def _reject_constant(token: str) -> Any:
-    raise _NonFinite(token)
-
-
-def _checked_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):
-        raise _NonFinite(token)
-    return value
-
-
-def _parse_error(value: bytes, exc: Exception) -> InvalidEvent:
-    """orjson refused the text: tell non-finite numbers apart from broken JSON.
-
-    Only runs for invalid input, so the slower standard parser costs nothing in the
-    steady state; it calls back on NaN/Infinity tokens and on every float literal.
-    """
-    try:
-        json.loads(value, parse_constant=_reject_constant, parse_float=_checked_float)
-    except _NonFinite as nf:
-        return InvalidEvent(
-            "non_finite", f"{nf.token} is not a finite number (JSON has no NaN or Infinity)"
-        )
-    except (ValueError, RecursionError):
-        pass
-    return InvalidEvent("json", f"not valid JSON: {exc}")
 
 
 class Decoder:
@@ -435,131 +392,6 @@ class Decoder:
         if len(self._orders) < _ORDER_CACHE_MAX:
             self._orders[tuple(names)] = order
         return order
-
-
-class _ModelCodes:
-    """The label alignment of one model with a vocabulary of its own (``[[models]]
-    labels`` / ``label_map``): its probs over its codes -> a vector over the fused labels
-    (several-to-one summed; mass on unmapped codes dropped and the rest renormalised; no
-    mass left: all zeros, the member abstains), its label code -> a fused label index
-    (``UNMAPPED`` when the code maps to none). See worker.vocabulary."""
-
-    __slots__ = ("_index", "_n", "_name", "_orders", "_rescale", "_vocab")
-
-    def __init__(self, name: str, vocab: Vocabulary, n_labels: int) -> None:
-        self._name = name
-        self._vocab = vocab
-        self._n = n_labels
-        self._index = {code: i for i, code in enumerate(vocab.codes)}
-        self._rescale = vocab.has_unmapped
-        self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
-
-    def mapped(
-        self, raw: list[float], names: object, tolerance: float, pack: Callable[..., bytes]
-    ) -> bytes:
-        targets = self._vocab.target if names is None else self._targets(names)
-        if len(raw) != len(targets):
-            raise InvalidEvent(
-                "label_mismatch",
-                f"probs has {len(raw)} values, "
-                + (
-                    f"labels has {len(targets)}"
-                    if names is not None
-                    else f"model {self._name!r} has {len(targets)} codes (its labels)"
-                ),
-            )
-        if abs(sum(raw) - 1.0) > tolerance:
-            raise InvalidEvent(
-                "not_normalised",
-                f"probs {_show(raw)} sum to {sum(raw)!r}, "
-                f"not 1 within fusion.prob_tolerance={tolerance}",
-            )
-        out = [0.0] * self._n
-        for target, p in zip(targets, raw, strict=True):
-            if target != UNMAPPED:
-                out[target] += p
-        if self._rescale:
-            kept = sum(out)
-            if kept > 0:
-                out = [p / kept for p in out]
-        return pack(*out)
-
-    def label(self, code: str) -> int:
-        position = self._index.get(code)
-        if position is None:
-            raise InvalidEvent(
-                "unknown_label",
-                f"label {_show(code)} is not one of the codes of model {self._name!r} "
-                f"{_show(list(self._vocab.codes))}",
-            )
-        return self._vocab.target[position]
-
-    def _targets(self, names: object) -> tuple[int, ...]:
-        """The fused label index of each entry of an event's ``labels`` (wire-valid)."""
-        key = tuple(cast("list[str]", names))
-        cached = self._orders.get(key)
-        if cached is not None:
-            return cached
-        unknown = [code for code in key if code not in self._index]
-        if unknown:
-            raise InvalidEvent(
-                "unknown_label",
-                f"labels entries {_show(unknown)} are not codes of model {self._name!r}",
-            )
-        if len(key) != len(self._index):
-            raise InvalidEvent(
-                "label_mismatch",
-                f"labels {_show(list(key))} is not a permutation of the codes of model "
-                f"{self._name!r} {_show(list(self._vocab.codes))}",
-            )
-        targets = tuple(self._vocab.target[self._index[code]] for code in key)
-        if len(self._orders) < _ORDER_CACHE_MAX:
-            self._orders[key] = targets
-        return targets
-
-
-def _probs(value: object) -> list[float]:
-    """Wire checks of ``probs``: a list of at least two finite numbers >= 0, as floats."""
-    if type(value) is not list or len(value) < 2:
-        raise InvalidEvent(
-            "schema", f"probs must be a list of at least two numbers, got {_show(value)}"
-        )
-    kinds = set(map(type, value))
-    if not kinds <= _NUMBER:
-        bad = next(v for v in value if type(v) not in _NUMBER)
-        raise InvalidEvent("schema", f"probs must hold numbers, got {_show(bad)}")
-    items = cast("list[float]", value)
-    probs = [float(v) for v in items] if int in kinds else items
-    # orjson yields no NaN or Infinity (it refuses them while parsing: see _parse_error),
-    # so only the sign is left to check.
-    if not min(probs) >= 0.0:
-        bad_value = next(p for p in probs if not p >= 0.0)
-        raise InvalidEvent("negative", f"probs must be >= 0, got {bad_value!r}")
-    return probs
-
-
-def _labels(value: object) -> list[str]:
-    """Wire checks of ``labels``: a list of at least two distinct strings."""
-    if (
-        type(value) is not list
-        or len(value) < 2
-        or set(map(type, value)) != _STR
-        or len(set(value)) != len(value)
-    ):
-        raise InvalidEvent(
-            "schema", f"labels must be a list of at least two distinct strings, got {_show(value)}"
-        )
-    return value
-
-
-def _score(value: object) -> float:
-    kind = type(value)
-    if kind is not float and kind is not int:
-        raise InvalidEvent("schema", f"score must be a number, got {_show(value)}")
-    score = float(cast("float", value))
-    if not math.isfinite(score):
-        raise InvalidEvent("non_finite", f"score must be finite, got {value!r}")
-    return score
 
 
 def check_key(key: bytes | None, event: PredictionEvent) -> None:

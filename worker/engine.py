@@ -40,131 +40,33 @@ label comes; with adaptive weights each partition number fuses with its own weig
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from worker.config import Config
 from worker.decode import Decoder, check_key
+from worker.engine_labels import BatchFuser as BatchFuser
+from worker.engine_labels import LearningFuser, fuse_learning
 from worker.errors import InvalidEvent
 from worker.events import FinishedRequest
 from worker.fusion import Fuser
-from worker.fusion.batch import Batch, FloatArray
 from worker.fusion.early import EarlyDecider
 from worker.fusion.feedback import JOINED, LabelEvent
-from worker.fusion.quality import Quality
-from worker.fusion.result import Fused
 from worker.join import JoinTable
 from worker.labels import LabelDecoder, check_label_key
 from worker.learning import Learning
 from worker.murmur2 import partition_for
+from worker.records import Headers as Headers
+from worker.records import InRecord as InRecord
+from worker.records import OutRecord as OutRecord
+from worker.records import Record as Record
+from worker.records import Step as Step
+from worker.records import dead_letter as dead_letter
 from worker.state_deps import describe
 from worker.tracecontext import HEADER as TRACEPARENT
 from worker.tracecontext import fused_traceparent, read_traceparent
-
-Headers = list[tuple[str, bytes]]
-
-
-class Record(Protocol):
-    """What the engine reads of an input record. aiokafka's ``ConsumerRecord`` has these
-    attributes (so the loop hands its records over as they are); offline sources use
-    ``InRecord``. ``timestamp`` is the record timestamp in ms (None or < 0: none)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp(self) -> int | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class InRecord:
-    """One input record from a source that is not a Kafka consumer (a file, a replay).
-    ``timestamp`` is the record timestamp in ms, named as aiokafka names it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass(slots=True)
-class OutRecord:
-    """One record to publish: a fused result, a dead letter or a late event."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers | None = None
-
-
-@dataclass(slots=True)
-class Step:
-    """What one engine step produced.
-
-    ``outputs``: per input partition number, the records to publish, in order (empty
-    unless the engine encodes records). ``results``: the fused result dicts, in closing
-    order, with ``finished`` (the same requests) and ``result_partitions`` (the partition
-    number of each). ``fused_records``: the ``OutRecord`` of each fused result, in the
-    same order (empty unless the engine encodes records). ``positions``: per (topic,
-    partition) the offset after the last record the step consumed. ``touched``: per
-    partition number, the request ids whose pending state changed (only when the engine
-    tracks them).
-    """
-
-    outputs: dict[int, list[OutRecord]] = field(default_factory=dict)
-    results: list[dict[str, Any]] = field(default_factory=list)
-    finished: list[FinishedRequest] = field(default_factory=list)
-    result_partitions: list[int] = field(default_factory=list)
-    fused_records: list[OutRecord] = field(default_factory=list)
-    invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    touched: dict[int, list[str]] = field(default_factory=dict)
-    records: int = 0
-    accepted: Counter[str] = field(default_factory=Counter)
-    other: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, outcome)
-    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
-    late: int = 0  # late records forwarded to the late topic
-    bad_traceparents: int = 0  # valid events whose traceparent header was unusable
-    # Labels (with ``learning``): label events by outcome (worker.fusion.feedback.OUTCOMES);
-    # the quality windows after the step's labels (None when none joined); the weights of
-    # each partition number whose weights moved in the step (adaptive), (m,) each.
-    feedback: Counter[str] = field(default_factory=Counter)
-    quality: dict[str, Quality] | None = None
-    weights: dict[int, FloatArray] = field(default_factory=dict)
-
-
-class BatchFuser(Protocol):
-    """What the engine needs of a fuser: ``worker.fusion.Fuser`` or any wrapper of it."""
-
-    def fuse(self, finished: list[FinishedRequest], /) -> list[dict[str, Any]]: ...
-
-
-class LearningFuser(BatchFuser, Protocol):
-    """What the engine needs of a fuser to learn from labels (``worker.fusion.Fuser``)."""
-
-    weights: FloatArray
-
-    def fuse_arrays(
-        self, finished: list[FinishedRequest], /
-    ) -> tuple[list[dict[str, Any]], Batch, Fused]: ...
-
-    def set_weights(self, weights: FloatArray, /) -> None: ...
 
 
 class Engine:
@@ -477,46 +379,13 @@ class Engine:
                 out.touched.setdefault(p, []).append(f.request_id)
 
     def _fuse_learning(self, finished: list[tuple[int, FinishedRequest]]) -> list[dict[str, Any]]:
-        """Fuse per partition number (each with its own weights when adaptive), remember
-        every fused request for its label; the results in the order of ``finished``."""
         fuser, learning = self._learning_fuser, self.learning
         assert fuser is not None
         assert learning is not None
-        rows: dict[int, list[int]] = {}
-        for i, (p, _) in enumerate(finished):
-            rows.setdefault(p, []).append(i)
-        results: list[dict[str, Any]] = [{} for _ in finished]
-        for p, indices in rows.items():
-            group = [finished[i][1] for i in indices]
-            weights = learning.weights(p)
-            if learning.adaptive:
-                fuser.set_weights(self._start_weights if weights is None else weights)
-            fused_results, batch, fused = fuser.fuse_arrays(group)
-            for i, result in zip(indices, fused_results, strict=True):
-                results[i] = result
-            now = max(f.fused_ts for f in group)
-            learning.remember(
-                p, [f.request_id for f in group], [f.fused_ts for f in group], batch, fused, now
-            )
-        return results
+        return fuse_learning(fuser, learning, self._start_weights, finished)
 
     def learned(self, out: Step) -> Step:
         """``out`` with the quality windows read, if a label joined in it."""
         if self.learning is not None and out.feedback[JOINED]:
             out.quality = self.learning.quality()
         return out
-
-
-def dead_letter(topic: str, record: Record, exc: InvalidEvent) -> OutRecord:
-    """The original bytes and headers, unchanged, with the reason and the source
-    coordinates added (schemas/dlq.v1.json)."""
-    headers: Headers = [
-        *record.headers,
-        ("error", exc.reason.encode()),
-        ("error_detail", exc.detail[:1000].encode("utf-8", "replace")),
-        ("source_topic", record.topic.encode()),
-        ("source_partition", str(record.partition).encode()),
-        ("source_offset", str(record.offset).encode()),
-    ]
-    value = record.value if record.value is not None else b""
-    return OutRecord(topic, record.key, value, headers)

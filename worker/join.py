@@ -37,7 +37,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from worker.events import FinishedRequest, PredictionEvent, pack_probs, unpack_probs
+from worker.events import FinishedRequest, PredictionEvent
+from worker.join_pending import _Pending, _share, _spans, _tracked
+from worker.join_state import STATE_VERSION as STATE_VERSION
+from worker.join_state import export_state, pending_from_state
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +49,8 @@ Outcome = Literal["accepted", "duplicate", "late"]
 # its final label when nothing the missing members send could change it, else None
 # (worker.fusion.early.EarlyDecider).
 Decider = Callable[[Sequence[PredictionEvent | None]], int | None]
-STATE_VERSION = 1
 # A heap is rebuilt once it holds this many entries more than twice the live ones.
 _COMPACT_SLACK = 1024
-
-
-class _Pending(list[PredictionEvent | None]):
-    """One open request: its events by model position (None: not reported yet), and
-    its times. A list subclass, so the events need no second object."""
-
-    # arrival: the model positions in arrival order, as the digits (position + 1) of an
-    # int in base len(models) + 1 (a small int: no extra object for a few models).
-    # source/low: the first source an event came from and the smallest offset tracked
-    # for it; more: the same for any further source (multi-topic input only).
-    # high/more_high: the largest offset of each source (the span a result came from).
-    __slots__ = (
-        "arrival",
-        "deadline_ms",
-        "first_ts",
-        "high",
-        "low",
-        "more",
-        "more_high",
-        "opened_ms",
-        "source",
-    )
-
-    arrival: int
-    deadline_ms: int
-    first_ts: int
-    high: int
-    low: int
-    more: dict[str, int] | None
-    more_high: dict[str, int] | None
-    opened_ms: int
-    source: str | None
 
 
 class JoinTable:
@@ -329,47 +299,13 @@ class JoinTable:
         p = self._pending.get(request_id)
         if p is None:
             return None
-        members = {self.models[i]: _event_state(ev) for i, ev in self._arrived(p)}
-        state: dict[str, Any] = {
-            "v": STATE_VERSION,
-            "request_id": request_id,
-            "opened_ms": p.opened_ms,
-            "deadline_ms": p.deadline_ms,
-            "first_ts": p.first_ts,
-            "members": members,
-        }
-        if self.deps is not None:
-            state["deps"] = self.deps
-        return state
+        return export_state(request_id, p, self.models, self._arrived(p), self.deps)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
         the same id). Raises ValueError naming the bad field for a state this table
         cannot take (another version, a model it does not know)."""
-        try:
-            if state["v"] != STATE_VERSION:
-                raise ValueError(f"pending state version {state['v']!r}, expected {STATE_VERSION}")
-            rid = state["request_id"]
-            p = _Pending(self._empty)
-            p.arrival = 0
-            for name, fields in state["members"].items():  # in arrival order
-                if name not in self._index:
-                    raise ValueError(
-                        f"pending state of {rid!r} has model {name!r}, "
-                        f"not one of {list(self.models)}"
-                    )
-                i = self._index[name]
-                p[i] = _event_from_state(rid, name, fields)
-                p.arrival = p.arrival * self._base_digits + i + 1
-            if all(ev is None for ev in p):
-                raise ValueError(f"pending state of {rid!r} has no members")
-            p.opened_ms = int(state["opened_ms"])
-            p.deadline_ms = int(state["deadline_ms"])
-            p.first_ts = int(state["first_ts"])
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
-        p.source = None
-        p.more = None
+        rid, p = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
             self._offset_tracked -= _tracked(old)
@@ -497,75 +433,3 @@ class JoinTable:
                 offsets[source] = live
         self._offsets = offsets
         self._offset_entries = sum(len(h) for h in offsets.values())
-
-
-def _share(event: PredictionEvent, p: _Pending) -> None:
-    """Slim a request's later event before it joins ``p``, to save memory while it is
-    pending: its ``request_id`` becomes the earlier events' string object (equal: one
-    copy per request, not one per event), and its ``trace_id`` is dropped when an earlier
-    member has one, since a result carries the first member's (by arrival) that has one.
-    Its ``traceparent`` is kept: the result lists every member's trace id."""
-    for other in p:
-        if other is not None:
-            event.request_id = other.request_id
-            if other.trace_id is not None:
-                event.trace_id = None
-
-
-def _spans(p: _Pending) -> dict[str, tuple[int, int]]:
-    """Per source, the (first, last) offset of a request's tracked events."""
-    assert p.source is not None
-    out = {p.source: (p.low, p.high)}
-    if p.more is not None and p.more_high is not None:
-        for source, low in p.more.items():
-            out[source] = (low, p.more_high[source])
-    return out
-
-
-def _tracked(p: _Pending) -> int:
-    """How many (source, offset) marks a request holds."""
-    if p.source is None:
-        return 0
-    return 1 + (len(p.more) if p.more else 0)
-
-
-def _event_state(ev: PredictionEvent) -> dict[str, Any]:
-    out: dict[str, Any] = {"ts": ev.ts}
-    if ev.probs is not None:
-        out["probs"] = unpack_probs(ev.probs)
-    elif ev.label is not None:
-        out["label"] = ev.label
-    elif ev.text is not None:
-        out["text"] = ev.text
-        if ev.confidence is not None:
-            out["confidence"] = ev.confidence
-    else:
-        out["score"] = ev.score
-    if ev.model_version is not None:
-        out["model_version"] = ev.model_version
-    if ev.trace_id is not None:
-        out["trace_id"] = ev.trace_id
-    if ev.traceparent is not None:
-        out["traceparent"] = ev.traceparent
-    return out
-
-
-def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> PredictionEvent:
-    probs = fields.get("probs")
-    label = fields.get("label")
-    score = fields.get("score")
-    text = fields.get("text")
-    confidence = fields.get("confidence")
-    return PredictionEvent(
-        request_id=rid,
-        model=model,
-        ts=int(fields["ts"]),
-        probs=None if probs is None else pack_probs([float(x) for x in probs]),
-        label=None if label is None else int(label),
-        score=None if score is None else float(score),
-        model_version=fields.get("model_version"),
-        trace_id=fields.get("trace_id"),
-        traceparent=fields.get("traceparent"),
-        text=None if text is None else str(text),
-        confidence=None if confidence is None else float(confidence),
-    )

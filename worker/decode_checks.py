@@ -1,0 +1,98 @@
+"""The wire checks of the v1 prediction contract that need no configuration: the JSON
+parse error (``json`` vs. ``non_finite``) and the shape of ``probs``, ``labels`` and
+``score``. Each raises ``InvalidEvent(reason, detail)``; ``worker.decode`` runs them in
+the order its module doc states."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, cast
+
+from worker.errors import InvalidEvent
+
+_NUMBER = frozenset({float, int})
+_STR = {str}
+
+
+def _show(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _NonFinite(ValueError):
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _reject_constant(token: str) -> Any:
+    raise _NonFinite(token)
+
+
+def _checked_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _NonFinite(token)
+    return value
+
+
+def _parse_error(value: bytes, exc: Exception) -> InvalidEvent:
+    """orjson refused the text: tell non-finite numbers apart from broken JSON.
+
+    Only runs for invalid input, so the slower standard parser costs nothing in the
+    steady state; it calls back on NaN/Infinity tokens and on every float literal.
+    """
+    try:
+        json.loads(value, parse_constant=_reject_constant, parse_float=_checked_float)
+    except _NonFinite as nf:
+        return InvalidEvent(
+            "non_finite", f"{nf.token} is not a finite number (JSON has no NaN or Infinity)"
+        )
+    except (ValueError, RecursionError):
+        pass
+    return InvalidEvent("json", f"not valid JSON: {exc}")
+
+
+def _probs(value: object) -> list[float]:
+    """Wire checks of ``probs``: a list of at least two finite numbers >= 0, as floats."""
+    if type(value) is not list or len(value) < 2:
+        raise InvalidEvent(
+            "schema", f"probs must be a list of at least two numbers, got {_show(value)}"
+        )
+    kinds = set(map(type, value))
+    if not kinds <= _NUMBER:
+        bad = next(v for v in value if type(v) not in _NUMBER)
+        raise InvalidEvent("schema", f"probs must hold numbers, got {_show(bad)}")
+    items = cast("list[float]", value)
+    probs = [float(v) for v in items] if int in kinds else items
+    # orjson yields no NaN or Infinity (it refuses them while parsing: see _parse_error),
+    # so only the sign is left to check.
+    if not min(probs) >= 0.0:
+        bad_value = next(p for p in probs if not p >= 0.0)
+        raise InvalidEvent("negative", f"probs must be >= 0, got {bad_value!r}")
+    return probs
+
+
+def _labels(value: object) -> list[str]:
+    """Wire checks of ``labels``: a list of at least two distinct strings."""
+    if (
+        type(value) is not list
+        or len(value) < 2
+        or set(map(type, value)) != _STR
+        or len(set(value)) != len(value)
+    ):
+        raise InvalidEvent(
+            "schema", f"labels must be a list of at least two distinct strings, got {_show(value)}"
+        )
+    return value
+
+
+def _score(value: object) -> float:
+    kind = type(value)
+    if kind is not float and kind is not int:
+        raise InvalidEvent("schema", f"score must be a number, got {_show(value)}")
+    score = float(cast("float", value))
+    if not math.isfinite(score):
+        raise InvalidEvent("non_finite", f"score must be finite, got {value!r}")
+    return score

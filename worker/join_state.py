@@ -1,0 +1,111 @@
+"""The pending-state export and restore of a ``JoinTable`` for the exactly-once
+changelog: one pending request to a JSON-ready dict (``export_state``) and back
+(``pending_from_state``), the members' events as the table keeps them. Pure code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from worker.events import PredictionEvent, pack_probs, unpack_probs
+from worker.join_pending import _Pending
+
+STATE_VERSION = 1
+
+
+def export_state(
+    request_id: str,
+    p: _Pending,
+    models: Sequence[str],
+    arrived: list[tuple[int, PredictionEvent]],
+    deps: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The snapshot ``JoinTable.pending_state`` returns; ``arrived``: the request's
+    (model position, event) pairs in arrival order."""
+    members = {models[i]: _event_state(ev) for i, ev in arrived}
+    state: dict[str, Any] = {
+        "v": STATE_VERSION,
+        "request_id": request_id,
+        "opened_ms": p.opened_ms,
+        "deadline_ms": p.deadline_ms,
+        "first_ts": p.first_ts,
+        "members": members,
+    }
+    if deps is not None:
+        state["deps"] = deps
+    return state
+
+
+def pending_from_state(
+    state: dict[str, Any], index: Mapping[str, int], models: Sequence[str]
+) -> tuple[str, _Pending]:
+    """The request id and the re-opened request of a ``export_state`` snapshot, without
+    source offsets. Raises ValueError naming the bad field for a state a table of
+    ``models`` cannot take (another version, a model it does not know)."""
+    base_digits = len(models) + 1
+    try:
+        if state["v"] != STATE_VERSION:
+            raise ValueError(f"pending state version {state['v']!r}, expected {STATE_VERSION}")
+        rid = state["request_id"]
+        p = _Pending((None,) * len(models))
+        p.arrival = 0
+        for name, fields in state["members"].items():  # in arrival order
+            if name not in index:
+                raise ValueError(
+                    f"pending state of {rid!r} has model {name!r}, not one of {list(models)}"
+                )
+            i = index[name]
+            p[i] = _event_from_state(rid, name, fields)
+            p.arrival = p.arrival * base_digits + i + 1
+        if all(ev is None for ev in p):
+            raise ValueError(f"pending state of {rid!r} has no members")
+        p.opened_ms = int(state["opened_ms"])
+        p.deadline_ms = int(state["deadline_ms"])
+        p.first_ts = int(state["first_ts"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
+    p.source = None
+    p.more = None
+    return rid, p
+
+
+def _event_state(ev: PredictionEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {"ts": ev.ts}
+    if ev.probs is not None:
+        out["probs"] = unpack_probs(ev.probs)
+    elif ev.label is not None:
+        out["label"] = ev.label
+    elif ev.text is not None:
+        out["text"] = ev.text
+        if ev.confidence is not None:
+            out["confidence"] = ev.confidence
+    else:
+        out["score"] = ev.score
+    if ev.model_version is not None:
+        out["model_version"] = ev.model_version
+    if ev.trace_id is not None:
+        out["trace_id"] = ev.trace_id
+    if ev.traceparent is not None:
+        out["traceparent"] = ev.traceparent
+    return out
+
+
+def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> PredictionEvent:
+    probs = fields.get("probs")
+    label = fields.get("label")
+    score = fields.get("score")
+    text = fields.get("text")
+    confidence = fields.get("confidence")
+    return PredictionEvent(
+        request_id=rid,
+        model=model,
+        ts=int(fields["ts"]),
+        probs=None if probs is None else pack_probs([float(x) for x in probs]),
+        label=None if label is None else int(label),
+        score=None if score is None else float(score),
+        model_version=fields.get("model_version"),
+        trace_id=fields.get("trace_id"),
+        traceparent=fields.get("traceparent"),
+        text=None if text is None else str(text),
+        confidence=None if confidence is None else float(confidence),
+    )
