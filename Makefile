@@ -112,8 +112,9 @@ chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes
 chaos-at-least-once: .venv kafka-up  ## at-least-once under 5 kill -9: prints lost, repeated, degraded
 	$(BIN)/python -m tests.integration.chaos_at_least_once --bootstrap 127.0.0.1:$(KAFKA_PORT)
 
-bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory
+bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory, early decision
 	$(BIN)/python -m bench.run --bootstrap 127.0.0.1:$(KAFKA_PORT)
+	$(BIN)/python -m bench.bench_early --bootstrap 127.0.0.1:$(KAFKA_PORT) --rate 100 --seconds 20
 
 bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
 	$(BIN)/python bench/bench_fusion.py
