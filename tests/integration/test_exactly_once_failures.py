@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.integration.chaos import compare, reference
 from tests.integration.conftest import Pipeline, WorkerFactory
@@ -88,19 +88,63 @@ async def stream(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]])
         await producer.stop()
 
 
+async def wait_for_commits(worker: WorkerProcess, publishing: asyncio.Task[None], n: int) -> None:
+    """Until ``worker`` has committed ``n`` transactions while the stream still runs."""
+    while metric(worker.get("/metrics")[1], "fusion_transactions_total", outcome="committed") < n:
+        assert not publishing.done(), "the stream ended before the worker committed"
+        await asyncio.sleep(0.05)
+
+
 async def freeze_mid_stream(
     bootstrap: str, topic: str, worker: WorkerProcess, events: list[dict[str, Any]], s: float
 ) -> None:
     """Stream ``events``; once ``worker`` has committed transactions on all four
-    partitions (so it is mid-stream with transactions open), SIGSTOP it for ``s``
-    seconds."""
+    partitions (so it is mid-stream), SIGSTOP it for ``s`` seconds."""
     assert worker.proc is not None
     records = [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
     publishing = asyncio.create_task(stream(bootstrap, topic, records))
-    while metric(worker.get("/metrics")[1], "fusion_transactions_total", outcome="committed") < 8:
-        assert not publishing.done(), "the stream ended before the worker committed"
-        await asyncio.sleep(0.05)
+    await wait_for_commits(worker, publishing, 8)
     worker.proc.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(s)
+    worker.proc.send_signal(signal.SIGCONT)
+    await publishing
+
+
+async def holds_open_transaction(bootstrap: str, topics: list[str], partitions: int) -> bool:
+    """Whether a transaction with records in ``topics`` is open on the broker: a
+    partition's last stable offset (the end a read_committed reader sees) is short of
+    its high watermark."""
+    ends = []
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+            ends.append(await consumer.end_offsets(tps))
+        finally:
+            await consumer.stop()
+    stable, high = ends
+    return any(stable[tp] < high[tp] for tp in high)
+
+
+async def freeze_with_transaction_open(
+    bootstrap: str, topic: str, worker: WorkerProcess, events: list[dict[str, Any]], s: float
+) -> None:
+    """Stream ``events`` and SIGSTOP ``worker`` for ``s`` seconds at a moment when the
+    broker holds one of its transactions open. A stop that lands between a commit and
+    the next transaction's first record leaves nothing for the broker to abort: that
+    one is undone at once (SIGCONT) and tried again after the next commit."""
+    assert worker.proc is not None
+    records = [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
+    publishing = asyncio.create_task(stream(bootstrap, topic, records))
+    commits = 8
+    while True:
+        await wait_for_commits(worker, publishing, commits)
+        worker.proc.send_signal(signal.SIGSTOP)
+        if await holds_open_transaction(bootstrap, ["out", "dlq"], 4):
+            break
+        worker.proc.send_signal(signal.SIGCONT)
+        commits += 1
     await asyncio.sleep(s)
     worker.proc.send_signal(signal.SIGCONT)
     await publishing
@@ -132,7 +176,7 @@ async def test_a_worker_whose_transaction_timed_out_takes_its_partitions_back(
     events = make_events(4000, seed=22)
     # aiokafka's session timeout is 10 s; the dev broker looks for timed-out
     # transactions every second.
-    await freeze_mid_stream(bootstrap, "in", worker, events, 5.0)
+    await freeze_with_transaction_open(bootstrap, "in", worker, events, 5.0)
 
     results = decode_values(await read_committed(bootstrap, "out", 4000))
     assert compare(results, reference(cfg, events)) == (0, 0, 0), worker.logs()
