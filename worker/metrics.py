@@ -12,16 +12,11 @@ the first event. docs/metrics.md describes every metric and the alert built on i
 from __future__ import annotations
 
 import logging
-import math
-import os
-import threading
-import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,14 +27,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from worker._version import __version__
 from worker.decode import DLQ_REASONS as DLQ_REASONS
 from worker.events import FinishedRequest
 from worker.fusion.quality import Quality
+from worker.metrics_histogram import BatchHistogram as BatchHistogram
 from worker.metrics_quality import QualityMetrics
 
 log = logging.getLogger(__name__)
@@ -72,97 +65,6 @@ LATENCY_BUCKETS = (
 )
 # Records per fetched batch: 1 .. fetch_max_records (10 000 by default).
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000)
-
-# The client's own switch for the ``_created`` series, read once as the client does, so
-# that the batched histograms follow the client's ones.
-_CREATED_OFF = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower()
-_CREATED = _CREATED_OFF not in ("true", "1", "t")
-# The client's spelling of a bucket bound in ``le`` (untyped in the client).
-_go_float = cast("Callable[[float], str]", floatToGoString)
-
-
-class _Series:
-    """One label set of a BatchHistogram."""
-
-    __slots__ = ("counts", "created", "total")
-
-    def __init__(self, n_buckets: int) -> None:
-        self.counts = np.zeros(n_buckets, dtype=np.int64)  # per bucket, not cumulative
-        self.total = 0.0
-        self.created = time.time()
-
-
-class BatchHistogram:
-    """A histogram observed a batch of values at a time, as a registry collector.
-
-    The client's ``Histogram.observe`` takes one value per call (a label lookup, a lock
-    and a scan of the buckets each), and the worker observes one value per result and per
-    member: several per event. This keeps the bucket counts per label values in numpy
-    and exposes them as a histogram family, with the samples the client's ``Histogram``
-    of the same name, labels and buckets gives for the same values observed one by one,
-    in the same order: cumulative ``_bucket`` per ``le``, ``_count``, ``_sum`` (summed in
-    observation order, so equal to the last bit) and ``_created``.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        buckets: Sequence[float],
-        registry: CollectorRegistry,
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        bounds = [float(b) for b in buckets]
-        if bounds[-1] != math.inf:
-            bounds.append(math.inf)
-        self._bounds = np.array(bounds)
-        self._le = [_go_float(b) for b in bounds]
-        self._series: dict[tuple[str, ...], _Series] = {}
-        # Observations come from the event loop, scrapes from the health server's thread.
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def series(self, *labelvalues: str) -> None:
-        """Create the series of ``labelvalues`` at 0 if it does not exist yet."""
-        with self._lock:
-            if labelvalues not in self._series:
-                self._series[labelvalues] = _Series(len(self._bounds))
-
-    def observe(self, values: npt.NDArray[np.float64], *labelvalues: str) -> None:
-        """Observe every value of ``values`` in the series of ``labelvalues``."""
-        if not len(values):
-            return
-        n = len(self._bounds)
-        # A value v belongs to the first bucket whose bound is >= v, as the client's
-        # `v <= bound` scan finds; NaN (sorted past +Inf) is in none, as there.
-        counts = np.bincount(np.searchsorted(self._bounds, values), minlength=n + 1)[:n]
-        with self._lock:
-            s = self._series.get(labelvalues)
-            if s is None:
-                s = self._series[labelvalues] = _Series(n)
-            s.counts += counts
-            # cumsum adds one value after the other, as the client's running sum does;
-            # a plain sum() would add pairwise and could differ in the last bits.
-            s.total = float(np.cumsum(np.concatenate(([s.total], values)))[-1])
-
-    def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
-
-    def collect(self) -> list[Metric]:
-        with self._lock:
-            snapshot = [(k, s.counts.copy(), s.total, s.created) for k, s in self._series.items()]
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labelvalues, counts, total, created in snapshot:
-            # floats, as the client's bucket values are
-            cumulative: list[float] = np.cumsum(counts).astype(np.float64).tolist()
-            family.add_metric(labelvalues, list(zip(self._le, cumulative, strict=True)), total)
-            if _CREATED:
-                labels = dict(zip(self.labelnames, labelvalues, strict=True))
-                family.samples.append(Sample(self.name + "_created", labels, created))
-        return [family]
 
 
 class Metrics:
