@@ -4,7 +4,7 @@ validated once at start into frozen msgspec Structs that the rest of the code re
 Every Struct is frozen and forbids unknown fields, so a misspelt key is an error rather
 than silently ignored. Types, enumerations (``Literal``) and bounds (``Meta``) are
 declared on the fields and checked by ``msgspec.convert``; what spans several keys is
-checked in ``_validate``. Nothing below this module reads the environment. Every error
+checked by ``worker.config_checks``. Nothing below this module reads the environment. Every error
 names the key and the bad value (``ConfigError``), so an operator can fix it from the
 message alone; reading the file and the environment, and wording msgspec's errors, is
 ``worker.config_source``.
@@ -12,7 +12,6 @@ message alone; reading the file and the environment, and wording msgspec's error
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,15 +19,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from worker.config_checks import LOG_LEVELS as LOG_LEVELS
+from worker.config_checks import SASL_MECHANISMS as SASL_MECHANISMS
+from worker.config_checks import validate, validate_commit_interval
 from worker.config_source import apply_env, conversion_error, read_toml
 from worker.errors import ConfigError
 from worker.fusion import registry
-from worker.fusion.early import EARLY_STRATEGIES
 from worker.text_event import TEXT_MAX_CHARS
 from worker.vocabulary import Vocabularies, vocabularies
 
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # What ``commit_interval_ms = 0`` means for each delivery mode, resolved at load.
 DEFAULT_COMMIT_INTERVAL_MS = {"at-least-once": 1000, "exactly-once": 100}
 
@@ -236,7 +235,7 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise conversion_error(exc, raw, Config, SECTIONS) from None
-    _validate(cfg)
+    validate(cfg)
     kafka = cfg.kafka
     fusion = cfg.fusion
     if not fusion.task:
@@ -244,231 +243,8 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     if not kafka.commit_interval_ms:
         commit_interval_ms = DEFAULT_COMMIT_INTERVAL_MS[kafka.delivery]
         kafka = msgspec.structs.replace(kafka, commit_interval_ms=commit_interval_ms)
-    _validate_commit_interval(kafka)
+    validate_commit_interval(kafka)
     return msgspec.structs.replace(cfg, kafka=kafka, fusion=fusion, source=source)
-
-
-def _validate(cfg: Config) -> None:
-    _validate_kafka(cfg.kafka)
-    _validate_models(cfg)
-    _validate_fusion(cfg.fusion)
-    _validate_vocabularies(cfg)
-    _validate_early_decision(cfg)
-    _validate_feedback(cfg)
-    if cfg.log.level.upper() not in LOG_LEVELS:
-        raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
-
-
-def _validate_kafka(k: KafkaConfig) -> None:
-    if not k.bootstrap_servers.strip():
-        raise ConfigError("kafka.bootstrap_servers", k.bootstrap_servers, "must not be empty")
-    if len(set(k.input_topics)) != len(k.input_topics):
-        raise ConfigError("kafka.input_topics", list(k.input_topics), "lists a topic twice")
-    outputs = {k.output_topic, k.dlq_topic, k.late_topic} - {""}
-    clash = outputs & set(k.input_topics)
-    if clash:
-        raise ConfigError(
-            "kafka.input_topics", list(k.input_topics), f"also used as an output: {sorted(clash)}"
-        )
-    if k.security_protocol.startswith("SASL"):
-        if not k.sasl_mechanism:
-            raise ConfigError(
-                "kafka.sasl_mechanism",
-                k.sasl_mechanism,
-                f"must be one of {', '.join(SASL_MECHANISMS)} with {k.security_protocol}",
-            )
-        if not k.sasl_username:
-            raise ConfigError(
-                "kafka.sasl_username", k.sasl_username, f"required with {k.security_protocol}"
-            )
-        if not k.sasl_password and not k.sasl_password_file:
-            raise ConfigError(
-                "kafka.sasl_password",
-                "<unset>",
-                "set FUSION_KAFKA__SASL_PASSWORD or kafka.sasl_password_file",
-            )
-        if k.sasl_password_file and not Path(k.sasl_password_file).is_file():
-            raise ConfigError("kafka.sasl_password_file", k.sasl_password_file, "file not found")
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        value = getattr(k, key)
-        if value and not Path(value).is_file():
-            raise ConfigError(f"kafka.{key}", value, "file not found")
-
-
-def _validate_commit_interval(k: KafkaConfig) -> None:
-    # A transaction left open longer than a tenth of its timeout risks being aborted
-    # by the broker under a slow commit.
-    if k.exactly_once and k.commit_interval_ms * 10 > k.transaction_timeout_ms:
-        raise ConfigError(
-            "kafka.commit_interval_ms",
-            k.commit_interval_ms,
-            f"must be at most a tenth of kafka.transaction_timeout_ms ({k.transaction_timeout_ms})",
-        )
-
-
-def _validate_models(cfg: Config) -> None:
-    seen: set[str] = set()
-    for i, model in enumerate(cfg.models):
-        if model.name in seen:
-            raise ConfigError(f"models[{i}].name", model.name, "duplicate model name")
-        seen.add(model.name)
-        if not math.isfinite(model.weight):
-            raise ConfigError(f"models[{i}].weight", model.weight, "must be finite")
-    if sum(cfg.weights) <= 0:
-        raise ConfigError("models[*].weight", list(cfg.weights), "at least one weight must be > 0")
-    if cfg.join.min_models > len(cfg.models):
-        raise ConfigError(
-            "join.min_models",
-            cfg.join.min_models,
-            f"must be between 1 and the number of models ({len(cfg.models)})",
-        )
-
-
-def _validate_fusion(f: FusionConfig) -> None:
-    if len(set(f.labels)) != len(f.labels):
-        raise ConfigError("fusion.labels", list(f.labels), "lists a label twice")
-    if len(f.labels) == 1:
-        raise ConfigError(
-            "fusion.labels", list(f.labels), "needs at least two labels (or none for scores)"
-        )
-    task = registry.task_of(f.labels, f.task)
-    if task == "classification" and not f.labels:
-        raise ConfigError("fusion.labels", [], 'required with task = "classification"')
-    if task in ("regression", "text") and f.labels:
-        raise ConfigError(
-            "fusion.labels", list(f.labels), f"must be empty with task = {task!r} (no labels)"
-        )
-    if f.normalise is not None and len(set(f.normalise)) != len(f.normalise):
-        raise ConfigError("fusion.normalise", list(f.normalise), "lists a step twice")
-    strategy = registry.lookup(f.strategy, task, key="fusion.strategy")
-    if strategy.needs_stacker and not f.stacker:
-        raise ConfigError("fusion.stacker", f.stacker, f"required with strategy = {f.strategy!r}")
-    fallbacks = registry.names("classification", stacker=False)
-    if f.fallback not in fallbacks:
-        raise ConfigError(
-            "fusion.fallback",
-            f.fallback,
-            f"must be a strategy that needs no stacker: one of {', '.join(fallbacks)}",
-        )
-    for key in ("stacker", "weights_file", "calibration_file"):
-        value = getattr(f, key)
-        if value and not Path(value).is_file():
-            raise ConfigError(f"fusion.{key}", value, "file not found")
-    if f.calibration_file:
-        if f.is_regression:
-            raise ConfigError(
-                "fusion.calibration_file",
-                f.calibration_file,
-                "calibrates probabilities: it needs fusion.labels (not scores)",
-            )
-        if strategy.needs_stacker:
-            # The stacker was fitted on the raw probabilities and learns its own scaling
-            # of each member; temperatures before it would feed it inputs it never saw.
-            raise ConfigError(
-                "fusion.calibration_file",
-                f.calibration_file,
-                f"cannot be combined with strategy = {f.strategy!r}: the stacker is fitted "
-                "on raw probabilities; remove calibration_file or choose another strategy",
-            )
-
-
-def _validate_early_decision(cfg: Config) -> None:
-    if not cfg.join.early_decision:
-        return
-    f = cfg.fusion
-    if f.is_regression:
-        raise ConfigError(
-            "join.early_decision", True, "needs fusion.labels: a score has no label to decide"
-        )
-    if f.strategy not in EARLY_STRATEGIES:
-        raise ConfigError(
-            "join.early_decision",
-            True,
-            f"needs fusion.strategy one of {', '.join(EARLY_STRATEGIES)}, got {f.strategy!r}",
-        )
-
-
-def _validate_vocabularies(cfg: Config) -> None:
-    """``[[models]] labels`` and ``label_map`` against ``[fusion] labels``."""
-    fused = cfg.fusion.labels
-    for i, model in enumerate(cfg.models):
-        key = f"models[{i}]"
-        if not model.labels and not model.label_map:
-            continue
-        if not fused:
-            which = "labels" if model.labels else "label_map"
-            raise ConfigError(
-                f"{key}.{which}",
-                list(model.labels) if model.labels else model.label_map,
-                "needs fusion.labels (label vocabularies are for classification)",
-            )
-        if not model.labels:
-            raise ConfigError(
-                f"{key}.label_map", model.label_map, f"needs {key}.labels (the model's own codes)"
-            )
-        codes = list(model.labels)
-        if len(codes) < 2:
-            raise ConfigError(f"{key}.labels", codes, "needs at least two codes")
-        seen: set[str] = set()
-        for code in codes:
-            if code in seen:
-                raise ConfigError(f"{key}.labels", codes, f"lists the code {code!r} twice")
-            seen.add(code)
-        for code, label in model.label_map.items():
-            if code not in seen:
-                raise ConfigError(
-                    f"{key}.label_map.{code}", label, f"the code {code!r} is not in {key}.labels"
-                )
-            if label not in fused:
-                raise ConfigError(
-                    f"{key}.label_map.{code}", label, f"not one of fusion.labels {list(fused)}"
-                )
-        if not any(model.label_map.get(code, code) in fused for code in codes):
-            raise ConfigError(
-                f"{key}.labels", codes, "no code maps to one of fusion.labels (add label_map)"
-            )
-    vocab = cfg.vocabularies
-    if not vocab.full_cover and registry.STRATEGIES[cfg.fusion.strategy].needs_stacker:
-        partial = [
-            f"models[{j}] ({cfg.models[j].name})"
-            for j in range(len(cfg.models))
-            if not vocab.cover[j].all()
-        ]
-        raise ConfigError(
-            "fusion.strategy",
-            cfg.fusion.strategy,
-            "needs every model to cover every fused label; not covered by " + ", ".join(partial),
-        )
-
-
-def _validate_feedback(cfg: Config) -> None:
-    fb, k = cfg.feedback, cfg.kafka
-    if fb.topic:
-        used = {*k.input_topics, k.output_topic, k.dlq_topic, k.late_topic} - {""}
-        if fb.topic in used:
-            raise ConfigError(
-                "feedback.topic",
-                fb.topic,
-                "is also an input or output topic; labels need their own",
-            )
-    m = len(cfg.models)
-    if not math.isfinite(fb.learning_rate):
-        raise ConfigError("feedback.learning_rate", fb.learning_rate, "must be finite")
-    if fb.weight_floor * m >= 1:
-        raise ConfigError(
-            "feedback.weight_floor",
-            fb.weight_floor,
-            f"must be below 1/{m} (the share each of the {m} models would have)",
-        )
-    if cfg.fusion.weights == "adaptive":
-        task = registry.task_of(cfg.fusion.labels)
-        strategy = registry.lookup(cfg.fusion.strategy, task, key="fusion.strategy")
-        if task == "text" or not strategy.weighted or strategy.needs_stacker:
-            raise ConfigError(
-                "fusion.weights",
-                cfg.fusion.weights,
-                f"needs a weighted strategy (not {cfg.fusion.strategy!r})",
-            )
 
 
 def sasl_password(cfg: KafkaConfig) -> str:
