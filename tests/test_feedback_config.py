@@ -52,6 +52,14 @@ def test_a_bad_value_names_its_key(
         cfg(fusion, **feedback)
 
 
+def test_adaptive_weights_on_the_text_task_name_the_weights_key() -> None:
+    """Text strategies do not learn weights: the message names fusion.weights, not the
+    strategy, which is a valid text strategy."""
+    text = {"task": "text", "labels": [], "strategy": "consensus", "weights": "adaptive"}
+    with pytest.raises(ConfigError, match=r"fusion\.weights"):
+        cfg(text)
+
+
 def test_adaptive_weights_with_a_weighted_strategy_are_accepted() -> None:
     """soft_vote, hard_vote and weighted_average can adapt their weights."""
     for strategy in ("soft_vote", "hard_vote", "weighted_average", "geometric_mean"):

@@ -229,7 +229,7 @@ def _validate_feedback(cfg: Config) -> None:
             f"must be below 1/{m} (the share each of the {m} models would have)",
         )
     if cfg.fusion.weights == "adaptive":
-        task = registry.task_of(cfg.fusion.labels)
+        task = registry.task_of(cfg.fusion.labels, cfg.fusion.task)
         strategy = registry.lookup(cfg.fusion.strategy, task, key="fusion.strategy")
         if task == "text" or not strategy.weighted or strategy.needs_stacker:
             raise ConfigError(
