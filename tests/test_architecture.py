@@ -15,6 +15,7 @@ CORE = [
     WORKER / "decode.py",
     WORKER / "decode_checks.py",
     WORKER / "decode_codes.py",
+    WORKER / "decode_wire.py",
     WORKER / "join.py",
     WORKER / "join_pending.py",
     WORKER / "join_state.py",

@@ -1,10 +1,16 @@
 """Decode one Kafka record value into a validated ``PredictionEvent`` (the v1 contract).
 
-The wire format is ``schemas/prediction.v1.json``; this module applies it by hand
-(orjson, then direct dict and type checks: no jsonschema on the hot path) and adds the
-checks the schema cannot know, which depend on the configuration. A value that breaks
-the contract raises ``InvalidEvent(reason, detail)``; the reason is a stable code the
-runtime puts in the dead-letter header ``error`` and in a metric label.
+The wire format is ``schemas/prediction.v1.json``; this module applies it (no jsonschema
+on the hot path) and adds the checks the schema cannot know, which depend on the
+configuration. A value that breaks the contract raises ``InvalidEvent(reason, detail)``;
+the reason is a stable code the runtime puts in the dead-letter header ``error`` and in
+a metric label.
+
+Two paths, one verdict (``worker.decode_wire``): the fast path parses straight into a
+typed msgspec struct (types and bounds checked in C) and is the one valid events take;
+whatever it refuses or is not sure of goes to the careful path (orjson, then checks by
+hand in the order below), which finds the reason and words the detail. The
+configuration checks that follow are the same code for both.
 
 Checks run in this order, so that the reason does not depend on chance:
 
@@ -58,26 +64,21 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any
 
-import orjson
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from worker.config import Config
-from worker.decode_checks import _labels, _probs, _score
-from worker.decode_checks import _parse_error as _parse_error
-from worker.decode_checks import _show as _show
+from worker.decode_checks import REQUEST_ID_MAX_CHARS as REQUEST_ID_MAX_CHARS
+from worker.decode_checks import TS_MAX as TS_MAX
+from worker.decode_checks import _show, parse_object
 from worker.decode_codes import _ORDER_CACHE_MAX, _ModelCodes
+from worker.decode_wire import FIELDS as FIELDS
+from worker.decode_wire import WireEvent, checked_wire, wire_decoder
 from worker.errors import InvalidEvent
 from worker.events import PredictionEvent
 from worker.fusion.text import text_normalisation
-from worker.text_event import (
-    TEXT_CONFIG_REASONS,
-    TEXT_FIELDS,
-    TEXT_REASONS,
-    check_confidence,
-    check_text_config,
-    check_text_type,
-)
+from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_config
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,6 @@ DLQ_REASONS = (*REASONS, *RECORD_REASONS, *LABEL_REASONS)
 # The reasons that depend on the configuration: the schema cannot see these.
 CONFIG_REASONS = frozenset({"unknown_model", "unknown_label", "label_mismatch", "not_normalised"})
 CONFIG_REASONS |= TEXT_CONFIG_REASONS
-FIELDS = frozenset(
-    {"request_id", "model", "ts", "probs", "label", "score", "labels", "model_version", "trace_id"}
-    | TEXT_FIELDS
-)
-REQUEST_ID_MAX_CHARS = 256
-TS_MAX = 2**63 - 1  # Kafka timestamps are int64 ms
 # Model versions repeat across events; sharing them saves memory while requests are pending.
 _VERSION_CACHE_MAX = 4096
 
@@ -132,6 +127,7 @@ class Decoder:
         "_n_labels",
         "_orders",
         "_pack",
+        "_parse",
         "_text",
         "_tolerance",
         "_versions",
@@ -162,140 +158,107 @@ class Decoder:
             if fusion.is_text
             else None
         )
+        self._parse = wire_decoder().decode
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:
-        """Parse and validate one record value. Raises InvalidEvent (see the module doc)."""
-        if value is None:
-            raise InvalidEvent("json", "no value (a tombstone); expected a JSON object")
-        if len(value) > self._max_bytes:
-            raise InvalidEvent(
-                "too_large",
-                f"value of {len(value)} bytes exceeds kafka.max_event_bytes={self._max_bytes}",
-            )
-        if not value:
-            raise InvalidEvent("json", "empty value; expected a JSON object")
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise _parse_error(value, exc) from None
-        if type(doc) is not dict:
-            raise InvalidEvent("json", f"expected a JSON object, got {type(doc).__name__}")
+        """Parse and validate one record value. Raises InvalidEvent (see the module doc).
 
-        # -- wire checks (prediction.v1.json) --------------------------------------------
-        if not doc.keys() <= FIELDS:
-            extra = sorted(doc.keys() - FIELDS)
-            raise InvalidEvent("schema", f"unknown field(s) {_show(extra)}")
-        request_id = doc.get("request_id")
-        if type(request_id) is not str or not 0 < len(request_id) <= REQUEST_ID_MAX_CHARS:
-            raise InvalidEvent(
-                "schema",
-                f"request_id must be a string of 1..{REQUEST_ID_MAX_CHARS} characters, "
-                f"got {_show(request_id)}",
+        The fast path: a value within the size limit parsed into a ``WireEvent``, then the
+        wire rules a struct cannot state. Anything else, the careful path decides."""
+        if value and len(value) <= self._max_bytes:
+            try:
+                wire = self._parse(value)
+            except msgspec.DecodeError:  # ValidationError included
+                return self.decode_careful(value, record_ts_ms)
+            # The wire rules a struct cannot state: exactly one prediction kind, ``labels``
+            # only with ``probs`` and distinct, ``confidence`` only with ``text``, a ts.
+            probs, labels, text = wire.probs, wire.labels, wire.text
+            kinds = (
+                (probs is not UNSET)
+                + (wire.label is not UNSET)
+                + (wire.score is not UNSET)
+                + (text is not UNSET)
             )
-        model = doc.get("model")
-        if type(model) is not str:
-            raise InvalidEvent("schema", f"model must be a string, got {_show(model)}")
-        ts = doc.get("ts")
-        if type(ts) is not int or not 0 <= ts <= TS_MAX:
-            ts = self._ts(doc, record_ts_ms)
-        kinds = ("probs" in doc) + ("label" in doc) + ("score" in doc) + ("text" in doc)
-        if kinds != 1:
-            raise InvalidEvent(
-                "schema",
-                "exactly one of probs, label, score, text is required, got "
-                + (", ".join(k for k in ("probs", "label", "score", "text") if k in doc) or "none"),
-            )
-        if "labels" in doc and "probs" not in doc:
-            raise InvalidEvent("schema", "labels is only allowed with probs")
-        if "confidence" in doc and "text" not in doc:
-            raise InvalidEvent("schema", "confidence is only allowed with text")
-        model_version = doc.get("model_version")
-        if model_version is not None or "model_version" in doc:
-            model_version = self._version(model_version)
-        trace_id = doc.get("trace_id")
-        if type(trace_id) is not str and (trace_id is not None or "trace_id" in doc):
-            raise InvalidEvent("schema", f"trace_id must be a string, got {_show(trace_id)}")
+            ts = wire.ts
+            if ts is UNSET and record_ts_ms is not None and record_ts_ms >= 0:
+                ts = record_ts_ms
+            if (
+                kinds == 1
+                and ts is not UNSET
+                and (
+                    labels is UNSET
+                    or (
+                        probs is not UNSET
+                        and (labels in self._orders or len(set(labels)) == len(labels))
+                    )
+                )
+                and (wire.confidence is UNSET or text is not UNSET)
+            ):
+                return self._event(wire, ts)
+        return self.decode_careful(value, record_ts_ms)
 
-        # the prediction's wire checks
-        raw: list[float] | None = None
-        order: tuple[int, ...] | None = None
-        names: list[str] | None = None
-        label_name: str | None = None
-        score: float | None = None
-        text: str | None = None
-        confidence: float | None = None
-        if "text" in doc:
-            text = check_text_type(doc["text"])
-            if "confidence" in doc:
-                confidence = check_confidence(doc["confidence"])
-        elif "probs" in doc:
-            raw = _probs(doc["probs"])
-            if "labels" in doc:
-                order = self._cached_order(doc["labels"])
-                if order is None:
-                    names = _labels(doc["labels"])
-        elif "label" in doc:
-            label_name = doc["label"]
-            if type(label_name) is not str:
-                raise InvalidEvent("schema", f"label must be a string, got {_show(label_name)}")
-        else:
-            score = _score(doc["score"])
+    def decode_careful(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:
+        """The careful path alone: orjson, every wire check by hand in the order of the
+        module doc, then the configuration checks. Gives what ``decode`` gives, slower;
+        ``decode`` takes it for whatever its fast path refuses."""
+        wire, ts = checked_wire(parse_object(value, self._max_bytes), record_ts_ms)
+        return self._event(wire, ts)
 
-        # -- config checks ---------------------------------------------------------------
+    def _event(self, wire: WireEvent, ts: int) -> PredictionEvent:
+        """The configuration checks of a wire-valid event, and the event they give."""
+        model = wire.model
         canonical = self._models.get(model)
         if canonical is None:
             raise InvalidEvent(
                 "unknown_model",
                 f"model {_show(model)} is not configured; models are {list(self._models)}",
             )
+        version = wire.model_version
+        model_version = None if version is UNSET else self._version(version)
+        trace_id = wire.trace_id
         probs: bytes | None = None
         label: int | None = None
+        score = wire.score
+        text = None if wire.text is UNSET else wire.text
+        raw = wire.probs
         codes = self._vocab.get(canonical) if self._vocab else None
         if self._text is not None or text is not None:
             text = self._checked_text(text)
-        elif codes is not None and raw is not None:
-            probs = codes.mapped(raw, doc.get("labels"), self._tolerance, self._pack)
-        elif codes is not None and label_name is not None:
-            label = codes.label(label_name)
-        elif raw is not None:
-            probs = self._aligned(raw, order, names)
-        elif label_name is not None:
-            label = self._label(label_name)
+        elif raw is not UNSET:
+            labels = wire.labels
+            if codes is not None:
+                names = None if labels is UNSET else labels
+                probs = codes.mapped(raw, names, self._tolerance, self._pack)
+            elif (
+                labels is UNSET
+                and len(raw) == self._n_labels
+                and abs(sum(raw) - 1.0) <= self._tolerance
+            ):  # the common case, spared a call; _aligned does it all and words the errors
+                probs = self._pack(*raw)
+            else:
+                probs = self._aligned(raw, labels)
+        elif wire.label is not UNSET:
+            label = self._label(wire.label) if codes is None else codes.label(wire.label)
         elif self._n_labels:
             raise InvalidEvent(
                 "label_mismatch",
                 f"score {score!r} sent but fusion.labels is set (a classification task)",
             )
         return PredictionEvent(
-            request_id,
+            wire.request_id,
             canonical,
             ts,
             probs,
             label,
-            score,
+            None if score is UNSET else score,
             model_version,
-            trace_id,
-            text=text,
-            confidence=confidence,
+            None if trace_id is UNSET else trace_id,
+            None,  # traceparent: the engine reads it from the record's headers
+            text,
+            None if wire.confidence is UNSET else wire.confidence,
         )
 
     # -- helpers ------------------------------------------------------------------------
-
-    @staticmethod
-    def _ts(doc: dict[str, Any], record_ts_ms: int | None) -> int:
-        if "ts" not in doc:
-            if record_ts_ms is None or record_ts_ms < 0:
-                raise InvalidEvent("schema", "no ts field and no record timestamp")
-            return record_ts_ms
-        ts = doc["ts"]
-        kind = type(ts)
-        if kind is float and ts.is_integer():
-            ts = int(ts)
-        elif kind is not int:
-            raise InvalidEvent("schema", f"ts must be an integer (ms since the epoch), got {ts!r}")
-        if not 0 <= ts <= TS_MAX:
-            raise InvalidEvent("schema", f"ts must be in [0, 2**63), got {ts}")
-        return int(ts)
 
     def _checked_text(self, text: str | None) -> str:
         """Config checks of the text task: a text, and only under it (``label_mismatch``),
@@ -308,9 +271,7 @@ class Decoder:
             )
         return check_text_config(text, *self._text)
 
-    def _version(self, value: object) -> str:
-        if type(value) is not str:
-            raise InvalidEvent("schema", f"model_version must be a string, got {_show(value)}")
+    def _version(self, value: str) -> str:
         cached = self._versions.get(value)
         if cached is not None:
             return cached
@@ -318,18 +279,19 @@ class Decoder:
             self._versions[value] = value
         return value
 
-    def _aligned(
-        self, raw: list[float], order: tuple[int, ...] | None, names: list[str] | None
-    ) -> bytes:
+    def _aligned(self, raw: list[float], labels: tuple[str, ...] | UnsetType) -> bytes:
         """Config checks of a probability vector; returns it packed, in the configured label
-        order. ``order``: a cached alignment of the event's ``labels``; ``names``: labels not seen
-        before (wire-valid), checked here."""
+        order. ``labels``: the event's label order (wire-valid: distinct strings), checked
+        here unless its alignment is cached."""
         if not self._n_labels:
             raise InvalidEvent(
                 "label_mismatch", "probs sent but fusion.labels is empty (a regression task)"
             )
-        if names is not None:
-            order = self._order(names)
+        order = None
+        if labels is not UNSET:
+            order = self._orders.get(labels)
+            if order is None:
+                order = self._order(list(labels))
         if len(raw) != self._n_labels:
             raise InvalidEvent(
                 "label_mismatch",
@@ -363,15 +325,6 @@ class Decoder:
                 f"label {_show(name)} is not one of fusion.labels {list(self._labels)}",
             )
         return index
-
-    def _cached_order(self, value: object) -> tuple[int, ...] | None:
-        """The alignment of a ``labels`` list seen before; only valid lists are cached."""
-        if type(value) is not list:
-            return None
-        try:
-            return self._orders.get(tuple(value))
-        except TypeError:  # an unhashable entry: not a valid list, the slow path says why
-            return None
 
     def _order(self, names: list[str]) -> tuple[int, ...]:
         """Config checks of a ``labels`` list (wire-valid: distinct strings). Returns, for

@@ -1,7 +1,9 @@
-"""The wire checks of the v1 prediction contract that need no configuration: the JSON
-parse error (``json`` vs. ``non_finite``) and the shape of ``probs``, ``labels`` and
-``score``. Each raises ``InvalidEvent(reason, detail)``; ``worker.decode`` runs them in
-the order its module doc states."""
+"""The wire checks of the v1 contracts that need no configuration: the prelude every
+record value goes through (``parse_object``: size, JSON, an object; shared by the
+prediction and the label decoders), the JSON parse error (``json`` vs. ``non_finite``)
+and the shape of ``probs``, ``labels`` and ``score``. Each raises
+``InvalidEvent(reason, detail)``; ``worker.decode`` runs them in the order its module doc
+states."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ import json
 import math
 from typing import Any, cast
 
+import orjson
+
 from worker.errors import InvalidEvent
+
+REQUEST_ID_MAX_CHARS = 256
+TS_MAX = 2**63 - 1  # Kafka timestamps are int64 ms
 
 _NUMBER = frozenset({float, int})
 _STR = {str}
@@ -52,6 +59,28 @@ def _parse_error(value: bytes, exc: Exception) -> InvalidEvent:
     except (ValueError, RecursionError):
         pass
     return InvalidEvent("json", f"not valid JSON: {exc}")
+
+
+def parse_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """The JSON object a record value holds, checked in this order: a value at all
+    (``json``: a tombstone), at most ``max_bytes`` long (``too_large``, before parsing, so
+    a huge value costs nothing), not empty, strict JSON (``json`` or ``non_finite``), an
+    object (``json``)."""
+    if value is None:
+        raise InvalidEvent("json", "no value (a tombstone); expected a JSON object")
+    if len(value) > max_bytes:
+        raise InvalidEvent(
+            "too_large", f"value of {len(value)} bytes exceeds kafka.max_event_bytes={max_bytes}"
+        )
+    if not value:
+        raise InvalidEvent("json", "empty value; expected a JSON object")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _parse_error(value, exc) from None
+    if type(doc) is not dict:
+        raise InvalidEvent("json", f"expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def _probs(value: object) -> list[float]:

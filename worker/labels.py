@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import math
 
-import orjson
-
 from worker.config import Config
-from worker.decode import REQUEST_ID_MAX_CHARS, TS_MAX, _parse_error, _show
+from worker.decode_checks import REQUEST_ID_MAX_CHARS, TS_MAX, _show, parse_object
 from worker.errors import InvalidEvent
 from worker.fusion.feedback import LabelEvent
 
@@ -33,19 +31,7 @@ class LabelDecoder:
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> LabelEvent:
         """Parse and validate one label value. Raises InvalidEvent."""
-        if not value:
-            raise InvalidEvent("json", "no value; expected a JSON object")
-        if len(value) > self._max_bytes:
-            raise InvalidEvent(
-                "too_large",
-                f"value of {len(value)} bytes exceeds kafka.max_event_bytes={self._max_bytes}",
-            )
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise _parse_error(value, exc) from None
-        if type(doc) is not dict:
-            raise InvalidEvent("json", f"expected a JSON object, got {type(doc).__name__}")
+        doc = parse_object(value, self._max_bytes)
         if not doc.keys() <= FIELDS:
             raise InvalidEvent("schema", f"unknown field(s) {_show(sorted(doc.keys() - FIELDS))}")
         request_id = doc.get("request_id")
