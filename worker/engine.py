@@ -43,8 +43,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from worker.config import Config
 from worker.decode import Decoder, check_key
 from worker.engine_labels import BatchFuser as BatchFuser
@@ -54,6 +52,7 @@ from worker.events import FinishedRequest
 from worker.fusion import Fuser
 from worker.fusion.early import EarlyDecider
 from worker.fusion.feedback import JOINED, LabelEvent
+from worker.fusion.result import result_json
 from worker.join import JoinTable
 from worker.labels import LabelDecoder, check_label_key
 from worker.learning import Learning
@@ -361,7 +360,7 @@ class Engine:
         out.result_partitions += [p for p, _ in finished]
         if self._encode:
             topic = self._output_topic
-            dumps = orjson.dumps
+            dumps = result_json
             outputs = out.outputs
             fused_records = out.fused_records
             for (p, f), result in zip(finished, results, strict=True):
