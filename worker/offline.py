@@ -41,6 +41,7 @@ from worker.config import Config
 from worker.engine import BatchFuser, Engine, InRecord, Step
 from worker.errors import ConfigError, FusionError, InvalidEvent
 from worker.fusion import Fuser
+from worker.fusion.result import result_json
 from worker.learning import Learning
 from worker.murmur2 import partition_for
 
@@ -241,7 +242,7 @@ def run_fuse(
         try:
             steps = _steps(engine, records, invalid_in(None), tail, invalid_in("labels"))
             for result in steps:
-                sink.write(orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE))
+                sink.write(result_json(result) + b"\n")
                 written += 1
             sink.flush()
         except OSError as exc:

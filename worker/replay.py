@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from worker.config import Config
@@ -36,6 +35,7 @@ from worker.engine import InRecord
 from worker.errors import ConfigError, FusionError
 from worker.events import FinishedRequest
 from worker.fusion import Fuser, registry
+from worker.fusion.result import result_json
 from worker.offline import BatchFuser, fuse_records, labels_by_partition, read_labels
 from worker.replay_read import Position as Position
 from worker.replay_read import RangeReader
@@ -230,7 +230,7 @@ async def _replay(
                 results = replay_results(config, _counted(records, bar), fuser, by_partition)
                 if producer is None:
                     for r in results:
-                        fh.write(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE))
+                        fh.write(result_json(r) + b"\n")
                         written += 1
                 else:
                     written += await _publish(producer, topic or "", results)
@@ -258,7 +258,7 @@ async def _publish(
     n = 0
     pending: list[asyncio.Future[Any]] = []
     for r in results:
-        pending.append(await producer.send(topic, orjson.dumps(r), key=r["request_id"].encode()))
+        pending.append(await producer.send(topic, result_json(r), key=r["request_id"].encode()))
         n += 1
         if len(pending) >= PUBLISH_CHUNK:
             await asyncio.gather(*pending)
