@@ -5,6 +5,7 @@ project's fixed seeds."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import numpy as np
@@ -79,3 +80,17 @@ def test_a_chunk_of_empty_texts_counts_nothing() -> None:
     _, matches = ngram.char_overlaps([["", " "], ["\t"]], ORDER)
     assert [m.shape for m in matches] == [(ORDER, 2, 2), (ORDER, 1, 1)]
     assert not any(m.any() for m in matches)
+
+
+def test_the_whitespace_shortcut_knows_every_whitespace_character() -> None:
+    """strip_whitespace's pattern matches exactly the characters str.split() splits at,
+    but the space: every code point is checked."""
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    found = {m.group() for m in ngram._OTHER_WHITESPACE.finditer(every)}
+    assert found == {c for c in every if c.isspace()} - {" "}
+
+
+@given(st.text(st.sampled_from("ab \t\n\x1c\x1f\x85\xa0\u2028\u3000\u200b")))
+def test_strip_whitespace_equals_split_and_join(text: str) -> None:
+    """strip_whitespace(t) is "".join(t.split()) (chrF's whitespace removal)."""
+    assert ngram.strip_whitespace(text) == "".join(text.split())

@@ -27,6 +27,7 @@ in one batch, e.g. Chinese text), the groups are counted one at a time with rank
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,18 @@ UIntArray = np.ndarray[Any, np.dtype[np.uint64]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 _KEY_BITS = 64
+
+# Whitespace other than the space itself: re's \s is str.isspace(), the characters
+# str.split() splits at. Most texts (normalised ones always) have none, and for them
+# removing the spaces is a replace, not a split into a list of words.
+_OTHER_WHITESPACE = re.compile(r"[^\S ]")
+
+
+def strip_whitespace(text: str) -> str:
+    """``text`` without any whitespace: ``"".join(text.split())``, faster."""
+    if _OTHER_WHITESPACE.search(text) is None:
+        return text.replace(" ", "")
+    return "".join(text.split())
 
 
 def _bits(count: int) -> int:
@@ -144,7 +157,7 @@ def _char_overlaps(
 ) -> tuple[list[IntArray], list[FloatArray]]:
     """``char_overlaps`` of one chunk of groups."""
     sizes = [len(g) for g in groups]
-    stripped = ["".join(text.split()) for g in groups for text in g]
+    stripped = [strip_whitespace(text) for g in groups for text in g]
     lengths = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
     split_at = np.cumsum(sizes)[:-1]
     out_lengths = list(np.split(lengths, split_at)) if groups else []
