@@ -28,6 +28,7 @@ in one batch, e.g. Chinese text), the groups are counted one at a time with rank
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -290,13 +291,14 @@ def _char_overlaps_by_rank(
 def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray]:
     """Per group of token lists, the (m_g, m_g) multiset overlaps of the tokens."""
     sizes = [len(g) for g in groups]
-    vocabulary: dict[str, int] = {}
-    ids = [
-        vocabulary.setdefault(tok, len(vocabulary)) for g in groups for toks in g for tok in toks
-    ]
+    flat = list(chain.from_iterable(chain.from_iterable(groups)))
+    # Ids by first appearance, looked up in C (map over dict.__getitem__): only their
+    # equality matters.
+    vocabulary = {tok: i for i, tok in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint64, count=len(flat))
     lengths = np.fromiter((len(t) for g in groups for t in g), dtype=np.int64, count=sum(sizes))
     m = max(sizes, default=1)
-    if not ids:
+    if not flat:
         return [np.zeros((s, s)) for s in sizes]
     token_bits = _bits(len(vocabulary))
     slot_bits = _bits(m)
@@ -306,7 +308,7 @@ def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray
     group, slot = _group_layout(sizes, lengths)
     keys = (
         (group.astype(np.uint64) << np.uint64(token_bits + slot_bits))
-        | (np.asarray(ids, dtype=np.uint64) << np.uint64(slot_bits))
+        | (ids << np.uint64(slot_bits))
         | slot.astype(np.uint64)
     )
     keys.sort()
