@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.fusion import ngram
+from worker.fusion import ngram, ngram_packed
 from worker.fusion.ngram_packed import DEEP, MASK_MAX_TEXTS
 
 ORDER = 6
@@ -94,3 +94,11 @@ def test_the_whitespace_shortcut_knows_every_whitespace_character() -> None:
 def test_strip_whitespace_equals_split_and_join(text: str) -> None:
     """strip_whitespace(t) is "".join(t.split()) (chrF's whitespace removal)."""
     assert ngram.strip_whitespace(text) == "".join(text.split())
+
+
+def test_run_sums_survive_running_sums_that_wrap() -> None:
+    """A run's packed counts are a difference of running sums mod 2**64: a running sum
+    that wrapped past 2**64 still gives the exact counts, without a warning."""
+    before = np.array([2**64 - 5, 3], dtype=np.uint64)  # 3 = (2**64 - 5) + 8 wrapped
+    total = np.array([10], dtype=np.uint64)
+    np.testing.assert_array_equal(ngram_packed._differences(before, total), [8, 7])

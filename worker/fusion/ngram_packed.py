@@ -68,13 +68,17 @@ class _Lanes:
         ones = sum(1 << (self.lane * i) for i in range(self.per_word))
         self.top_bits = _U(ones << (self.lane - 1))
         self.below = [_U(((1 << (self.lane - 1)) - k) * ones) for k in range(DEEP + 1)]
-        # Multiplying the top bits by this puts lane i's at bit `squeezed + i`: every
-        # partial product lands on a distinct bit, so no carry disturbs them.
+        # Multiplying the top bits by this puts lane i's at bit 64 - per_word + i: every
+        # partial product lands on a distinct bit (no carry disturbs them) and only
+        # lane i's own lands in that window; those above bit 63 fall off.
+        spare = 64 - self.per_word * (self.lane + 1) + 1
         self.squeeze = _U(
-            sum(1 << ((self.per_word - 1 - j) * self.lane + j) for j in range(self.per_word))
+            sum(
+                1 << ((self.per_word - 1 - j) * self.lane + j + spare) for j in range(self.per_word)
+            )
+            % (1 << 64)
         )
-        self.squeezed = _U(self.per_word * self.lane - 1)
-        self.word_mask = _U((1 << self.per_word) - 1)
+        self.squeezed = _U(64 - self.per_word)
         units = np.zeros((self.n_words, m), dtype=np.uint64)
         for slot in range(m):
             units[slot // self.per_word, slot] = 1 << (self.lane * (slot % self.per_word))
@@ -82,12 +86,12 @@ class _Lanes:
 
     def at_least(self, words: list[UIntArray], k: int) -> IntArray:
         """Per row, the mask of the slots whose count is >= k (1 <= k <= DEEP)."""
-        out = np.zeros(words[0].size, dtype=np.int64)
-        for w, x in enumerate(words):
-            top = (x + self.below[k]) & self.top_bits
-            mask = ((top * self.squeeze) >> self.squeezed) & self.word_mask
-            out |= mask.astype(np.int64) << (w * self.per_word)
-        return out
+        out = (((words[0] + self.below[k]) & self.top_bits) * self.squeeze) >> self.squeezed
+        for w in range(1, len(words)):
+            top = ((words[w] + self.below[k]) & self.top_bits) * self.squeeze
+            out |= (top >> self.squeezed) << _U(w * self.per_word)
+        masks: IntArray = out.view(np.int64)
+        return masks
 
     def any_at_least(self, words: list[UIntArray], k: int) -> BoolArray:
         """Per row, whether some slot's count is >= k."""
@@ -103,6 +107,15 @@ class _Lanes:
         parts = [(x[:, None] >> shifts) & lane_mask for x in words]
         counts: IntArray = np.concatenate(parts, axis=1)[:, : self.m].astype(np.int64)
         return counts
+
+
+def _differences(before: UIntArray, total: UIntArray) -> UIntArray:
+    """Each run's sum from the running sums before each run and the grand total (shape
+    (1,): array arithmetic wraps mod 2**64 without a warning, as the sums may)."""
+    out = np.empty_like(before)
+    np.subtract(before[1:], before[:-1], out=out[:-1])
+    np.subtract(total, before[-1:], out=out[-1:])
+    return out
 
 
 def packed_overlaps(
@@ -128,10 +141,10 @@ def packed_overlaps(
     # Two keys share their n-gram iff their XOR is below 2**(bits under the n-gram).
     starts = np.flatnonzero(differ >= _U(1 << slot_bits))
     before: list[UIntArray] = []
-    totals: list[np.uint64] = []
+    totals: list[UIntArray] = []
     for w in range(lanes.n_words):
         running = np.cumsum(lanes.units[w][slots])
-        totals.append(running[-1])
+        totals.append(running[-1:])
         before.append(np.concatenate([np.zeros(1, np.uint64), running[starts[1:] - 1]]))
     heads = keys[starts]
     steps = differ[starts]
@@ -146,7 +159,7 @@ def packed_overlaps(
             first = np.flatnonzero(steps >= _U(1) << shift)
             before = [b[first] for b in before]
             heads, steps = heads[first], steps[first]
-        words = [np.diff(b, append=t) for b, t in zip(before, totals, strict=True)]
+        words = [_differences(b, t) for b, t in zip(before, totals, strict=True)]
         # An n-gram runs past its text's end when its n-th character id is 0.
         valid = ((heads >> shift) & last_char) != 0
         entry = (heads >> group_shift).astype(np.int64) << m
