@@ -16,6 +16,10 @@ sort and a few array passes per n-gram order:
   the overlap matrix of a group is ``B.T @ B`` -- one small matrix product per group and
   order.
 
+Groups of up to MASK_MAX_TEXTS texts take the packed-count path of ``ngram_packed``
+(the runs of every order from one running sum); larger groups are counted order by
+order as above.
+
 When the ids do not fit in 64 bits (an alphabet of more than ~1,000 distinct characters
 in one batch, e.g. Chinese text), the groups are counted one at a time with ranks from
 ``np.unique`` instead: slower, the same numbers.
@@ -24,10 +28,12 @@ in one batch, e.g. Chinese text), the groups are counted one at a time with rank
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
+
+from worker.fusion.ngram_packed import MASK_MAX_TEXTS, packed_overlaps
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -35,6 +41,24 @@ UIntArray = np.ndarray[Any, np.dtype[np.uint64]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 _KEY_BITS = 64
+
+# Whitespace other than the space itself: the characters c != " " with c.isspace(),
+# where str.split() splits (a test checks every code point). Most texts (normalised
+# ones always) have none, and for them removing the spaces is a replace, not a split
+# into a list of words; a search for a character wider than the text's own is free.
+OTHER_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def strip_whitespace(text: str) -> str:
+    """``text`` without any whitespace: ``"".join(text.split())``, faster."""
+    for char in OTHER_WHITESPACE:
+        if char in text:
+            return "".join(text.split())
+    return text.replace(" ", "")
 
 
 def _bits(count: int) -> int:
@@ -91,62 +115,6 @@ def _overlaps(
     return out
 
 
-# Up to this many texts per group, n-grams that no text repeats are counted by the set of
-# texts that have them (a bit mask): a histogram of masks times a table of their pairs.
-MASK_MAX_TEXTS = 12
-
-
-@cache
-def _pairs_of_masks(m: int) -> FloatArray:
-    """(2**m, m*m): entry [mask, i*m + j] is 1 when bits i and j are both set."""
-    bits = (np.arange(1 << m)[:, None] >> np.arange(m)[None, :]) & 1
-    table: FloatArray = (
-        (bits[:, :, None] & bits[:, None, :]).reshape(1 << m, m * m).astype(np.float64)
-    )
-    return table
-
-
-def _overlaps_by_mask(
-    keys: UIntArray,
-    shift: int,
-    change: BoolArray,
-    slots: IntArray,
-    slot_bits: UIntArray,
-    m: int,
-    group_shift: int,
-    n_groups: int,
-    last_char_mask: int,
-) -> FloatArray:
-    """``_overlaps`` of the n-grams ``keys >> shift`` (sorted keys; the other arguments
-    as there, plus ``slot_bits`` = 1 << slots), faster when most n-grams occur at most
-    once per text: such an n-gram adds 1 to every pair of the texts in its mask, so
-    those n-grams need only a histogram of masks per group; the others (some text has
-    them twice or more) go through ``_overlaps``."""
-    starts = np.flatnonzero(change)
-    lengths = np.diff(starts, append=keys.size)
-    masks = np.bitwise_or.reduceat(slot_bits, starts)
-    run_prefix = keys[starts] >> np.uint64(shift)
-    valid = (run_prefix & np.uint64(last_char_mask)) != 0
-    simple = valid & (np.bitwise_count(masks) == lengths)
-    group = (run_prefix[simple] >> np.uint64(group_shift)).astype(np.int64)
-    histogram = np.bincount(
-        (group << m) + masks[simple].astype(np.int64), minlength=n_groups << m
-    ).reshape(n_groups, 1 << m)
-    out: FloatArray = (histogram.astype(np.float64) @ _pairs_of_masks(m)).reshape(n_groups, m, m)
-    repeated = valid & ~simple
-    if repeated.any():
-        keys_of = np.repeat(repeated, lengths)
-        out += _overlaps(
-            keys[keys_of] >> np.uint64(shift),
-            change[keys_of],
-            slots[keys_of],
-            m,
-            group_shift,
-            n_groups,
-        )
-    return out
-
-
 def _starts(prefix: UIntArray) -> BoolArray:
     """True where a sorted key differs from the one before it."""
     change = np.empty(prefix.size, dtype=bool)
@@ -195,7 +163,7 @@ def _char_overlaps(
 ) -> tuple[list[IntArray], list[FloatArray]]:
     """``char_overlaps`` of one chunk of groups."""
     sizes = [len(g) for g in groups]
-    stripped = ["".join(text.split()) for g in groups for text in g]
+    stripped = [strip_whitespace(text) for g in groups for text in g]
     lengths = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
     split_at = np.cumsum(sizes)[:-1]
     out_lengths = list(np.split(lengths, split_at)) if groups else []
@@ -243,37 +211,42 @@ def _char_overlaps(
             | char_slot[lo:hi].astype(np.uint64)
         )
         keys.sort()
-        slots = (keys & np.uint64((1 << slot_bits) - 1)).astype(np.int64)
-        # Two keys share their n-gram iff they agree above bit slot_bits + (max_order-n)*b,
-        # i.e. iff their XOR is below 2**that.
-        differ = np.empty(keys.size, dtype=np.uint64)
-        differ[0] = np.uint64(2**64 - 1)
-        np.bitwise_xor(keys[1:], keys[:-1], out=differ[1:])
-        by_order = np.zeros((n_groups, max_order, m, m))
-        bits = np.left_shift(np.uint32(1), slots.astype(np.uint32)) if m <= MASK_MAX_TEXTS else None
-        for n in range(1, max_order + 1):
-            shift = slot_bits + (max_order - n) * char_bits
-            change = differ >= np.uint64(1 << shift)
-            last = (1 << char_bits) - 1
-            group_shift = n * char_bits
-            if bits is not None:
-                by_order[:, n - 1] = _overlaps_by_mask(
-                    keys, shift, change, slots, bits, m, group_shift, n_groups, last
-                )
-            else:
-                by_order[:, n - 1] = _overlaps(
-                    keys >> np.uint64(shift),
-                    change,
-                    slots,
-                    m,
-                    group_shift,
-                    n_groups,
-                    last_char_mask=last,
-                )
+        if m <= MASK_MAX_TEXTS:
+            by_order = packed_overlaps(
+                keys, m, slot_bits, char_bits, max_order, n_groups, int(lengths.max())
+            )
+        else:
+            by_order = _overlaps_by_order(keys, m, slot_bits, char_bits, max_order, n_groups)
         matches.extend(
             by_order[g, :, : sizes[first + g], : sizes[first + g]] for g in range(n_groups)
         )
     return out_lengths, matches
+
+
+def _overlaps_by_order(
+    keys: UIntArray, m: int, slot_bits: int, char_bits: int, max_order: int, n_groups: int
+) -> FloatArray:
+    """(n_groups, max_order, m, m) overlaps of the sorted keys, one order at a time (for
+    groups of more than MASK_MAX_TEXTS texts)."""
+    slots = (keys & np.uint64((1 << slot_bits) - 1)).astype(np.int64)
+    # Two keys share their n-gram iff they agree above bit slot_bits + (max_order-n)*b,
+    # i.e. iff their XOR is below 2**that.
+    differ = np.empty(keys.size, dtype=np.uint64)
+    differ[0] = np.uint64(2**64 - 1)
+    np.bitwise_xor(keys[1:], keys[:-1], out=differ[1:])
+    by_order = np.zeros((n_groups, max_order, m, m))
+    for n in range(1, max_order + 1):
+        shift = slot_bits + (max_order - n) * char_bits
+        by_order[:, n - 1] = _overlaps(
+            keys >> np.uint64(shift),
+            differ >= np.uint64(1 << shift),
+            slots,
+            m,
+            n * char_bits,
+            n_groups,
+            last_char_mask=(1 << char_bits) - 1,
+        )
+    return by_order
 
 
 def _char_overlaps_by_rank(
@@ -318,13 +291,14 @@ def _char_overlaps_by_rank(
 def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray]:
     """Per group of token lists, the (m_g, m_g) multiset overlaps of the tokens."""
     sizes = [len(g) for g in groups]
-    vocabulary: dict[str, int] = {}
-    ids = [
-        vocabulary.setdefault(tok, len(vocabulary)) for g in groups for toks in g for tok in toks
-    ]
+    flat = list(chain.from_iterable(chain.from_iterable(groups)))
+    # Ids by first appearance, looked up in C (map over dict.__getitem__): only their
+    # equality matters.
+    vocabulary = {tok: i for i, tok in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint64, count=len(flat))
     lengths = np.fromiter((len(t) for g in groups for t in g), dtype=np.int64, count=sum(sizes))
     m = max(sizes, default=1)
-    if not ids:
+    if not flat:
         return [np.zeros((s, s)) for s in sizes]
     token_bits = _bits(len(vocabulary))
     slot_bits = _bits(m)
@@ -334,7 +308,7 @@ def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray
     group, slot = _group_layout(sizes, lengths)
     keys = (
         (group.astype(np.uint64) << np.uint64(token_bits + slot_bits))
-        | (np.asarray(ids, dtype=np.uint64) << np.uint64(slot_bits))
+        | (ids << np.uint64(slot_bits))
         | slot.astype(np.uint64)
     )
     keys.sort()

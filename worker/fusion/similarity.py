@@ -45,26 +45,29 @@ CHRF_BETA = 2
 
 
 def chrf_from_overlaps(lengths: IntArray, matches: FloatArray, beta: int = CHRF_BETA) -> FloatArray:
-    """(m, m) chrF in [0, 1] from the texts' lengths without whitespace (m,) and their
-    character n-gram overlaps (order, m, m); [i, j] takes text i as the hypothesis.
+    """(..., m, m) chrF in [0, 1] from the texts' lengths without whitespace (..., m) and
+    their character n-gram overlaps (..., order, m, m); [..., i, j] takes text i as the
+    hypothesis. Leading dimensions are a batch of groups (texts of length 0 pad them).
 
     The arithmetic follows sacrebleu's ``CHRF._compute_f_score`` operation by operation
     (sums over the orders in order 1, 2, ...), so the numbers agree to the last bits.
     """
-    order, m = matches.shape[0], lengths.shape[0]
+    order = matches.shape[-3]
     factor = beta**2
-    sum_prec = np.zeros((m, m))
-    sum_rec = np.zeros((m, m))
-    effective = np.zeros((m, m))
+    shape = matches.shape[:-3] + matches.shape[-2:]
+    sum_prec = np.zeros(shape)
+    sum_rec = np.zeros(shape)
+    effective = np.zeros(shape)
     for n in range(1, order + 1):
         count = np.maximum(lengths - n + 1, 0).astype(np.float64)
-        hyp = np.broadcast_to(count[:, None], (m, m))
-        ref = np.broadcast_to(count[None, :], (m, m))
+        hyp = count[..., :, None]
+        ref = count[..., None, :]
         both = (hyp > 0) & (ref > 0)
         safe_hyp = np.where(both, hyp, 1.0)
         safe_ref = np.where(both, ref, 1.0)
-        sum_prec += np.where(both, matches[n - 1] / safe_hyp, 0.0)
-        sum_rec += np.where(both, matches[n - 1] / safe_ref, 0.0)
+        overlap = matches[..., n - 1, :, :]
+        sum_prec += np.where(both, overlap / safe_hyp, 0.0)
+        sum_rec += np.where(both, overlap / safe_ref, 0.0)
         effective += both
     with np.errstate(invalid="ignore", divide="ignore"):
         avg_prec = np.where(effective > 0, sum_prec / effective, 0.0)
@@ -76,9 +79,18 @@ def chrf_from_overlaps(lengths: IntArray, matches: FloatArray, beta: int = CHRF_
 
 
 def chrf_matrices(groups: Sequence[Sequence[str]]) -> list[FloatArray]:
-    """Per group of texts, the (m, m) chrF matrix (see ``chrf_from_overlaps``)."""
+    """Per group of texts, the (m, m) chrF matrix (see ``chrf_from_overlaps``), all
+    groups in one array pass (padded to the largest group)."""
     lengths, matches = char_overlaps(groups, CHRF_CHAR_ORDER)
-    return [chrf_from_overlaps(n, mt) for n, mt in zip(lengths, matches, strict=True)]
+    sizes = [len(n) for n in lengths]
+    m = max(sizes, default=0)
+    all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
+    all_matches = np.zeros((len(sizes), CHRF_CHAR_ORDER, m, m))
+    for g, (n, mt) in enumerate(zip(lengths, matches, strict=True)):
+        all_lengths[g, : n.size] = n
+        all_matches[g, :, : n.size, : n.size] = mt
+    scores = chrf_from_overlaps(all_lengths, all_matches)
+    return [scores[g, :s, :s] for g, s in enumerate(sizes)]
 
 
 def chrf(hypothesis: str, reference: str) -> float:
