@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
 from tests.test_engine import MODELS, config, pred
+from worker.config import build_config
 from worker.engine import Engine, InRecord, Step
 from worker.fusion import Fuser
 from worker.metrics import Metrics
@@ -151,3 +152,33 @@ def test_the_worker_counts_bad_headers_in_its_metric() -> None:
     step = live_step([rec(0, "r-1", MODELS[0], ("traceparent", b"bad"))])
     tally(metrics, config(), step)
     assert metrics.registry.get_sample_value("fusion_traceparent_invalid_total") == 1.0
+
+
+def test_a_text_result_lists_every_traced_members_trace_id() -> None:
+    """The text task's members list their trace ids as classification members do."""
+    cfg = build_config(
+        {
+            "models": [{"name": m} for m in MODELS],
+            "fusion": {"task": "text", "strategy": "consensus"},
+        }
+    )
+    engine = Engine(cfg, Fuser(cfg))
+    engine.open(0)
+    records = [
+        InRecord(
+            "in",
+            0,
+            i,
+            b"r-1",
+            orjson.dumps({"request_id": "r-1", "model": m, "ts": 1000 + i, "text": "a cat"}),
+            None,
+            headers,
+        )
+        for i, (m, headers) in enumerate(
+            zip(MODELS, [(), (("traceparent", HEADER_B.encode()),), ()], strict=True)
+        )
+    ]
+    (result,) = engine.step(records, now_ms=5).results
+    assert result["members"][MODELS[1]]["trace_id"] == TRACE_B
+    assert "trace_id" not in result["members"][MODELS[0]]
+    FUSED.validate(result)

@@ -255,6 +255,9 @@ def text_results(
                 member["similarity"] = chosen.similarities[j]
             if ev.confidence is not None:
                 member["confidence"] = ev.confidence
+            # Added after the freeze: text members list their trace id as the others do.
+            if ev.traceparent is not None:
+                member["trace_id"] = ev.traceparent[3:35]
             members[name] = member
             if ev.model_version is not None:
                 versions[name] = ev.model_version

@@ -297,6 +297,8 @@ def text_results(
                 member["similarity"] = chosen.similarities[j]
             if ev.confidence is not None:
                 member["confidence"] = ev.confidence
+            if ev.traceparent is not None:
+                member["trace_id"] = ev.traceparent[3:35]
             members[name] = member
         if chosen is None:
             status, text, by, agreement = INSUFFICIENT, None, None, None
