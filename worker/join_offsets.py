@@ -71,7 +71,7 @@ class OffsetTracker:
     def __init__(self, pending: Mapping[str, _Pending]) -> None:
         self._pending = pending
         self._sources: dict[str, _Source] = {}
-        self.entries = 0  # entries held, stale ones included
+        self.entries = 0  # entries from each source's head on, stale ones included
         self.tracked = 0  # live marks: one per (pending request, source)
 
     def track(self, rid: str, p: _Pending, source: str, offset: int) -> None:
@@ -119,10 +119,10 @@ class OffsetTracker:
         for source, s in list(self._sources.items()):
             if not s.ordered:
                 live = sorted(self._live(source, s))
+                self.entries -= len(s.rids) - s.head - len(live)
                 s.keep(live)
                 s.ordered = True
                 s.last = live[-1][0] if live else -1
-                self.entries -= len(s.rids) - len(live)
             offsets, rids, head, n = s.offsets, s.rids, s.head, len(s.rids)
             while head < n:
                 if mark_live(pending.get(rids[head]), source, offsets[head]):
