@@ -39,7 +39,7 @@ from typing import Any, Literal
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
 from worker.join_offsets import OffsetTracker
-from worker.join_pending import _Pending, _share, _spans
+from worker.join_pending import _Pending, _share, _spans, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
 from worker.join_state import export_state, pending_from_state
 
@@ -340,9 +340,8 @@ class JoinTable:
             self._compact()
 
     def _compact(self) -> None:
+        # Rebuild once most entries are of closed requests: memory follows the pending.
         self._closes = 0
-        # Once most entries are of closed requests, rebuild, so that memory follows the
-        # pending requests: amortised O(1) per close.
         self._deadlines.compact(self._pending)
         self._offsets.compact()
 
@@ -374,28 +373,17 @@ class JoinTable:
 
     def _arrived(self, p: _Pending) -> list[tuple[int, PredictionEvent]]:
         """A request's (model position, event) pairs in arrival order."""
-        out: list[tuple[int, PredictionEvent]] = []
-        for _, i in self._order(p.arrival):
-            ev = p[i]
-            assert ev is not None
-            out.append((i, ev))
-        return out
+        return [(i, p[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
 
     def _order(self, arrival: int) -> tuple[tuple[str, int], ...]:
         """The (model name, position) pairs of an arrival code, in arrival order; cached
         while few codes have been seen (at most sum of m!/(m-k)! over k: 15 for three
         models), so closing a request decodes nothing."""
         order = self._orders.get(arrival)
-        if order is not None:
-            return order
-        positions: list[int] = []
-        code, base = arrival, self._base_digits
-        while code:
-            code, digit = divmod(code, base)
-            positions.append(digit - 1)
-        order = tuple((self.models[i], i) for i in reversed(positions))
-        if len(self._orders) < _ORDERS_CACHED:
-            self._orders[arrival] = order
+        if order is None:
+            order = arrival_order(arrival, self.models)
+            if len(self._orders) < _ORDERS_CACHED:
+                self._orders[arrival] = order
         return order
 
     def _forget(self, now_ms: int | None) -> None:

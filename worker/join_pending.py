@@ -3,6 +3,8 @@ its times and offset marks) and the helpers that read or slim it. Pure code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from worker.events import PredictionEvent
 
 
@@ -36,6 +38,16 @@ class _Pending(list[PredictionEvent | None]):
     more: dict[str, list[int]] | None
     opened_ms: int
     source: str | None
+
+
+def arrival_order(arrival: int, models: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """The (model name, position) pairs of a ``_Pending.arrival`` code, in arrival order."""
+    positions: list[int] = []
+    code, base = arrival, len(models) + 1
+    while code:
+        code, digit = divmod(code, base)
+        positions.append(digit - 1)
+    return tuple((models[i], i) for i in reversed(positions))
 
 
 def _share(event: PredictionEvent, p: _Pending) -> None:
