@@ -18,6 +18,8 @@ CORE = [
     WORKER / "decode_wire.py",
     WORKER / "join.py",
     WORKER / "join_pending.py",
+    WORKER / "join_deadlines.py",
+    WORKER / "join_offsets.py",
     WORKER / "join_state.py",
     WORKER / "engine.py",
     WORKER / "engine_labels.py",

@@ -23,22 +23,23 @@ id is then remembered for ``fused_memory_ms`` (on the same clock) and at most
 ``fused_memory_count`` ids, so a straggler (a decided request's missing member too) is
 reported ``late`` instead of opening the request again.
 
-Cost: ``add`` is O(log n) (heap pushes), ``expire`` O(k log n) for k closed requests.
-Deadlines and source offsets live in heaps with lazy deletion: an entry whose request
-closed is skipped when it reaches the top, and a heap is rebuilt when stale entries
-outnumber the live ones.
+Cost: ``add`` is O(1) but for a heap push per distinct deadline, ``expire`` O(k log k)
+for k closed requests. Deadlines (worker/join_deadlines.py) and source offsets
+(worker/join_offsets.py) are kept with lazy deletion: an entry whose request closed is
+skipped when it is reached, and entries are rebuilt when stale ones outnumber the live.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent
-from worker.join_pending import _Pending, _share, _spans, _tracked
+from worker.join_deadlines import Deadlines
+from worker.join_offsets import OffsetTracker
+from worker.join_pending import _Pending, _share, _spans, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
 from worker.join_state import export_state, pending_from_state
 
@@ -49,8 +50,10 @@ Outcome = Literal["accepted", "duplicate", "late"]
 # its final label when nothing the missing members send could change it, else None
 # (worker.fusion.early.EarlyDecider).
 Decider = Callable[[Sequence[PredictionEvent | None]], int | None]
-# A heap is rebuilt once it holds this many entries more than twice the live ones.
-_COMPACT_SLACK = 1024
+# How many arrival codes' member orders are cached (JoinTable._order).
+_ORDERS_CACHED = 4096
+# Closes between two checks whether stale deadline or offset entries are to be dropped.
+_COMPACT_EVERY = 256
 
 
 class JoinTable:
@@ -103,14 +106,16 @@ class JoinTable:
         self._index = {name: i for i, name in enumerate(self.models)}
         self._empty = (None,) * len(self.models)
         self._base_digits = len(self.models) + 1
+        # An arrival code this large has a digit for every model (see _Pending).
+        self._complete = self._base_digits ** (len(self.models) - 1)
+        self._orders: dict[int, tuple[tuple[str, int], ...]] = {}
+        self._closes = 0  # since the last compaction check
         self._pending: dict[str, _Pending] = {}
-        # (deadline_ms, request_id), lazily deleted: an entry is live while its request
-        # is pending with that deadline. Equal deadlines close in request_id order.
-        self._deadlines: list[tuple[int, str]] = []
-        # per source: (offset, request_id), lazily deleted (see _offset_live)
-        self._offsets: dict[str, list[tuple[int, str]]] = {}
-        self._offset_entries = 0
-        self._offset_tracked = 0
+        self._deadlines = Deadlines()
+        self._offsets = OffsetTracker(self._pending)
+        # Per model position, the model_version string of its latest accepted event:
+        # an equal later one is replaced by it, one copy per version instead of per event.
+        self._versions: list[str | None] = [None] * len(self.models)
         # request_id -> its entry in _fused_order (expiry_ms, request_id), oldest first
         self._fused: dict[str, tuple[int, str]] = {}
         self._fused_order: deque[tuple[int, str]] = deque()
@@ -118,6 +123,11 @@ class JoinTable:
         # Requests opened at the same base time share one deadline int object.
         self._base = -1
         self._deadline = -1
+
+    @property
+    def _offset_entries(self) -> int:
+        """Source offset entries held, stale ones included (a memory bound tests read)."""
+        return self._offsets.entries
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -128,7 +138,8 @@ class JoinTable:
         ``oldest_offsets``; an offset below 0 is not tracked).
 
         The table owns an event it accepts: a later member of a request is slimmed to
-        share what the earlier ones hold (see ``_share``)."""
+        share what the earlier ones hold (see ``_share``), and a model_version equal to
+        the one its model sent before becomes that string object."""
         rid = event.request_id
         p = self._pending.get(rid)
         try:
@@ -148,7 +159,6 @@ class JoinTable:
                 if remembered is not None and remembered[0] > now_ms:
                     return "late"
             p = _Pending(self._empty)
-            p[i] = event
             p.arrival = i + 1
             base = event.ts if self.event_time else now_ms
             if base != self._base:
@@ -159,58 +169,47 @@ class JoinTable:
             p.first_ts = event.ts
             p.source = None
             p.more = None
-            if None not in p:  # a single configured model: complete at once
-                self._finish(rid, p, now_ms, expired=False)
-                if offset >= 0:
-                    self._widen_last(source, offset)
-                return "accepted"
-            if self._decider is not None and self._decider(p) is not None:
-                self._finish(rid, p, now_ms, expired=False, decided=True)
-                return "accepted"
-            self._pending[rid] = p
-            heapq.heappush(self._deadlines, (p.deadline_ms, rid))
         else:
             if p[i] is not None:
                 return "duplicate"
             _share(event, p)
-            p[i] = event
             p.arrival = p.arrival * self._base_digits + i + 1
-            if None not in p:
-                self._close(rid, p, now_ms, expired=False)
-                if offset >= 0:
-                    self._widen_last(source, offset)
-                return "accepted"
-            if self._decider is not None and self._decider(p) is not None:
-                self._close(rid, p, now_ms, expired=False, decided=True)
-                return "accepted"
+        version = event.model_version
+        if version is not None:
+            if version == (known := self._versions[i]):
+                event.model_version = known
+            else:
+                self._versions[i] = version
+        p[i] = event
+        opened = p.arrival <= self._base_digits
+        if p.arrival >= self._complete:  # every model reported
+            self._close(rid, p, now_ms, False, False, opened, source, offset)
+            return "accepted"
+        if self._decider is not None and self._decider(p) is not None:
+            self._close(rid, p, now_ms, False, True, opened, source, offset)
+            return "accepted"
+        if opened:
+            self._pending[rid] = p
+            self._deadlines.push(p.deadline_ms, rid)
         if offset >= 0:
-            self._track(rid, p, source, offset)
+            if p.source == source and offset > p.high:
+                p.high = offset  # a later event of the request's source: the common case
+            else:
+                self._offsets.track(rid, p, source, offset)
         return "accepted"
 
     def expire(self, now_ms: int) -> None:
         """Close (``expired=True``) every pending request whose deadline <= ``now_ms``,
         earliest deadline first (equal deadlines by request_id)."""
-        heap = self._deadlines
-        pending = self._pending
-        while heap and heap[0][0] <= now_ms:
-            deadline, rid = heapq.heappop(heap)
-            p = pending.get(rid)
-            if p is not None and p.deadline_ms == deadline:
-                self._close(rid, p, p.deadline_ms if self.event_time else now_ms, True)
+        self._expire(now_ms, now_ms)
         if self._fused_order and self._fused_order[0][0] <= now_ms:
             self._forget(now_ms)
 
     def close_all(self, now_ms: int) -> None:
         """End of input: close everything pending (``expired=True``), in deadline order;
         ``fused_ts`` is ``now_ms`` (live) or each request's deadline (event time)."""
-        heap = self._deadlines
-        pending = self._pending
-        while heap:
-            deadline, rid = heapq.heappop(heap)
-            p = pending.get(rid)
-            if p is not None and p.deadline_ms == deadline:
-                self._close(rid, p, p.deadline_ms if self.event_time else now_ms, True)
-        assert not pending, "a pending request without a deadline entry"
+        self._expire(None, now_ms)
+        assert not self._pending, "a pending request without a deadline entry"
 
     def drain(self) -> list[FinishedRequest]:
         """The requests closed since the last drain, in closing order."""
@@ -228,15 +227,7 @@ class JoinTable:
 
     def next_deadline_ms(self) -> int | None:
         """The earliest deadline of a pending request, or None when nothing is pending."""
-        heap = self._deadlines
-        pending = self._pending
-        while heap:
-            deadline, rid = heap[0]
-            p = pending.get(rid)
-            if p is not None and p.deadline_ms == deadline:
-                return deadline
-            heapq.heappop(heap)
-        return None
+        return self._deadlines.next_ms(self._deadline_live)
 
     def oldest_opened_ms(self) -> int | None:
         """When the oldest pending request opened (None when nothing is pending).
@@ -253,16 +244,7 @@ class JoinTable:
 
         Sources with nothing pending are absent. Committing below this (or the consumed
         position when absent) re-reads every event the table holds after a crash."""
-        out: dict[str, int] = {}
-        for source, heap in self._offsets.items():
-            while heap:
-                offset, rid = heap[0]
-                if self._offset_live(source, offset, rid):
-                    out[source] = offset
-                    break
-                heapq.heappop(heap)
-                self._offset_entries -= 1
-        return out
+        return self._offsets.oldest()
 
     def remember_fused(self, request_ids: Iterable[str], now_ms: int) -> int:
         """Remember ``request_ids`` as fused (by an earlier owner of the partition, read
@@ -308,93 +290,79 @@ class JoinTable:
         rid, p = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
-            self._offset_tracked -= _tracked(old)
-        if None not in p:
-            self._finish(rid, p, p.opened_ms, expired=False)
+            self._offsets.closed(old)
+        if p.arrival >= self._complete:
+            self._finish(rid, p, p.opened_ms, False, False)
             return
         self._pending[rid] = p
-        heapq.heappush(self._deadlines, (p.deadline_ms, rid))
+        self._deadlines.push(p.deadline_ms, rid)
 
     # -- internals ----------------------------------------------------------------------
 
-    def _track(self, rid: str, p: _Pending, source: str, offset: int) -> None:
-        """Remember an accepted event's offset if it is the smallest of its source for
-        this request (later events of a source normally have larger offsets)."""
-        if p.source is None:
-            p.source = source
-            p.low = p.high = offset
-            self._offset_tracked += 1
-        elif p.source == source:
-            if offset > p.high:
-                p.high = offset
-            if offset >= p.low:
-                return
-            p.low = offset  # a re-read after a seek back
-        else:
-            more = p.more
-            if more is None:
-                more = p.more = {}
-                p.more_high = {}
-            assert p.more_high is not None
-            high = p.more_high.get(source)
-            if high is None or offset > high:
-                p.more_high[source] = offset
-            low = more.get(source)
-            if low is not None and offset >= low:
-                return
-            if low is None:
-                self._offset_tracked += 1
-            more[source] = offset
-        heap = self._offsets.get(source)
-        if heap is None:
-            heap = self._offsets[source] = []
-        heapq.heappush(heap, (offset, rid))
-        self._offset_entries += 1
-
-    def _widen_last(self, source: str, offset: int) -> None:
-        """The event that completed the request just closed joins its span."""
-        done = self._closed[-1]
-        spans = done.spans if done.spans is not None else {}
-        first, last = spans.get(source, (offset, offset))
-        spans[source] = (min(first, offset), max(last, offset))
-        done.spans = spans
-
-    def _offset_live(self, source: str, offset: int, rid: str) -> bool:
+    def _deadline_live(self, deadline_ms: int, rid: str) -> bool:
         p = self._pending.get(rid)
-        if p is None:
-            return False
-        if p.source == source:
-            return p.low == offset
-        return p.more is not None and p.more.get(source) == offset
+        return p is not None and p.deadline_ms == deadline_ms
+
+    def _expire(self, due_ms: int | None, now_ms: int) -> None:
+        """Close the requests due at ``due_ms`` (all when None), then compact once."""
+        pending = self._pending
+        event_time = self.event_time
+        for deadline, rids in self._deadlines.pop_due(due_ms):
+            for rid in rids:
+                p = pending.get(rid)
+                if p is not None and p.deadline_ms == deadline:
+                    del pending[rid]
+                    if p.source is not None:
+                        self._offsets.closed(p)
+                    self._finish(rid, p, deadline if event_time else now_ms, True, False)
+        self._compact()
 
     def _close(
-        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+        self,
+        rid: str,
+        p: _Pending,
+        now_ms: int,
+        expired: bool,
+        decided: bool,
+        opened: bool,
+        source: str = "",
+        offset: int = -1,
     ) -> None:
-        del self._pending[rid]
-        if p.source is not None:
-            self._offset_tracked -= _tracked(p)
-        self._finish(rid, p, now_ms, expired, decided)
-        # Rebuild a heap once most of it is entries of closed requests, so that memory
-        # follows the pending requests: amortised O(1) per close.
-        if len(self._deadlines) > 2 * len(self._pending) + _COMPACT_SLACK:
-            pending = self._pending
-            self._deadlines = [
-                e
-                for e in self._deadlines
-                if (q := pending.get(e[1])) is not None and q.deadline_ms == e[0]
-            ]
-            heapq.heapify(self._deadlines)
-        if self._offset_entries > 2 * self._offset_tracked + _COMPACT_SLACK:
-            self._compact_offsets()
+        """Close ``p`` from ``add``; ``opened``: it opened with this event (not pending
+        yet); ``source``/``offset``: the closing event's, when it is not tracked in ``p``."""
+        if not opened:
+            del self._pending[rid]
+            if p.source is not None:
+                self._offsets.closed(p)
+        self._finish(rid, p, now_ms, expired, decided, source, offset)
+        self._closes += 1
+        if self._closes >= _COMPACT_EVERY:
+            self._compact()
+
+    def _compact(self) -> None:
+        # Rebuild once most entries are of closed requests: memory follows the pending.
+        self._closes = 0
+        self._deadlines.compact(self._pending)
+        self._offsets.compact()
 
     def _finish(
-        self, rid: str, p: _Pending, now_ms: int, expired: bool, decided: bool = False
+        self,
+        rid: str,
+        p: _Pending,
+        now_ms: int,
+        expired: bool,
+        decided: bool,
+        source: str = "",
+        offset: int = -1,
     ) -> None:
-        models = self.models
-        members = {models[i]: ev for i, ev in self._arrived(p)}
+        order = self._orders.get(p.arrival)
+        if order is None:
+            order = self._order(p.arrival)
+        # Every position of an arrival code holds an event.
+        members: dict[str, PredictionEvent] = {name: p[i] for name, i in order}  # type: ignore[misc]
         done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired, decided)
-        if p.source is not None:
-            done.spans = _spans(p)
+        if p.source is not None or offset >= 0:
+            done.spans = _spans(p, source, offset)
         self._closed.append(done)
         if self.fused_memory_count:
             entry = (now_ms + self.fused_memory_ms, rid)
@@ -405,15 +373,18 @@ class JoinTable:
 
     def _arrived(self, p: _Pending) -> list[tuple[int, PredictionEvent]]:
         """A request's (model position, event) pairs in arrival order."""
-        out: list[tuple[int, PredictionEvent]] = []
-        code, base = p.arrival, self._base_digits
-        while code:
-            code, digit = divmod(code, base)
-            ev = p[digit - 1]
-            assert ev is not None
-            out.append((digit - 1, ev))
-        out.reverse()
-        return out
+        return [(i, p[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
+
+    def _order(self, arrival: int) -> tuple[tuple[str, int], ...]:
+        """The (model name, position) pairs of an arrival code, in arrival order; cached
+        while few codes have been seen (at most sum of m!/(m-k)! over k: 15 for three
+        models), so closing a request decodes nothing."""
+        order = self._orders.get(arrival)
+        if order is None:
+            order = arrival_order(arrival, self.models)
+            if len(self._orders) < _ORDERS_CACHED:
+                self._orders[arrival] = order
+        return order
 
     def _forget(self, now_ms: int | None) -> None:
         """Drop remembered ids past their time (``now_ms``) or beyond the count bound."""
@@ -423,13 +394,3 @@ class JoinTable:
             # The id may have been closed again since (after an earlier forget): keep that.
             if fused.get(entry[1]) is entry:
                 del fused[entry[1]]
-
-    def _compact_offsets(self) -> None:
-        offsets: dict[str, list[tuple[int, str]]] = {}
-        for source, heap in self._offsets.items():
-            live = [e for e in heap if self._offset_live(source, e[0], e[1])]
-            if live:
-                heapq.heapify(live)
-                offsets[source] = live
-        self._offsets = offsets
-        self._offset_entries = sum(len(h) for h in offsets.values())

@@ -1,7 +1,9 @@
 """One open request of a ``JoinTable`` (``_Pending``: its events by model position and
-its times and offsets) and the helpers that read or slim it. Pure code."""
+its times and offset marks) and the helpers that read or slim it. Pure code."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from worker.events import PredictionEvent
 
@@ -11,10 +13,12 @@ class _Pending(list[PredictionEvent | None]):
     its times. A list subclass, so the events need no second object."""
 
     # arrival: the model positions in arrival order, as the digits (position + 1) of an
-    # int in base len(models) + 1 (a small int: no extra object for a few models).
-    # source/low: the first source an event came from and the smallest offset tracked
-    # for it; more: the same for any further source (multi-topic input only).
-    # high/more_high: the largest offset of each source (the span a result came from).
+    # int in base len(models) + 1 (a small int: no extra object for a few models); it
+    # has as many digits as members, so a request is complete once it reaches
+    # base ** (len(models) - 1), a test that calls no event's __eq__ (``None in p`` does).
+    # source/low/high: the first source an event came from and the smallest and largest
+    # offset of its events there; more: {source: [low, high]} for any further source
+    # (multi-topic input only). See worker/join_offsets.py.
     __slots__ = (
         "arrival",
         "deadline_ms",
@@ -22,7 +26,6 @@ class _Pending(list[PredictionEvent | None]):
         "high",
         "low",
         "more",
-        "more_high",
         "opened_ms",
         "source",
     )
@@ -32,37 +35,49 @@ class _Pending(list[PredictionEvent | None]):
     first_ts: int
     high: int
     low: int
-    more: dict[str, int] | None
-    more_high: dict[str, int] | None
+    more: dict[str, list[int]] | None
     opened_ms: int
     source: str | None
+
+
+def arrival_order(arrival: int, models: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """The (model name, position) pairs of a ``_Pending.arrival`` code, in arrival order."""
+    positions: list[int] = []
+    code, base = arrival, len(models) + 1
+    while code:
+        code, digit = divmod(code, base)
+        positions.append(digit - 1)
+    return tuple((models[i], i) for i in reversed(positions))
 
 
 def _share(event: PredictionEvent, p: _Pending) -> None:
     """Slim a request's later event before it joins ``p``, to save memory while it is
     pending: its ``request_id`` becomes the earlier events' string object (equal: one
-    copy per request, not one per event), and its ``trace_id`` is dropped when an earlier
-    member has one, since a result carries the first member's (by arrival) that has one.
-    Its ``traceparent`` is kept: the result lists every member's trace id."""
+    copy per request, not one per event), and so does its ``ts`` when equal; its
+    ``trace_id`` is dropped when an earlier member has one, since a result carries the
+    first member's (by arrival) that has one. Its ``traceparent`` is kept: the result
+    lists every member's trace id."""
     for other in p:
         if other is not None:
             event.request_id = other.request_id
             if other.trace_id is not None:
                 event.trace_id = None
+            if event.ts == other.ts:
+                event.ts = other.ts
 
 
-def _spans(p: _Pending) -> dict[str, tuple[int, int]]:
-    """Per source, the (first, last) offset of a request's tracked events."""
-    assert p.source is not None
-    out = {p.source: (p.low, p.high)}
-    if p.more is not None and p.more_high is not None:
-        for source, low in p.more.items():
-            out[source] = (low, p.more_high[source])
+def _spans(p: _Pending, source: str = "", offset: int = -1) -> dict[str, tuple[int, int]]:
+    """Per source, the (first, last) offset of a request's tracked events, widened by
+    the event at ``offset`` of ``source`` (the one that completed it; -1: none)."""
+    out: dict[str, tuple[int, int]] = {}
+    if p.source is not None:
+        out[p.source] = (p.low, p.high)
+        if p.more is not None:
+            for other, (low, high) in p.more.items():
+                out[other] = (low, high)
+    if offset >= 0:
+        span = out.get(source)
+        out[source] = (
+            (offset, offset) if span is None else (min(span[0], offset), max(span[1], offset))
+        )
     return out
-
-
-def _tracked(p: _Pending) -> int:
-    """How many (source, offset) marks a request holds."""
-    if p.source is None:
-        return 0
-    return 1 + (len(p.more) if p.more else 0)

@@ -1,0 +1,131 @@
+"""How the join table stores pending requests: shared strings and ints, the deadline
+buckets and the per-source offset marks, each against what a plain computation says."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from worker.events import PredictionEvent
+from worker.join import JoinTable
+
+MODELS = ("a", "b", "c")
+
+
+def ev(rid: str, model: str, ts: int = 0, **kw: Any) -> PredictionEvent:
+    if not {"probs", "label", "score"} & kw.keys():
+        kw["probs"] = (0.25, 0.75)
+    return PredictionEvent(request_id=rid, model=model, ts=ts, **kw)
+
+
+def table(timeout_ms: int = 100, **kw: Any) -> JoinTable:
+    return JoinTable(MODELS, timeout_ms, 500, 1000, **kw)
+
+
+def test_a_model_version_equal_to_its_models_last_is_shared() -> None:
+    """A model's repeated model_version is held once, not once per pending event."""
+    t = table()
+    first = ev("r1", "a", model_version="".join(["v", "1"]))
+    later = ev("r2", "a", model_version="".join(["v", "1"]))
+    assert later.model_version is not first.model_version
+    t.add(first, 0)
+    t.add(later, 0)
+    assert later.model_version is first.model_version
+
+
+def test_a_changed_model_version_is_kept_as_sent() -> None:
+    """A new model_version is the event's own and becomes the one later events share."""
+    t = table()
+    t.add(ev("r1", "a", model_version="v1"), 0)
+    new = ev("r2", "a", model_version="v2")
+    t.add(new, 0)
+    again = ev("r3", "a", model_version="".join(["v", "2"]))
+    t.add(again, 0)
+    assert (new.model_version, again.model_version) == ("v2", "v2")
+    assert again.model_version is new.model_version
+
+
+def test_a_later_members_equal_ts_is_shared() -> None:
+    """A later member with the first member's ts holds the first's int object."""
+    t = table()
+    base = 1_764_000_000_000
+    first, later = ev("r", "a", ts=base + 1), ev("r", "b", ts=base + 1)
+    assert later.ts is not first.ts
+    t.add(first, 0)
+    t.add(later, 0)
+    assert later.ts is first.ts
+
+
+def test_a_decided_requests_span_includes_the_deciding_event() -> None:
+    """The event that lets a request close early is part of the span it was fused from."""
+
+    def decide_on_two(members: Sequence[PredictionEvent | None]) -> int | None:
+        return 0 if sum(m is not None for m in members) >= 2 else None
+
+    t = table(decider=decide_on_two)
+    t.add(ev("r", "a"), 0, "in:0", 5)
+    t.add(ev("r", "b"), 0, "in:0", 9)
+    [done] = t.drain()
+    assert done.decided
+    assert done.spans == {"in:0": (5, 9)}
+
+
+def test_requests_of_one_step_share_a_deadline_bucket_and_close_by_request_id() -> None:
+    """Many requests opened at one clock time close together, in request_id order."""
+    t = table(timeout_ms=10)
+    ids = [f"r{i:04d}" for i in range(500)]
+    shuffled = random.Random(3).sample(ids, len(ids))
+    for rid in shuffled:
+        t.add(ev(rid, "a"), 0)
+    assert len(t._deadlines) == len(ids)
+    assert t.next_deadline_ms() == 10
+    t.expire(10)
+    assert [d.request_id for d in t.drain()] == ids
+    assert len(t._deadlines) == 0
+
+
+def test_next_deadline_skips_requests_closed_by_completion() -> None:
+    """A deadline whose requests all completed is not reported as the next one."""
+    t = table(timeout_ms=10)
+    t.add(ev("early", "a"), 0)
+    t.add(ev("later", "a"), 5)
+    for m in ("b", "c"):
+        t.add(ev("early", m), 6)
+    assert t.next_deadline_ms() == 15
+
+
+def test_oldest_offsets_after_a_re_read_below_other_requests() -> None:
+    """A request re-read below the marks of others is the minimum until it closes."""
+    t = table()
+    t.add(ev("r1", "a"), 0, "in:0", 10)
+    t.add(ev("r2", "a"), 0, "in:0", 20)
+    t.add(ev("r3", "a"), 0, "in:0", 4)  # after a seek back
+    assert t.oldest_offsets() == {"in:0": 4}
+    t.add(ev("r4", "a"), 0, "in:0", 30)
+    for m in ("b", "c"):
+        t.add(ev("r3", m), 0, "in:0", 31)
+    assert t.oldest_offsets() == {"in:0": 10}
+
+
+def test_oldest_offsets_match_a_brute_force_minimum_over_a_random_stream() -> None:
+    """Against the minimum over pending requests' events, after seeks back and closes."""
+    rng = random.Random(11)
+    t = table(timeout_ms=50)
+    offset = {"in:0": 0, "in2:0": 0}
+    held: dict[str, list[tuple[str, int]]] = {}
+    for now in range(3000):
+        source = rng.choice(list(offset))
+        offset[source] = max(0, offset[source] + (rng.randint(-40, 0) if now % 97 == 0 else 1))
+        rid = f"r{rng.randint(0, 300)}"
+        if t.add(ev(rid, rng.choice(MODELS)), now, source, offset[source]) == "accepted":
+            held.setdefault(rid, []).append((source, offset[source]))
+        t.expire(now)
+        held = {r: marks for r, marks in held.items() if r in t}
+        t.drain()
+        if now % 50 == 0:
+            want: dict[str, int] = {}
+            for marks in held.values():
+                for s, o in marks:
+                    want[s] = min(o, want.get(s, o))
+            assert t.oldest_offsets() == want
