@@ -83,6 +83,21 @@ def parse_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     return doc
 
 
+def checked_request_id(doc: dict[str, Any], fields: frozenset[str]) -> str:
+    """An event's request id, once its fields are all among ``fields`` (the schema's
+    shared head of a prediction and a label). Raises InvalidEvent."""
+    if not doc.keys() <= fields:
+        raise InvalidEvent("schema", f"unknown field(s) {_show(sorted(doc.keys() - fields))}")
+    request_id = doc.get("request_id")
+    if type(request_id) is not str or not 0 < len(request_id) <= REQUEST_ID_MAX_CHARS:
+        raise InvalidEvent(
+            "schema",
+            f"request_id must be a string of 1..{REQUEST_ID_MAX_CHARS} characters, "
+            f"got {_show(request_id)}",
+        )
+    return request_id
+
+
 def _probs(value: object) -> list[float]:
     """Wire checks of ``probs``: a list of at least two finite numbers >= 0, as floats."""
     if type(value) is not list or len(value) < 2:

@@ -29,7 +29,15 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from worker.decode_checks import REQUEST_ID_MAX_CHARS, TS_MAX, _labels, _probs, _score, _show
+from worker.decode_checks import (
+    REQUEST_ID_MAX_CHARS,
+    TS_MAX,
+    _labels,
+    _probs,
+    _score,
+    _show,
+    checked_request_id,
+)
 from worker.errors import InvalidEvent
 from worker.text_event import TEXT_FIELDS, TEXT_MAX_CHARS, check_confidence, check_text_type
 
@@ -71,15 +79,7 @@ def wire_decoder() -> msgspec.json.Decoder[WireEvent]:
 def checked_wire(doc: dict[str, Any], record_ts_ms: int | None) -> tuple[WireEvent, int]:
     """The careful path: the wire checks of a parsed object, in the decoder's order, and
     the event time (its ``ts``, else the record timestamp). Raises InvalidEvent."""
-    if not doc.keys() <= FIELDS:
-        raise InvalidEvent("schema", f"unknown field(s) {_show(sorted(doc.keys() - FIELDS))}")
-    request_id = doc.get("request_id")
-    if type(request_id) is not str or not 0 < len(request_id) <= REQUEST_ID_MAX_CHARS:
-        raise InvalidEvent(
-            "schema",
-            f"request_id must be a string of 1..{REQUEST_ID_MAX_CHARS} characters, "
-            f"got {_show(request_id)}",
-        )
+    request_id = checked_request_id(doc, FIELDS)
     model = doc.get("model")
     if type(model) is not str:
         raise InvalidEvent("schema", f"model must be a string, got {_show(model)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from worker.config import Config
-from worker.decode_checks import REQUEST_ID_MAX_CHARS, TS_MAX, _show, parse_object
+from worker.decode_checks import TS_MAX, _show, checked_request_id, parse_object
 from worker.errors import InvalidEvent
 from worker.fusion.feedback import LabelEvent
 
@@ -32,15 +32,7 @@ class LabelDecoder:
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> LabelEvent:
         """Parse and validate one label value. Raises InvalidEvent."""
         doc = parse_object(value, self._max_bytes)
-        if not doc.keys() <= FIELDS:
-            raise InvalidEvent("schema", f"unknown field(s) {_show(sorted(doc.keys() - FIELDS))}")
-        request_id = doc.get("request_id")
-        if type(request_id) is not str or not 0 < len(request_id) <= REQUEST_ID_MAX_CHARS:
-            raise InvalidEvent(
-                "schema",
-                f"request_id must be a string of 1..{REQUEST_ID_MAX_CHARS} characters, "
-                f"got {_show(request_id)}",
-            )
+        request_id = checked_request_id(doc, FIELDS)
         ts = doc.get("ts", record_ts_ms)
         if "ts" in doc and (type(ts) is not int or not 0 <= ts <= TS_MAX):
             raise InvalidEvent("schema", f"ts must be an integer in 0..{TS_MAX}, got {_show(ts)}")

@@ -187,43 +187,36 @@ def classification_results(
             members[name] = member
         fused_ts = req.fused_ts
         if ok:
-            result: dict[str, Any] = {
-                "request_id": req.request_id,
-                "strategy": strategy,
-                "status": (DECIDED if req.decided else PARTIAL) if missing else COMPLETE,
-                "label": label_names[winner[i]],
-                "probs": probs[i],
-                "labels": label_names.copy(),
-                "confidence": confidence[i],
-                "agreement": agreement[i],
-                "members": members,
-                "missing": missing,
-                "first_ts": req.first_ts,
-                "fused_ts": fused_ts,
-                "latency_ms": fused_ts - req.opened_ms,
-                "model_versions": versions,
-                "trace_id": _trace_id(events),
-            }
-            if by_fallback[i]:
-                result["fallback"] = fallback
-        else:
-            result = {
-                "request_id": req.request_id,
-                "strategy": strategy,
-                "status": INSUFFICIENT,
-                "label": None,
-                "probs": None,
-                "labels": None,
-                "confidence": None,
-                "agreement": None,
-                "members": members,
-                "missing": missing,
-                "first_ts": req.first_ts,
-                "fused_ts": fused_ts,
-                "latency_ms": fused_ts - req.opened_ms,
-                "model_versions": versions,
-                "trace_id": _trace_id(events),
-            }
+            status = (DECIDED if req.decided else PARTIAL) if missing else COMPLETE
+            shown: tuple[Any, ...] = (
+                label_names[winner[i]],
+                probs[i],
+                label_names.copy(),
+                confidence[i],
+                agreement[i],
+            )
+        else:  # no prediction: those fields are null
+            status, shown = INSUFFICIENT, (None,) * 5
+        label, p_i, labels_i, confidence_i, agreement_i = shown
+        result: dict[str, Any] = {
+            "request_id": req.request_id,
+            "strategy": strategy,
+            "status": status,
+            "label": label,
+            "probs": p_i,
+            "labels": labels_i,
+            "confidence": confidence_i,
+            "agreement": agreement_i,
+            "members": members,
+            "missing": missing,
+            "first_ts": req.first_ts,
+            "fused_ts": fused_ts,
+            "latency_ms": fused_ts - req.opened_ms,
+            "model_versions": versions,
+            "trace_id": _trace_id(events),
+        }
+        if ok and by_fallback[i]:
+            result["fallback"] = fallback
         if calibration is not None:
             result["calibration"] = calibration
         out.append(result)
