@@ -256,7 +256,6 @@ class Engine:
         finished: list[tuple[int, FinishedRequest]],
     ) -> None:
         decode = self._decoder.decode
-        n = self._partitions
         for r in records:
             out.records += 1
             if r.topic == self._labels_topic:
@@ -272,13 +271,7 @@ class Engine:
             if r.headers:
                 ev.traceparent, bad = read_traceparent(r.headers)
                 out.bad_traceparents += bad
-            p = r.partition if n is None else partition_for(ev.request_id.encode(), n)
-            table = self.tables.get(p)
-            if table is None:
-                table = self.open(p)
-            now = max(self._stream_ms.get(p, ev.ts), ev.ts)
-            self._stream_ms[p] = now
-            table.expire(now)
+            p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
             outcome = table.add(ev, now)
             table.expire(now)
             if outcome == "accepted":
@@ -286,6 +279,20 @@ class Engine:
             else:
                 self._not_joined(r, ev.model, outcome, out)
             finished += [(p, f) for f in table.drain()]
+
+    def _advance(self, partition: int, request_id: str, ts: int) -> tuple[int, JoinTable, int]:
+        """Event time: the partition an event or label of ``request_id`` belongs to (its
+        record's, or the key's under the configured partition count), its table, and that
+        partition's stream clock moved to ``ts``, with what expired by then closed."""
+        n = self._partitions
+        p = partition if n is None else partition_for(request_id.encode(), n)
+        table = self.tables.get(p)
+        if table is None:
+            table = self.open(p)
+        now = max(self._stream_ms.get(p, ts), ts)
+        self._stream_ms[p] = now
+        table.expire(now)
+        return p, table, now
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -317,14 +324,7 @@ class Engine:
         ev = self._decode_label(r, out)
         if ev is None:
             return
-        n = self._partitions
-        p = r.partition if n is None else partition_for(ev.request_id.encode(), n)
-        table = self.tables.get(p)
-        if table is None:
-            table = self.open(p)
-        now = max(self._stream_ms.get(p, ev.ts), ev.ts)
-        self._stream_ms[p] = now
-        table.expire(now)
+        p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
         finished += [(p, f) for f in table.drain()]
         # What closed before the label is fused with the weights it would have had.
         self._fuse(finished, out)
