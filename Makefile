@@ -86,6 +86,11 @@ backtest-langid: .venv $(VENV)/.langid  ## backtest of the 4 language identifier
 	$(BIN)/python -m worker.demo_langid backtest-data --wide --out $(LANGID_DIR)-wide
 	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)-wide/fusion.toml \
 	  --predictions $(LANGID_DIR)-wide/predictions.jsonl --labels $(LANGID_DIR)-wide/labels.jsonl
+	@echo "== fitted on the earlier 60 %: calibration, learned weights, stacking (languages with 6+ sentences)"
+	$(BIN)/python -m worker.demo_langid backtest-data --min-per-language 6 --out $(LANGID_DIR)-fit
+	$(BIN)/fusion-worker backtest --config $(LANGID_DIR)-fit/fusion.toml --fit \
+	  --fit-dir $(LANGID_DIR)-fit/fitted --predictions $(LANGID_DIR)-fit/predictions.jsonl \
+	  --labels $(LANGID_DIR)-fit/labels.jsonl
 
 DEMO_DIR := .cache/backtest-demo
 backtest-demo: .venv  ## a real backtest: 3 scikit-learn classifiers on the digits data, HTML report

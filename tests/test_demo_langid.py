@@ -223,3 +223,38 @@ def test_a_valid_traceparent_is_carried_and_a_bad_one_dropped() -> None:
     dropped = parse_text(value, [("traceparent", b"junk")])
     assert dropped is not None
     assert dropped.traceparent is None
+
+
+def test_spread_order_puts_every_language_in_both_parts_of_a_time_split() -> None:
+    """Each language's sentences are spread over the order: a language with n >= 4
+    sentences has at least 2 in the first 60 % and at least 1 in the rest."""
+    languages = [lang for lang, n in (("a", 4), ("b", 6), ("c", 30), ("d", 9)) for _ in range(n)]
+    order = backtest.spread_order(languages)
+    assert sorted(order) == list(range(len(languages)))
+    cut = int(0.6 * len(order))
+    for lang in "abcd":
+        early = sum(languages[i] == lang for i in order[:cut])
+        assert early >= 2, lang
+        assert languages.count(lang) - early >= 1, lang
+
+
+def test_the_fit_set_backtests_with_calibration_and_stacking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--min-per-language 6`` keeps the languages with 6+ sentences, whose config maps
+    only fused labels, and ``backtest --fit`` trains on the earlier part: the table has
+    the stacker, the learned weights and the calibrated rows."""
+    backtest.write(tmp_path, min_per_language=6)
+    config = load_config(tmp_path / "fusion.toml", env={})
+    assert set(config.fusion.labels) < set(LANGUAGES)
+    code = run_backtest(
+        config,
+        str(tmp_path / "predictions.jsonl"),
+        str(tmp_path / "labels.jsonl"),
+        fit=True,
+        fit_dir=tmp_path / "fitted",
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    for row in ("stacking", "soft_vote+learned_weights", "soft_vote+calibrated"):
+        assert row in table

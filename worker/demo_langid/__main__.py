@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every language of the examples that one identifier names (partial coverage)",
     )
+    data.add_argument(
+        "--min-per-language",
+        type=int,
+        default=1,
+        help="only the languages with at least this many sentences (for backtest --fit)",
+    )
     return parser
 
 
@@ -83,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backtest-data":
         from worker.demo_langid.backtest import write
 
-        count = write(args.out, per_language=args.per_language, wide=args.wide)
+        count = write(
+            args.out,
+            per_language=args.per_language,
+            wide=args.wide,
+            min_per_language=args.min_per_language,
+        )
         print(f"{count} sentences: {args.out}/predictions.jsonl, labels.jsonl, fusion.toml")
         return 0
     return asyncio.run(_demo(args))

@@ -14,8 +14,12 @@ publish it. Writes into DIR:
 identifier names: then some identifiers do not cover some labels (langdetect has no
 Basque, for one), and the worker weighs each label over the identifiers that cover it.
 
-Requests are in a fixed shuffled order (event time), so a time split of ``backtest
---fit`` trains on every language rather than on the first ones of the corpus.
+Requests are in a fixed order (event time) that spreads each language's sentences evenly
+over time, so a time split of ``backtest --fit`` trains and scores on every language
+rather than on the first ones of the corpus. ``--min-per-language N`` keeps only the
+languages with at least N sentences: fitting a stacker needs at least 2 complete
+labelled requests of every label in the train part, which the rarest languages of the
+corpus (one Bulgarian sentence) cannot give.
 """
 
 from __future__ import annotations
@@ -42,18 +46,47 @@ def backtest_config(identifiers: Sequence[Identifier], labels: Sequence[str] = L
     return "\n".join([*lines, *models_toml(identifiers, labels)]) + "\n"
 
 
-def write(out: Path, per_language: int | None = None, wide: bool = False) -> int:
+def spread_order(languages: Sequence[str], seed: int = SEED) -> list[int]:
+    """Indexes into ``languages`` (one entry per sentence) in an order where each
+    language's sentences are spread evenly over the whole: its i-th of n sentences sits
+    at (i + u) / n of the way, u a fixed random offset in [0, 1). Any time prefix then
+    holds about its share of every language, which a plain shuffle does not promise."""
+    rng = random.Random(seed)  # noqa: S311 - a fixed order, not a secret
+    counts: dict[str, int] = {}
+    for language in languages:
+        counts[language] = counts.get(language, 0) + 1
+    seen: dict[str, int] = {}
+    keyed: list[tuple[float, float, int]] = []
+    for index, language in enumerate(languages):
+        i = seen.get(language, 0)
+        seen[language] = i + 1
+        keyed.append(((i + rng.random()) / counts[language], rng.random(), index))
+    return [index for *_, index in sorted(keyed)]
+
+
+def write(
+    out: Path,
+    per_language: int | None = None,
+    wide: bool = False,
+    min_per_language: int = 1,
+) -> int:
     """Write the three files into ``out``; returns the number of requests. ``wide``: the
     fused set is every language of spaCy's examples that at least one identifier names
     (``languages.covered_languages``), so some identifiers leave some labels uncovered;
-    else the demo's ``LANGUAGES``, which all four cover."""
+    else the demo's ``LANGUAGES``, which all four cover. ``min_per_language``: only the
+    languages with at least that many sentences are fused (and labelled)."""
     identifiers = [build(name) for name in IDENTIFIERS]
-    fused = LANGUAGES
+    fused: Sequence[str] = LANGUAGES
     if wide:
         fused = covered_languages(corpus.available(), {i.name: i.codes for i in identifiers})
     sentences = corpus.load(fused, per_language=per_language)
-    order = list(range(len(sentences)))
-    random.Random(SEED).shuffle(order)  # noqa: S311 - a fixed order, not a secret
+    if min_per_language > 1:
+        counts = dict.fromkeys(fused, 0)
+        for sentence in sentences:
+            counts[sentence.language] += 1
+        fused = [lang for lang in fused if counts[lang] >= min_per_language]
+        sentences = [s for s in sentences if counts[s.language] >= min_per_language]
+    order = spread_order([s.language for s in sentences])
     out.mkdir(parents=True, exist_ok=True)
     events: list[bytes] = []
     labels: list[bytes] = []

@@ -72,12 +72,15 @@ def _toml_strings(values: Iterable[str]) -> str:
 def models_toml(identifiers: Sequence[Identifier], labels: Sequence[str] = LANGUAGES) -> list[str]:
     """The ``[fusion] labels`` and ``[[models]]`` lines of the identifiers: each with its
     own codes (``labels``) and the map of those that differ from the fused labels
-    (``label_map``, from ``languages.LABEL_MAPS``); equal weights."""
+    (``label_map``, from ``languages.LABEL_MAPS``, for the fused labels only: a code
+    of a language not fused is one the model has and the fusion ignores); equal weights."""
     lines = [f"labels = {_toml_strings(labels)}"]
+    fused = set(labels)
     for ident in identifiers:
         mapping = ", ".join(
             f"{json.dumps(code)} = {json.dumps(label)}"
             for code, label in LABEL_MAPS[ident.name].items()
+            if label in fused
         )
         lines += [
             "[[models]]",
