@@ -146,6 +146,24 @@ def _add_supersets(hist: Any, size: int, pairs: Any) -> None:
 
 
 @_jit
+def strip_whitespace(codes: Any, text_starts: Any, space: Any) -> tuple[Any, Any]:
+    """The code points without whitespace (``space[c]`` true: c is whitespace, for c
+    below ``space.size``) and the texts' new start offsets."""
+    kept = np.empty_like(codes)
+    starts = np.empty_like(text_starts)
+    n = 0
+    limit = space.size
+    for t in range(text_starts.size - 1):
+        starts[t] = n
+        for p in range(text_starts[t], text_starts[t + 1]):
+            code = codes[p]
+            kept[n] = code
+            n += not (code < limit and space[code])
+    starts[text_starts.size - 1] = n
+    return kept[:n], starts
+
+
+@_jit
 def overlaps_kernel(
     codes: Any, text_starts: Any, group_starts: Any, max_order: int, m: int, out: Any
 ) -> None:
@@ -203,9 +221,9 @@ def overlaps_kernel(
                 hi = text_starts[t0 + t + 1] - base
                 text_counts = counts[t * longest : (t + 1) * longest]
                 alone = 0
-                for p in range(lo, hi - n + 1):
-                    code = codes[base + p + n - 1]
-                    if n == 1:
+                if n == 1:
+                    for p in range(lo, hi):
+                        code = codes[base + p]
                         gram = root[code] if code < 65536 else -1
                         if gram < 0:
                             gram = n_ids
@@ -213,28 +231,39 @@ def overlaps_kernel(
                                 root[code] = gram
                             else:
                                 gram = _find(keys, values, used, shift, code, n_ids)
-                    else:
+                        if gram == n_ids:
+                            root_code[gram] = code
+                            n_ids += 1
+                        cur[p] = gram
+                        text_counts[gram] += 1
+                elif dense:
+                    # Few (n-1)-grams and characters: one slot per pair of them.
+                    for p in range(lo, hi - n + 1):
                         parent = prev[p]
                         if parent < 0 or single[parent]:
                             # Its prefix occurs once in the group: so does it.
                             alone += 1
                             cur[p] = -1
                             continue
-                        if dense:
-                            # Few (n-1)-grams and characters: one slot per pair of them.
-                            key = parent * n_chars + first_ids[p + n - 1]
-                            gram = dense_ids[key]
-                            if gram < 0:
-                                gram = n_ids
-                                dense_ids[key] = gram
-                                dense_used[gram] = key
-                            if gram == n_ids:
-                                n_ids += 1
-                            cur[p] = gram
-                            text_counts[gram] += 1
+                        key = parent * n_chars + first_ids[p + n - 1]
+                        gram = dense_ids[key]
+                        if gram < 0:
+                            gram = n_ids
+                            dense_ids[key] = gram
+                            dense_used[gram] = key
+                            n_ids += 1
+                        cur[p] = gram
+                        text_counts[gram] += 1
+                else:
+                    # Most prefixes have one continuation in the group (the texts agree
+                    # there): looked up directly, the other ones in the table.
+                    for p in range(lo, hi - n + 1):
+                        parent = prev[p]
+                        if parent < 0 or single[parent]:
+                            alone += 1
+                            cur[p] = -1
                             continue
-                        # Most prefixes have one continuation in the group (the texts
-                        # agree there): looked up directly, the other ones in the table.
+                        code = codes[base + p + n - 1]
                         first = child_code[parent]
                         if first == code:
                             gram = child_id[parent]
@@ -242,14 +271,14 @@ def overlaps_kernel(
                             child_code[parent] = code
                             child_id[parent] = n_ids
                             gram = n_ids
+                            n_ids += 1
                         else:
                             key = (parent << _CODE_BITS) | code
                             gram = _find(keys, values, used, shift, key, n_ids)
-                    if gram == n_ids:
-                        root_code[gram] = code
-                        n_ids += 1
-                    cur[p] = gram
-                    text_counts[gram] += 1
+                            if gram == n_ids:
+                                n_ids += 1
+                        cur[p] = gram
+                        text_counts[gram] += 1
                 pairs[t, t] += alone
             for h in range(1, used[0] + 1):
                 keys[used[h]] = -1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 from itertools import chain
 from types import ModuleType
 from typing import Any
@@ -75,6 +76,15 @@ def _groups_fit(sizes: Sequence[int]) -> ModuleType | None:
     return kernel
 
 
+@cache
+def _space_table() -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """table[c] is True for the code points c where ``str.split()`` splits."""
+    spaces = [ord(c) for c in ngram.OTHER_WHITESPACE + " "]
+    table = np.zeros(max(spaces) + 1, dtype=np.bool_)
+    table[spaces] = True
+    return table
+
+
 def _starts(lengths: Sequence[int] | IntArray) -> IntArray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
@@ -98,11 +108,14 @@ def char_overlaps_padded(
             all_lengths[g, : n.size] = n
             all_matches[g, :, : n.size, : n.size] = mt
         return all_lengths, all_matches
-    stripped = [ngram.strip_whitespace(text) for group in groups for text in group]
-    text_lengths = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
-    codes = np.frombuffer("".join(stripped).encode("utf-32-le"), dtype="<u4")
+    texts = [text for group in groups for text in group]
+    text_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
+    # Whitespace goes in the kernel: a pass over the code points, not a str per text.
+    codes, text_starts = kernel.strip_whitespace(codes, _starts(text_lengths), _space_table())
+    text_lengths = np.diff(text_starts)
     out = np.zeros((len(sizes), max_order, m, m))
-    kernel.overlaps_kernel(codes, _starts(text_lengths), _starts(sizes), max_order, m, out)
+    kernel.overlaps_kernel(codes, text_starts, _starts(sizes), max_order, m, out)
     all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
     at = 0
     for g, size in enumerate(sizes):
