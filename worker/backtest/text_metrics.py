@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from worker.fusion.ngram import char_overlaps
+from worker.fusion.overlaps import char_overlaps
 from worker.fusion.similarity import CHRF_BETA, CHRF_CHAR_ORDER, tokens
 from worker.fusion.textnorm import NONE, TextNormalisation, normalise
 

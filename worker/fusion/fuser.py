@@ -55,6 +55,7 @@ from worker.fusion.artefact import load_stacker, load_weights, read_calibration
 from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.calibration import apply_temperatures
 from worker.fusion.result import Fused, classification_results, regression_results, text_results
+from worker.fusion.similarity import prepare as prepare_similarity
 from worker.fusion.text import TextOptions, text_normalisation
 from worker.fusion.textnorm import prepare
 
@@ -124,6 +125,7 @@ class Fuser:
         if self._text:
             normalisation = text_normalisation(name, fusion.normalise)
             prepare(normalisation)  # the first request should not wait for the tables
+            prepare_similarity(fusion.similarity)  # nor for the n-gram kernel's compilation
             text = TextOptions(normalisation, fusion.similarity)
         self._settings = registry.Settings(
             weights=_power_of_two_scaled(weights),

@@ -22,8 +22,9 @@ proves it with hypothesis to 1e-12):
 
 The matrix functions take groups of texts (one group per request) and return, per group,
 the (m, m) matrix with ``[i, j] = similarity(hypothesis=texts[i], reference=texts[j])``.
-chrF and token F1 count their n-grams for the whole batch at once (``ngram``);
-WER uses rapidfuzz's bit-parallel Levenshtein on the token lists.
+chrF and token F1 count their n-grams for the whole batch at once (``overlaps``: the
+compiled kernel, or numpy without numba, the same numbers); WER uses rapidfuzz's
+bit-parallel Levenshtein on the token lists.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
-from worker.fusion.ngram import char_overlaps, token_overlaps
+from worker.fusion import overlaps
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -81,16 +82,9 @@ def chrf_from_overlaps(lengths: IntArray, matches: FloatArray, beta: int = CHRF_
 def chrf_matrices(groups: Sequence[Sequence[str]]) -> list[FloatArray]:
     """Per group of texts, the (m, m) chrF matrix (see ``chrf_from_overlaps``), all
     groups in one array pass (padded to the largest group)."""
-    lengths, matches = char_overlaps(groups, CHRF_CHAR_ORDER)
-    sizes = [len(n) for n in lengths]
-    m = max(sizes, default=0)
-    all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
-    all_matches = np.zeros((len(sizes), CHRF_CHAR_ORDER, m, m))
-    for g, (n, mt) in enumerate(zip(lengths, matches, strict=True)):
-        all_lengths[g, : n.size] = n
-        all_matches[g, :, : n.size, : n.size] = mt
+    all_lengths, all_matches = overlaps.char_overlaps_padded(groups, CHRF_CHAR_ORDER)
     scores = chrf_from_overlaps(all_lengths, all_matches)
-    return [scores[g, :s, :s] for g, s in enumerate(sizes)]
+    return [scores[g, : len(group), : len(group)] for g, group in enumerate(groups)]
 
 
 def chrf(hypothesis: str, reference: str) -> float:
@@ -107,7 +101,7 @@ def token_f1_matrices(groups: Sequence[Sequence[str]]) -> list[FloatArray]:
     """Per group of texts, the (m, m) token F1 matrix (symmetric)."""
     token_groups = [[tokens(t) for t in g] for g in groups]
     out = []
-    for toks, overlap in zip(token_groups, token_overlaps(token_groups), strict=True):
+    for toks, overlap in zip(token_groups, overlaps.token_overlaps(token_groups), strict=True):
         n = np.array([len(t) for t in toks], dtype=np.float64)
         total = n[:, None] + n[None, :]
         # 2 p r / (p + r) with p = o / n_i, r = o / n_j is 2 o / (n_i + n_j).
@@ -153,6 +147,13 @@ def wer(hypothesis: str, reference: str) -> float:
 def wer_similarity_matrices(groups: Sequence[Sequence[str]]) -> list[FloatArray]:
     """Per group, ``max(0, 1 - WER)`` for every pair."""
     return [np.maximum(1.0 - w, 0.0) for w in wer_matrices(groups)]
+
+
+def prepare(similarity: str) -> None:
+    """Compile what ``similarity`` counts with now (chrF and token F1: the n-gram
+    kernel), so that the first request does not wait for it."""
+    if similarity in ("chrf", "token_f1"):
+        overlaps.prepare()
 
 
 # One table of similarity names: the strategies, the config check and the docs read it.

@@ -28,7 +28,7 @@ member's own ``confidence``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,6 +120,11 @@ def fuse_text_batch(
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError(f"weights must be finite and >= 0, got {np.asarray(weights)!r}")
     normalisation = options.normalisation or DEFAULT_NORMALISATION[strategy]
+    if strategy == CONSENSUS:
+        # Every similarity ignores how whitespace runs: chrF removes it, token F1 and
+        # WER split at it. Collapsing it (the last step) would change no score and
+        # costs more than the rest of the normalisation of long texts.
+        normalisation = replace(normalisation, whitespace=False)
     normalised = [
         [None if t is None else normalise(t, normalisation) for t in row] for row in texts
     ]

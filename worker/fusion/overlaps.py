@@ -1,0 +1,157 @@
+"""Which counting serves chrF and token F1: the compiled kernel or numpy (pure; no I/O).
+
+``ngram_kernel`` (numba) counts the n-gram overlaps of each group in one pass per order;
+``ngram`` counts them with numpy. Both give the same integers, so every score is the
+same bit for bit whichever runs (tests/fusion/test_overlaps.py). The kernel runs when
+numba imports (the ``kernel`` extra, in the dev install and the container image) and a
+group has at most ``MAX_TEXTS`` texts; numpy otherwise, e.g. on a platform without numba
+wheels or with ``NUMBA_DISABLE_JIT`` set (numba would then run the kernel as plain
+Python, far slower than numpy).
+
+``prepare()`` imports and compiles the kernel (numba compiles on first call: about
+5-10 s on a small shared machine, a fraction of a second once numba's on-disk cache
+holds it); a worker calls it at start, so that no request waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import cache
+from itertools import chain
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from worker.fusion import ngram
+
+log = logging.getLogger(__name__)
+
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+
+# Set by _load(): the kernel module, or None once it is known not to be available.
+_loaded: list[ModuleType | None] = []
+
+
+def _load() -> ModuleType | None:
+    """The kernel module, or None when numba is missing or its JIT is disabled."""
+    if not _loaded:
+        try:
+            import numba
+
+            if getattr(numba.config, "DISABLE_JIT", False):
+                raise ImportError("NUMBA_DISABLE_JIT is set")
+            from worker.fusion import ngram_kernel
+        except ImportError as exc:
+            log.info("n-gram counting: numpy (the compiled kernel needs numba: %s)", exc)
+            _loaded.append(None)
+        else:
+            _loaded.append(ngram_kernel)
+    return _loaded[0]
+
+
+def kernel_available() -> bool:
+    """Whether the compiled kernel counts (numba installed, JIT not disabled)."""
+    return _load() is not None
+
+
+def prepare() -> bool:
+    """Import and compile the kernel now; False (and nothing done) without numba. The
+    two INFO lines around the compilation show what it took (no clock in the core)."""
+    if _load() is None:
+        return False
+    log.info("n-gram counting: compiling the kernel (numba, cached on disk when it can)")
+    char_overlaps([["warm up", "warm"]], 2)
+    token_overlaps([[["warm", "up"], ["warm"]]])
+    log.info("n-gram counting: compiled kernel ready")
+    return True
+
+
+def _groups_fit(sizes: Sequence[int]) -> ModuleType | None:
+    kernel = _load()
+    if kernel is None or max(sizes, default=0) > kernel.MAX_TEXTS:
+        return None
+    return kernel
+
+
+@cache
+def _space_table() -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """table[c] is True for the code points c where ``str.split()`` splits."""
+    spaces = [ord(c) for c in ngram.OTHER_WHITESPACE + " "]
+    table = np.zeros(max(spaces) + 1, dtype=np.bool_)
+    table[spaces] = True
+    return table
+
+
+def _starts(lengths: Sequence[int] | IntArray) -> IntArray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def char_overlaps_padded(
+    groups: Sequence[Sequence[str]], max_order: int
+) -> tuple[IntArray, FloatArray]:
+    """The character n-gram overlaps of ``ngram.char_overlaps``, padded to the largest
+    group: lengths (n_groups, m) and overlaps (n_groups, max_order, m, m), zeros past a
+    group's own size."""
+    sizes = [len(g) for g in groups]
+    m = max(sizes, default=0)
+    kernel = _groups_fit(sizes)
+    if kernel is None:
+        lengths, matches = ngram.char_overlaps(groups, max_order)
+        all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
+        all_matches = np.zeros((len(sizes), max_order, m, m))
+        for g, (n, mt) in enumerate(zip(lengths, matches, strict=True)):
+            all_lengths[g, : n.size] = n
+            all_matches[g, :, : n.size, : n.size] = mt
+        return all_lengths, all_matches
+    texts = [text for group in groups for text in group]
+    text_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
+    # Whitespace goes in the kernel: a pass over the code points, not a str per text.
+    codes, text_starts = kernel.strip_whitespace(codes, _starts(text_lengths), _space_table())
+    text_lengths = np.diff(text_starts)
+    out = np.zeros((len(sizes), max_order, m, m))
+    kernel.overlaps_kernel(codes, text_starts, _starts(sizes), max_order, m, out)
+    all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
+    at = 0
+    for g, size in enumerate(sizes):
+        all_lengths[g, :size] = text_lengths[at : at + size]
+        at += size
+    return all_lengths, out
+
+
+def char_overlaps(
+    groups: Sequence[Sequence[str]], max_order: int
+) -> tuple[list[IntArray], list[FloatArray]]:
+    """``ngram.char_overlaps`` (per group: lengths without whitespace (m_g,), overlaps
+    (max_order, m_g, m_g)), by the kernel where it runs."""
+    sizes = [len(g) for g in groups]
+    if _groups_fit(sizes) is None:
+        return ngram.char_overlaps(groups, max_order)
+    lengths, matches = char_overlaps_padded(groups, max_order)
+    return (
+        [lengths[g, :s] for g, s in enumerate(sizes)],
+        [matches[g, :, :s, :s] for g, s in enumerate(sizes)],
+    )
+
+
+def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray]:
+    """``ngram.token_overlaps`` (per group of token lists, the (m_g, m_g) multiset
+    overlaps of the tokens), by the kernel where it runs."""
+    sizes = [len(g) for g in groups]
+    kernel = _groups_fit(sizes)
+    if kernel is None:
+        return ngram.token_overlaps(groups)
+    flat = list(chain.from_iterable(chain.from_iterable(groups)))
+    # Ids by first appearance, looked up in C: only their equality matters.
+    vocabulary = {tok: i for i, tok in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint32, count=len(flat))
+    lengths = [len(tokens) for group in groups for tokens in group]
+    m = max(sizes, default=0)
+    out = np.zeros((len(sizes), 1, m, m))
+    kernel.overlaps_kernel(ids, _starts(lengths), _starts(sizes), 1, m, out)
+    return [out[g, 0, :s, :s] for g, s in enumerate(sizes)]
