@@ -49,6 +49,32 @@ class FakeConsumer:
         self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
 
 
+class FakeBuilder:
+    def append(self, **_: Any) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProducer:
+    """What the sink's batch writer asks of a producer; each batch's acknowledgement is
+    a future the test resolves (``acks``)."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[Any]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBuilder:
+        return FakeBuilder()
+
+    async def send_batch(self, builder: FakeBuilder, topic: str, partition: int) -> Any:
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+
 class Harness:
     """An ``AtLeastOnce`` with a real ``Sink`` whose sends the test resolves by hand."""
 
@@ -72,7 +98,8 @@ class Harness:
             config, metrics, state, lambda: None, connect, FeedbackLink(config, fuser), lambda: 0.0
         )
         self.delivery = AtLeastOnce(context)
-        self.sink = Sink(producer=None, retry_backoff_ms=10)  # type: ignore[arg-type]
+        self.producer = FakeProducer()
+        self.sink = Sink(self.producer, retry_backoff_ms=10)  # type: ignore[arg-type]
         self.delivery._sink = self.sink
         self.state = state
 
@@ -118,6 +145,40 @@ async def test_the_commit_waits_only_for_the_outputs_queued_before_it() -> None:
     await h.delivery._inflight.wait()
     assert h.consumer.commits == [{TP: 10}]
     assert len(h.sink._in_flight) == 1
+
+
+async def test_a_batch_still_open_at_the_capture_is_waited_for_once_handed_over() -> None:
+    """An output still in an open batch at the capture (its partition's previous batch
+    not yet acknowledged) is not forced out: the commit waits until the loop's next
+    ``submit`` hands it over, then for its acknowledgement."""
+    h = Harness()
+    h.state.positions[TP] = 10
+    await h.sink.write([OutRecord(OUT, b"k", b"v")])
+    await h.delivery.commit(wait=False)
+    assert h.producer.acks == []
+    await h.sink.submit()
+    assert len(h.producer.acks) == 1
+    await asyncio.sleep(0.01)
+    assert h.consumer.commits == []
+    ack(h.producer.acks[0])
+    await h.delivery._inflight.wait()
+    assert h.consumer.commits == [{TP: 10}]
+
+
+async def test_a_waiting_commit_hands_over_open_batches_before_it_waits() -> None:
+    """``commit()`` while the commit in flight waits for an open batch hands that batch
+    over first (else the two would wait for each other for ever)."""
+    h = Harness()
+    h.state.positions[TP] = 10
+    await h.sink.write([OutRecord(OUT, b"k", b"v")])
+    await h.delivery.commit(wait=False)
+    waiting = asyncio.ensure_future(h.delivery.commit())
+    await asyncio.sleep(0.01)
+    assert len(h.producer.acks) == 1
+    ack(h.producer.acks[0])
+    async with asyncio.timeout(5):
+        await waiting
+    assert h.consumer.commits == [{TP: 10}]
 
 
 async def test_an_interval_while_a_commit_is_in_flight_is_skipped() -> None:

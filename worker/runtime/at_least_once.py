@@ -31,14 +31,13 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from worker.engine import Step
-from worker.offsets import safe_commit_offset
-from worker.runtime.batches import Sent
+from worker.offsets import merge_spans, safe_commit_offset
 from worker.runtime.connect import close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.inflight import InFlight
 from worker.runtime.readback import ReadBack
 from worker.runtime.retry import is_fatal
-from worker.runtime.sink import Sink
+from worker.runtime.sink import Sink, Taken
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class Capture:
 
     positions: dict[TopicPartition, int]
     offsets: dict[TopicPartition, int]
-    taken: list[Sent]
+    taken: Taken
     weights: Weights
 
 
@@ -117,7 +116,14 @@ class AtLeastOnce:
         for done, p in zip(step.finished, step.result_partitions, strict=True):
             if done.spans is not None:
                 for topic, span in done.spans.items():
-                    spans.setdefault(TopicPartition(topic, p), []).append(span)
+                    kept = spans.setdefault(TopicPartition(topic, p), [])
+                    # Requests interleave: most spans overlap the last one kept and
+                    # extend it (merge_spans), so a commit has a handful to sort.
+                    if kept and kept[-1][0] <= span[0] <= kept[-1][1]:
+                        if span[1] > kept[-1][1]:
+                            kept[-1] = (kept[-1][0], span[1])
+                    else:
+                        kept.append(span)
         for recs in step.outputs.values():
             if recs:
                 await self._sink.write(recs)
@@ -134,7 +140,7 @@ class AtLeastOnce:
         each and are read from their committed offset."""
         # Normally settled at the revocation; a commit started since must not land
         # across the new assignment.
-        await self._inflight.wait()
+        await self._wait_in_flight()
         for tp in list(self._spans):
             if tp not in assigned:
                 del self._spans[tp]
@@ -163,10 +169,13 @@ class AtLeastOnce:
             spans = self._spans.get(tp)
             if spans:
                 committed = state.committed.get(tp)
+                # Merged, the spans since the last commit are a handful, not thousands.
+                merged = merge_spans(spans)
                 if committed is not None:
                     # A span wholly below the last commit is never read again.
-                    spans[:] = [span for span in spans if span[1] >= committed]
-                offset = safe_commit_offset(offset, spans)
+                    merged = [span for span in merged if span[1] >= committed]
+                spans[:] = merged
+                offset = safe_commit_offset(offset, merged)
             if state.committed.get(tp) != offset:
                 offsets[tp] = offset
         return offsets
@@ -183,21 +192,29 @@ class AtLeastOnce:
             if self._inflight.busy:
                 log.debug("a commit is still in flight: this interval is skipped")
                 return
-            capture = await self._capture()
+            capture = self._capture()
             if capture is not None:
                 self._inflight.start(self._finish(capture))
             return
-        await self._inflight.settle()
+        await self._wait_in_flight()
+        self._inflight.check()
         await self._commit_now(partitions)
 
-    async def _capture(self) -> Capture | None:
+    async def _wait_in_flight(self) -> None:
+        """Wait for the commit in flight. It may wait for batches still open at its
+        capture: hand them to the producer first, or it never ends."""
+        if self._inflight.busy and self._sink is not None:
+            await self._sink.submit(force=True)
+        await self._inflight.wait()
+
+    def _capture(self) -> Capture | None:
         """On the loop: everything a commit needs, as it is now."""
         assert self._sink is not None
         state = self._state
         positions = dict(state.positions)
         offsets = self._offsets(list(positions))
-        taken = await self._sink.take()
-        if not offsets and not taken:
+        taken = self._sink.take()
+        if not offsets and not taken.sent and not taken.opens:
             self._readback.snapshot(positions, {})
             return None
         weights = self._ctx.feedback.take() if offsets else (set[int](), [])

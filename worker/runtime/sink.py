@@ -5,9 +5,10 @@ broker outage longer than the producer's own retries), so that a commit after
 worker/runtime/batches.py.
 
 A commit that does not hold the loop uses the two halves of ``flush()`` apart: ``take()``
-(on the loop) hands every queued output to the producer and takes them out of the
-sink, ``acknowledged(taken)`` (in the background) waits for exactly those; if one
-failed they go back into the sink, for the next ``flush()`` to re-send.
+(on the loop, no wait) takes the sends handed to the producer so far out of the sink and
+notes the batches still open; ``acknowledged(taken)`` (in the background) waits for
+exactly those, the open ones once the loop's next ``submit`` has handed them over; if
+one failed they go back into the sink, for the next ``flush()`` to re-send.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
@@ -24,6 +26,15 @@ from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settle
 from worker.runtime.retry import Backoff, is_fatal
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The outputs a commit waits for (``Sink.take``): sends handed to the producer, and
+    the futures of the batches then still open."""
+
+    sent: list[Sent]
+    opens: list[asyncio.Future[Sent]]
 
 
 class Sink:
@@ -71,22 +82,32 @@ class Sink:
         await self.write(records)
         await self.submit(force=True)
 
-    async def take(self) -> list[Sent]:
-        """Hand every queued record to the producer and take them all out of the sink:
-        the caller waits for them (``acknowledged``), later writes are not among them."""
-        await self.submit(force=True)
-        taken, self._in_flight = self._in_flight, []
-        return taken
+    def take(self) -> Taken:
+        """What is queued now, for a commit to wait for: the sends handed to the producer
+        (taken out of the sink) and the batches still open (they go at the next
+        ``submit``; forcing them out now would wait for the previous batch). Later writes
+        are not among them. Call ``submit(force=True)`` before waiting on the loop for
+        ``acknowledged``, or it waits for ever."""
+        sent, self._in_flight = self._in_flight, []
+        return Taken(sent, self._writer.opened())
 
-    async def acknowledged(self, taken: list[Sent], topic: str) -> dict[int, int] | None:
-        """Wait until every send of ``taken`` is done. All acknowledged: per partition of
-        ``topic``, the end of what they wrote there (see ``acked_ends``). Some failed:
-        None, and they are back in the sink, for ``flush`` to re-send (or to raise)."""
-        await settled([s.future for s in taken], self._on_wait)
-        if any(s.future.cancelled() or s.future.exception() is not None for s in taken):
-            self._in_flight[:0] = taken
+    async def acknowledged(self, taken: Taken, topic: str) -> dict[int, int] | None:
+        """Wait until every send of ``taken`` is done, the open batches once handed over
+        included. All acknowledged: per partition of ``topic``, the end of what the sends
+        already handed over at ``take`` wrote there (``acked_ends``; what went later may
+        follow other records of that partition). Some failed: None, and the sends taken
+        are back in the sink, for ``flush`` to re-send or raise (the batches handed over
+        since are in it already)."""
+        await settled(taken.opens, self._on_wait)
+        later = [f.result() for f in taken.opens if not f.cancelled() and f.exception() is None]
+        sends = [*taken.sent, *later]
+        await settled([s.future for s in sends], self._on_wait)
+        if len(later) < len(taken.opens) or any(
+            s.future.cancelled() or s.future.exception() is not None for s in sends
+        ):
+            self._in_flight[:0] = taken.sent
             return None
-        return acked_ends(taken, topic)
+        return acked_ends(taken.sent, topic)
 
     async def flush(self, topic: str = "") -> dict[int, int]:
         """Wait until every queued record is acknowledged, re-sending failures; returns
