@@ -3,12 +3,14 @@ span of a request fused since the last commit, so a repeat is never worse."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.events import PredictionEvent
 from worker.join import JoinTable
-from worker.offsets import safe_commit_offset
+from worker.offsets import merge_spans, safe_commit_offset
 
 SPANS = st.lists(
     st.tuples(st.integers(0, 60), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])),
@@ -35,6 +37,22 @@ def test_the_commit_is_the_highest_such_offset(base: int, spans: list[tuple[int,
     inside some span."""
     offset = safe_commit_offset(base, spans)
     assert all(inside(c, spans) for c in range(offset + 1, base + 1))
+
+
+@given(st.integers(0, 100), SPANS)
+def test_merged_spans_give_the_same_commit(base: int, spans: list[tuple[int, int]]) -> None:
+    """Merging the spans changes no commit: the same offsets lie inside them."""
+    merged = merge_spans(spans)
+    assert safe_commit_offset(base, merged) == safe_commit_offset(base, spans)
+    assert all(inside(c, merged) == inside(c, spans) for c in range(102))
+
+
+@given(SPANS)
+def test_merged_spans_are_disjoint_and_ascending(spans: list[tuple[int, int]]) -> None:
+    """Merged spans are non-empty, ascending, and leave a free offset between two."""
+    merged = merge_spans(spans)
+    assert all(first < last for first, last in merged)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(merged))
 
 
 def test_a_pending_event_inside_a_fused_span_pulls_the_commit_to_its_start() -> None:

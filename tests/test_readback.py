@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from worker.runtime.readback import Marks, decode_mark, encode_mark
+from worker.config import build_config
+from worker.runtime.readback import Marks, ReadBack, decode_mark, encode_mark
 
 TP = TopicPartition("in", 0)
 
@@ -68,3 +69,44 @@ def test_revoked_partitions_are_forgotten() -> None:
     marks.record(TP, 100, 10)
     marks.forget([TopicPartition("in", 1)])
     assert marks.mark_for(TP, 100) is None
+
+
+def read_back() -> ReadBack:
+    """A read-back whose output is known to be co-partitioned (no broker asked)."""
+    config = build_config({"fusion": {"labels": ["x", "y"]}, "models": [{"name": "a"}]})
+    rb = ReadBack(config, lambda: None)
+    rb._enabled = True
+    return rb
+
+
+def test_a_snapshot_takes_the_end_of_its_acknowledged_outputs() -> None:
+    """The mark of a snapshot is where the outputs captured with its positions ended,
+    from their acknowledgements: no request to the broker."""
+    rb = read_back()
+    rb.snapshot({TP: 100}, {0: 42})
+    assert rb.marks.mark_for(TP, 100) == 42
+
+
+def test_a_partition_without_outputs_since_keeps_the_last_end_known() -> None:
+    """An output partition nothing was written to since keeps the end seen last: every
+    result written after it lands at or after it."""
+    rb = read_back()
+    rb.snapshot({TP: 100}, {0: 42, 1: 7})
+    rb.snapshot({TP: 200}, {1: 9})
+    assert rb.marks.mark_for(TP, 200) == 42
+
+
+def test_a_snapshot_without_any_end_known_takes_no_mark() -> None:
+    """Without an acknowledged output nor an end read before, there is no safe mark:
+    the commit stores an older one, or none."""
+    rb = read_back()
+    rb.snapshot({TP: 100}, {})
+    assert rb.marks.mark_for(TP, 100) is None
+
+
+def test_a_snapshot_with_the_read_back_off_takes_nothing() -> None:
+    """Without a co-partitioned output there is nothing to mark."""
+    rb = read_back()
+    rb._enabled = False
+    rb.snapshot({TP: 100}, {0: 42})
+    assert rb.marks.mark_for(TP, 100) is None

@@ -29,3 +29,24 @@ def safe_commit_offset(base: int, spans: Iterable[tuple[int, int]]) -> int:
         if first < offset <= last:
             offset = first
     return offset
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The same set of offsets "inside" as ``spans``, as few disjoint spans, ascending.
+
+    ``(a, b)`` and ``(c, d)`` with ``c <= b`` cover every offset of ``a < o <= max(b, d)``
+    between them, so they become one; an empty span (``first == last``) covers nothing.
+    Why: the requests of a busy stream interleave, so their spans chain into long runs;
+    kept one by one they pile up between commits (thousands per partition per second
+    when the committed offset cannot move) and every commit sorts them all.
+    """
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if first >= last:
+            continue
+        if merged and first <= merged[-1][1]:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged

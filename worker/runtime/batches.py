@@ -108,13 +108,15 @@ class Divert:
 
 
 class _Open:
-    """A batch being filled for one topic partition, with its records."""
+    """A batch being filled for one topic partition, with its records, and the future of
+    its ``Sent`` once handed to the producer, for whoever waits for that (``opened``)."""
 
-    __slots__ = ("builder", "records")
+    __slots__ = ("builder", "handed", "records")
 
     def __init__(self, builder: Any) -> None:
         self.builder = builder
         self.records: list[OutRecord] = []
+        self.handed: asyncio.Future[Sent] | None = None
 
 
 class BatchWriter:
@@ -271,15 +273,37 @@ class BatchWriter:
         """Ask the partition counts again at the next write (a topic may have grown)."""
         self._partitions.clear()
 
+    def opened(self) -> list[asyncio.Future[Sent]]:
+        """For each batch open now, a future of its ``Sent``, done once ``submit`` (or a
+        full batch) hands it to the producer: a commit's outputs may still wait in an
+        open batch, and forcing them out would wait for the previous batch."""
+        futures = []
+        for batch in self._open.values():
+            if batch.handed is None:
+                batch.handed = asyncio.get_running_loop().create_future()
+            futures.append(batch.handed)
+        return futures
+
     async def _submit(self, tp: tuple[str, int], batch: _Open) -> Sent:
         # Closed: sent at the next chance, not after linger_ms, and nothing joins it.
         batch.builder.close()
-        future = await self._retrying(
-            f"{len(batch.records)} records to {tp[0]}",
-            lambda: self._producer.send_batch(batch.builder, tp[0], partition=tp[1]),
-        )
+        try:
+            future = await self._retrying(
+                f"{len(batch.records)} records to {tp[0]}",
+                lambda: self._producer.send_batch(batch.builder, tp[0], partition=tp[1]),
+            )
+        except BaseException as exc:
+            if batch.handed is not None and not batch.handed.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    batch.handed.cancel()
+                else:
+                    batch.handed.set_exception(exc)
+            raise
         self._last[tp] = future
-        return Sent(tp[0], batch.records, future)
+        sent = Sent(tp[0], batch.records, future)
+        if batch.handed is not None and not batch.handed.done():
+            batch.handed.set_result(sent)
+        return sent
 
     async def send_one(self, rec: OutRecord) -> Sent:
         """Send one record through ``producer.send`` (in no batch of ours). Retrying, a

@@ -6,8 +6,10 @@ The loop owns fetching, backpressure, liveness and the partition state
 (``Partitions``); it calls the delivery at fixed points, all under its lock:
 ``start`` once, ``maintain`` before each fetch, ``emit`` with each step, ``commit``
 every ``commit_interval_ms``, on revocation and at shutdown, ``assigned`` with each new
-assignment, ``stop`` once. A delivery never runs on its own: it has no task and no
-callback, so it never changes state while the loop emits or commits.
+assignment, ``stop`` once. A delivery has no callback of its own; its one task is the
+at-least-once periodic commit, which the loop's state sees only through what was
+captured for it on the loop and through its outcome (committed offsets, pruned spans),
+and which ``commit(wait=True)``, ``assigned`` and ``stop`` wait for or end.
 """
 
 from __future__ import annotations
@@ -82,9 +84,13 @@ class Delivery(Protocol):
     def held(self) -> set[int]:
         """Partition numbers that stay paused whatever the backpressure says."""
 
-    async def commit(self, partitions: Collection[TopicPartition] | None = None) -> None:
+    async def commit(
+        self, partitions: Collection[TopicPartition] | None = None, *, wait: bool = True
+    ) -> None:
         """Make the outputs so far durable, then commit the input offsets (of
-        ``partitions``, default all)."""
+        ``partitions``, default all). ``wait=False`` (the loop's periodic commit): the
+        mode may finish the commit in the background, from what it captured now; a
+        commit with ``wait=True`` (revocation, shutdown) waits for that one first."""
 
     async def assigned(self, assigned: list[TopicPartition], new: set[int]) -> None:
         """A new assignment was applied to the partition state: drop what the mode

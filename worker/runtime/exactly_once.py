@@ -139,10 +139,13 @@ class ExactlyOnce:
 
     # -- committing ---------------------------------------------------------------------
 
-    async def commit(self, partitions: Collection[TopicPartition] | None = None) -> None:
+    async def commit(
+        self, partitions: Collection[TopicPartition] | None = None, *, wait: bool = True
+    ) -> None:
         """Per open partition number with anything to say: changelog delta, offsets,
         commit. One after the other: committing them concurrently was measured slower
-        on a shared two-core machine (docs/benchmarks.md)."""
+        on a shared two-core machine (docs/benchmarks.md). Always while the loop waits
+        (``wait`` is not used): a partition's next outputs go into its next transaction."""
         numbers = {tp.partition for tp in partitions} if partitions is not None else set(self.parts)
         for p in sorted(numbers):
             part = self.parts.get(p)

@@ -101,17 +101,28 @@ class FeedbackLink:
             return []
         return [(str(p).encode(), orjson.dumps(learning.state(p))) for p in sorted(numbers)]
 
-    async def save(self, producer: AIOKafkaProducer) -> None:
-        """At-least-once, before a commit: write the moved weights and wait for the acks."""
+    def take(self) -> tuple[set[int], list[tuple[bytes, bytes]]]:
+        """At-least-once, when a commit is captured: the snapshots of the moved weights
+        now (their partition numbers, the records), no longer dirty (``unsaved`` marks
+        them again if writing them fails). Empty unless the weights are adaptive."""
         if not self.dirty or not self.adaptive:
+            return set(), []
+        numbers, self.dirty = self.dirty, set()
+        return numbers, self.records(numbers)
+
+    def unsaved(self, numbers: Iterable[int]) -> None:
+        """Snapshots ``take`` gave that were not written: the next commit writes them."""
+        self.dirty.update(numbers)
+
+    async def save(self, producer: AIOKafkaProducer, records: list[tuple[bytes, bytes]]) -> None:
+        """At-least-once, before the offsets: write ``records`` (``take``) and wait for
+        the acks."""
+        if not records:
             return
         topic = weights_topic(self.config)
-        futures = [
-            await producer.send(topic, value, key=key) for key, value in self.records(self.dirty)
-        ]
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
         for f in futures:
             await f
-        self.dirty.clear()
 
     async def restore(self, numbers: Iterable[int], beat: Callable[[], None]) -> None:
         """Resume the given partition numbers from their latest snapshots."""

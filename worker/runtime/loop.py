@@ -348,8 +348,9 @@ class Loop:
 
     async def _periodic(self) -> None:
         self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
-        # Where offsets are committed (every commit_interval_ms).
-        await self.delivery.commit()
+        # Where offsets are committed (every commit_interval_ms); at-least-once finishes
+        # in the background while the loop goes on (worker/runtime/at_least_once.py).
+        await self.delivery.commit(wait=False)
         self._observe_state()
 
     async def _watch_topics(self) -> None:

@@ -19,6 +19,14 @@ was read, so after that capture. The requests read back at assignment were fused
 earlier owners from events before the input's end at assignment, with results after the
 mark read back from: until the position passes that end, that mark is a floor.
 
+Which end. A commit captures the consumed positions and takes every output queued so far
+(worker/runtime/at_least_once.py); once all of them are acknowledged, their own offsets
+give, per output partition, the end of what they wrote (``Sink.acknowledged``). Every
+result queued after the capture is handed to the producer after them, and the producer
+keeps a partition's batches in order, so it lands at or after that end: the end is a
+floor, exact while we are the partition's only writer, and costs no request (it was a
+ListOffsets of the output at each commit, which the loop waited for).
+
 What remains: results of requests fused by a previous owner but not yet written when it
 died are published again (a repeat, never a worse one: their events are all re-read);
 a read-back cut short by ``readback_max_records`` / ``readback_timeout_ms`` leaves the
@@ -30,8 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,9 +58,6 @@ MAX_SNAPSHOTS = 1000
 _POLL_MS = 200
 # Errors that only cost a read-back (more repeats), never the worker.
 _SOFT_ERRORS = (KafkaError, TimeoutError, OSError)
-# How often a wait on the broker beats the liveness clock.
-_BEAT_S = 1.0
-T = TypeVar("T")
 
 
 def encode_mark(output_topic: str, offset: int) -> str:
@@ -159,6 +163,9 @@ class ReadBack:
         self.marks = Marks()
         self._enabled: bool | None = None if self._max_records else False
         self._reader: AIOKafkaConsumer | None = None
+        # Per output partition, the highest end seen (at assignment, in snapshots): every
+        # result queued later lands at or after it.
+        self._known_ends: dict[int, int] = {}
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -197,20 +204,6 @@ class ReadBack:
                 )
         return self._enabled
 
-    async def _beating(self, step: Coroutine[Any, Any, T]) -> T:
-        """``step`` within the read-back budget, beating the liveness clock meanwhile: in
-        an outage the reader's start and its requests block for request_timeout_ms, and
-        waiting one out is not being stuck. Past the budget: TimeoutError."""
-        task = asyncio.ensure_future(step)
-        try:
-            async with asyncio.timeout(self._budget_s):
-                while not task.done():
-                    await asyncio.wait({task}, timeout=_BEAT_S)
-                    self._beat()
-            return task.result()
-        finally:
-            task.cancel()
-
     async def _ends(self, numbers: Iterable[int]) -> dict[int, int]:
         reader = await self._start_reader()
         tps = [TopicPartition(self._output, p) for p in numbers]
@@ -220,20 +213,23 @@ class ReadBack:
 
     # -- around a commit -------------------------------------------------------------------
 
-    async def snapshot(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Before a commit (outputs flushed, nothing consumed meanwhile): note the output's
-        end with the consumed positions. A failure only leaves an older mark in force."""
+    def snapshot(self, positions: Mapping[TopicPartition, int], acked: Mapping[int, int]) -> None:
+        """Before a commit: note, with the consumed ``positions`` captured for it, an end
+        of each output partition that no result queued after that capture lies below:
+        ``acked`` (per output partition, the end of what the outputs taken with the
+        positions wrote, all acknowledged; ``Sink.acknowledged``), else the highest end
+        known before (an earlier snapshot's, the end read at assignment). A floor of the
+        output's end, exact while we are its only writer, and no request to the broker."""
         if not self._enabled or not positions:
             return
-        try:
-            ends = await self._beating(self._ends({tp.partition for tp in positions}))
-        except _SOFT_ERRORS as exc:
-            log.debug("read-back snapshot skipped: %r", exc)
-            return
+        known = self._known_ends
+        for p, end in acked.items():
+            if end > known.get(p, -1):
+                known[p] = end
         for tp, position in positions.items():
-            end = ends.get(tp.partition)
-            if end is not None:
-                self.marks.record(tp, position, end)
+            floor = known.get(tp.partition)
+            if floor is not None:
+                self.marks.record(tp, position, floor)
 
     def annotate(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, object]:
         """The offsets to commit, each with its mark as metadata (when it has one)."""
@@ -275,6 +271,8 @@ class ReadBack:
                 "read-back of partitions %s failed (%r); their repeats stay", sorted(new), exc
             )
             return
+        for p, end in ends.items():
+            self._known_ends[p] = max(end, self._known_ends.get(p, end))
         for tp in assigned:
             # Without a mark, all that is read again is fused by us: after the end now.
             if tp.partition in new and not self.marks.has(tp):
