@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from worker.events import PredictionEvent, pack_probs, unpack_probs
+from worker.events import (
+    LabelEvent,
+    PredictionEvent,
+    ProbsEvent,
+    ScoreEvent,
+    TextEvent,
+    pack_probs,
+    unpack_probs,
+)
 from worker.join_pending import _Pending
 
 STATE_VERSION = 1
@@ -91,21 +99,29 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
 
 
 def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> PredictionEvent:
-    probs = fields.get("probs")
-    label = fields.get("label")
-    score = fields.get("score")
-    text = fields.get("text")
-    confidence = fields.get("confidence")
+    common = (
+        rid,
+        model,
+        int(fields["ts"]),
+        fields.get("model_version"),
+        fields.get("trace_id"),
+        fields.get("traceparent"),
+    )
+    if (probs := fields.get("probs")) is not None:
+        return ProbsEvent(*common, pack_probs([float(x) for x in probs]))
+    if (label := fields.get("label")) is not None:
+        return LabelEvent(*common, int(label))
+    if (text := fields.get("text")) is not None:
+        confidence = fields.get("confidence")
+        return TextEvent(*common, str(text), None if confidence is None else float(confidence))
+    if (score := fields.get("score")) is not None:
+        return ScoreEvent(*common, float(score))
+    # No prediction (an event built without one): the base class, by keyword.
     return PredictionEvent(
-        request_id=rid,
-        model=model,
-        ts=int(fields["ts"]),
-        probs=None if probs is None else pack_probs([float(x) for x in probs]),
-        label=None if label is None else int(label),
-        score=None if score is None else float(score),
+        rid,
+        model,
+        int(fields["ts"]),
         model_version=fields.get("model_version"),
         trace_id=fields.get("trace_id"),
         traceparent=fields.get("traceparent"),
-        text=None if text is None else str(text),
-        confidence=None if confidence is None else float(confidence),
     )
