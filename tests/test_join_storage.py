@@ -3,9 +3,13 @@ buckets and the per-source offset marks, each against what a plain computation s
 
 from __future__ import annotations
 
+import gc
 import random
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+import pytest
 
 from worker.events import PredictionEvent
 from worker.join import JoinTable
@@ -129,3 +133,53 @@ def test_oldest_offsets_match_a_brute_force_minimum_over_a_random_stream() -> No
                 for s, o in marks:
                     want[s] = min(o, want.get(s, o))
             assert t.oldest_offsets() == want
+
+
+def test_a_pending_request_is_one_small_struct_outside_the_collector() -> None:
+    """Three models: the request's times, marks and events in one gc-free struct."""
+    t = table()
+    t.add(ev("r", "a"), 0, "in:0", 7)
+    t.add(ev("r", "b"), 0, "in:0", 9)
+    p = t._pending["r"]
+    assert not gc.is_tracked(p)
+    assert sys.getsizeof(p) == 16 + 8 * 8
+    assert (p.m0, p.m1, p.m2) == (ev("r", "a"), ev("r", "b"), None)
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        (5, 9, 7),
+        (2**28, 2**28 + 3),
+        (2**40, 2**40 + 2**33, 2**40 + 1),  # further apart than the packed form holds
+        (2**62, 3, 2**62 + 1),  # a re-read far below
+    ],
+)
+def test_spans_are_exact_at_any_offsets(offsets: tuple[int, ...]) -> None:
+    """The (first, last) offsets of a request's events, however large or far apart."""
+    t = table()
+    models = list(MODELS)
+    for model, offset in zip(models, offsets, strict=False):
+        t.add(ev("r", model), 0, "in:0", offset)
+    if len(offsets) < len(models):
+        assert t.oldest_offsets() == {"in:0": min(offsets)}
+        t.close_all(1)
+    [done] = t.drain()
+    assert done.spans == {"in:0": (min(offsets), max(offsets))}
+
+
+def test_a_restored_request_keeps_its_first_ts_when_its_first_member_is_gone() -> None:
+    """Realigned to a config without the first member's model, the request still has
+    the first_ts it was saved with, and exports it again."""
+    old = table()
+    old.add(ev("r", "a", ts=3), 10)
+    old.add(ev("r", "b", ts=8), 11)
+    state = old.pending_state("r")
+    assert state is not None
+    del state["members"]["a"]  # what worker.state_deps.realign does when "a" goes
+    t = table()
+    t.restore(state)
+    assert t.pending_state("r") == state
+    t.close_all(200)
+    [done] = t.drain()
+    assert (done.first_ts, list(done.members)) == (3, ["b"])

@@ -39,7 +39,15 @@ from typing import Any, Literal
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
 from worker.join_offsets import OffsetTracker
-from worker.join_pending import _Pending, _share, _spans, arrival_order
+from worker.join_pending import (
+    SPAN_BITS,
+    SPAN_MASK,
+    _Pending,
+    _share,
+    _spans,
+    arrival_order,
+    layout,
+)
 from worker.join_state import STATE_VERSION as STATE_VERSION
 from worker.join_state import export_state, pending_from_state
 
@@ -104,13 +112,15 @@ class JoinTable:
         # What an exported state depends on (worker/state_deps.py), written with it.
         self.deps = dict(deps) if deps is not None else None
         self._index = {name: i for i, name in enumerate(self.models)}
-        self._empty = (None,) * len(self.models)
+        # A pending request's struct type, its event fields, a getter of them all.
+        self._new_pending, self._fields, self._members = layout(len(self.models))
         self._base_digits = len(self.models) + 1
         # An arrival code this large has a digit for every model (see _Pending).
         self._complete = self._base_digits ** (len(self.models) - 1)
         self._orders: dict[int, tuple[tuple[str, int], ...]] = {}
         self._closes = 0  # since the last compaction check
         self._pending: dict[str, _Pending] = {}
+        self._first_ts: dict[str, int] = {}  # restored requests' own (see restore)
         self._deadlines = Deadlines()
         self._offsets = OffsetTracker(self._pending)
         # Per model position, the model_version string of its latest accepted event:
@@ -148,6 +158,7 @@ class JoinTable:
             raise ValueError(
                 f"model {event.model!r} is not one of the join's models {list(self.models)}"
             ) from None
+        field = self._fields[i]
         if p is None:
             fused = self._fused
             if fused:
@@ -158,21 +169,15 @@ class JoinTable:
                 remembered = fused.get(rid)
                 if remembered is not None and remembered[0] > now_ms:
                     return "late"
-            p = _Pending(self._empty)
-            p.arrival = i + 1
             base = event.ts if self.event_time else now_ms
             if base != self._base:
                 self._base = base
                 self._deadline = base + self.timeout_ms
-            p.deadline_ms = self._deadline
-            p.opened_ms = now_ms
-            p.first_ts = event.ts
-            p.source = None
-            p.more = None
+            p = self._new_pending(i + 1, self._deadline, now_ms, None, 0)
         else:
-            if p[i] is not None:
+            if getattr(p, field) is not None:
                 return "duplicate"
-            _share(event, p)
+            _share(event, self._members(p))
             p.arrival = p.arrival * self._base_digits + i + 1
         version = event.model_version
         if version is not None:
@@ -180,20 +185,22 @@ class JoinTable:
                 event.model_version = known
             else:
                 self._versions[i] = version
-        p[i] = event
+        setattr(p, field, event)
         opened = p.arrival <= self._base_digits
         if p.arrival >= self._complete:  # every model reported
             self._close(rid, p, now_ms, False, False, opened, source, offset)
             return "accepted"
-        if self._decider is not None and self._decider(p) is not None:
+        if self._decider is not None and self._decider(self._members(p)) is not None:
             self._close(rid, p, now_ms, False, True, opened, source, offset)
             return "accepted"
         if opened:
             self._pending[rid] = p
             self._deadlines.push(p.deadline_ms, rid)
         if offset >= 0:
-            if p.source == source and offset > p.high:
-                p.high = offset  # a later event of the request's source: the common case
+            span = p.span
+            width = offset - (span >> SPAN_BITS)
+            if p.source == source and (span & SPAN_MASK) < width <= SPAN_MASK:
+                p.span = span >> SPAN_BITS << SPAN_BITS | width  # a later event: the common case
             else:
                 self._offsets.track(rid, p, source, offset)
         return "accepted"
@@ -281,16 +288,21 @@ class JoinTable:
         p = self._pending.get(request_id)
         if p is None:
             return None
-        return export_state(request_id, p, self.models, self._arrived(p), self.deps)
+        arrived = self._arrived(p)
+        first_ts = self._first_ts.get(request_id, arrived[0][1].ts)
+        return export_state(request_id, p, self.models, arrived, first_ts, self.deps)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
         the same id). Raises ValueError naming the bad field for a state this table
         cannot take (another version, a model it does not know)."""
-        rid, p = pending_from_state(state, self._index, self.models)
+        rid, p, first_ts = pending_from_state(state, self._index)
         old = self._pending.pop(rid, None)
         if old is not None:
             self._offsets.closed(old)
+        self._first_ts.pop(rid, None)
+        if first_ts != self._arrived(p)[0][1].ts:  # its first member's model was removed
+            self._first_ts[rid] = first_ts
         if p.arrival >= self._complete:
             self._finish(rid, p, p.opened_ms, False, False)
             return
@@ -305,8 +317,7 @@ class JoinTable:
 
     def _expire(self, due_ms: int | None, now_ms: int) -> None:
         """Close the requests due at ``due_ms`` (all when None), then compact once."""
-        pending = self._pending
-        event_time = self.event_time
+        pending, event_time = self._pending, self.event_time
         for deadline, rids in self._deadlines.pop_due(due_ms):
             for rid in rids:
                 p = pending.get(rid)
@@ -355,12 +366,14 @@ class JoinTable:
         source: str = "",
         offset: int = -1,
     ) -> None:
-        order = self._orders.get(p.arrival)
-        if order is None:
-            order = self._order(p.arrival)
+        order = self._orders.get(p.arrival) or self._order(p.arrival)
+        events = self._members(p)
         # Every position of an arrival code holds an event.
-        members: dict[str, PredictionEvent] = {name: p[i] for name, i in order}  # type: ignore[misc]
-        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired, decided)
+        members: dict[str, PredictionEvent] = {name: events[i] for name, i in order}  # type: ignore[misc]
+        first_ts = self._first_ts.pop(rid, None) if self._first_ts else None
+        if first_ts is None:
+            first_ts = events[order[0][1]].ts  # type: ignore[union-attr]
+        done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
         if p.source is not None or offset >= 0:
             done.spans = _spans(p, source, offset)
         self._closed.append(done)
@@ -373,7 +386,8 @@ class JoinTable:
 
     def _arrived(self, p: _Pending) -> list[tuple[int, PredictionEvent]]:
         """A request's (model position, event) pairs in arrival order."""
-        return [(i, p[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
+        events = self._members(p)
+        return [(i, events[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
 
     def _order(self, arrival: int) -> tuple[tuple[str, int], ...]:
         """The (model name, position) pairs of an arrival code, in arrival order; cached

@@ -16,7 +16,7 @@ from worker.events import (
     pack_probs,
     unpack_probs,
 )
-from worker.join_pending import _Pending
+from worker.join_pending import _Pending, layout
 
 STATE_VERSION = 1
 
@@ -26,6 +26,7 @@ def export_state(
     p: _Pending,
     models: Sequence[str],
     arrived: list[tuple[int, PredictionEvent]],
+    first_ts: int,
     deps: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The snapshot ``JoinTable.pending_state`` returns; ``arrived``: the request's
@@ -36,7 +37,7 @@ def export_state(
         "request_id": request_id,
         "opened_ms": p.opened_ms,
         "deadline_ms": p.deadline_ms,
-        "first_ts": p.first_ts,
+        "first_ts": first_ts,
         "members": members,
     }
     if deps is not None:
@@ -45,36 +46,38 @@ def export_state(
 
 
 def pending_from_state(
-    state: dict[str, Any], index: Mapping[str, int], models: Sequence[str]
-) -> tuple[str, _Pending]:
-    """The request id and the re-opened request of a ``export_state`` snapshot, without
-    source offsets. Raises ValueError naming the bad field for a state a table of
-    ``models`` cannot take (another version, a model it does not know)."""
+    state: dict[str, Any], index: Mapping[str, int]
+) -> tuple[str, _Pending, int]:
+    """The request id, the re-opened request (without source offsets) and the first_ts
+    of a ``export_state`` snapshot. Raises ValueError naming the bad
+    field for a state a table of the models in ``index`` cannot take (another version, a
+    model it does not know)."""
+    models = list(index)
+    pending = layout(len(models))
     base_digits = len(models) + 1
     try:
         if state["v"] != STATE_VERSION:
             raise ValueError(f"pending state version {state['v']!r}, expected {STATE_VERSION}")
         rid = state["request_id"]
-        p = _Pending((None,) * len(models))
-        p.arrival = 0
+        arrival = 0
+        events: dict[int, PredictionEvent] = {}
         for name, fields in state["members"].items():  # in arrival order
             if name not in index:
                 raise ValueError(
-                    f"pending state of {rid!r} has model {name!r}, not one of {list(models)}"
+                    f"pending state of {rid!r} has model {name!r}, not one of {models}"
                 )
             i = index[name]
-            p[i] = _event_from_state(rid, name, fields)
-            p.arrival = p.arrival * base_digits + i + 1
-        if all(ev is None for ev in p):
+            events[i] = _event_from_state(rid, name, fields)
+            arrival = arrival * base_digits + i + 1
+        if not events:
             raise ValueError(f"pending state of {rid!r} has no members")
-        p.opened_ms = int(state["opened_ms"])
-        p.deadline_ms = int(state["deadline_ms"])
-        p.first_ts = int(state["first_ts"])
+        p = pending.new(arrival, int(state["deadline_ms"]), int(state["opened_ms"]), None, 0)
+        first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
-    p.source = None
-    p.more = None
-    return rid, p
+    for i, event in events.items():
+        setattr(p, pending.fields[i], event)
+    return rid, p, first_ts
 
 
 def _event_state(ev: PredictionEvent) -> dict[str, Any]:
