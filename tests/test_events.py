@@ -18,6 +18,7 @@ from worker.events import (
     ProbsEvent,
     ScoreEvent,
     TextEvent,
+    TracedLabelEvent,
     pack_probs,
 )
 
@@ -65,7 +66,7 @@ def test_the_one_class_constructor_takes_its_positional_order() -> None:
     """Positional arguments keep the order of the one-class signature."""
     e = PredictionEvent("r", "m", 5, None, 2, None, "v", "t", "00-tp")
     assert (type(e), e.label, e.model_version, e.trace_id, e.traceparent) == (
-        LabelEvent,
+        TracedLabelEvent,
         2,
         "v",
         "t",
@@ -83,18 +84,40 @@ def test_events_compare_by_kind_and_fields_and_survive_pickle() -> None:
 
 
 def test_a_decoded_event_is_small_and_not_tracked_by_the_collector() -> None:
-    """A pending event is a probs struct of seven fields with no collector header."""
+    """A pending event is a probs struct of six fields with no collector header."""
     cfg = build_config({"models": [{"name": "m"}], "fusion": {"labels": ["a", "b"]}})
     value = {"request_id": "r", "model": "m", "ts": 5, "probs": [0.5, 0.5], "trace_id": "t"}
     e = Decoder(cfg).decode(orjson.dumps(value), None)
     assert type(e) is ProbsEvent
     assert not gc.is_tracked(e)
-    assert sys.getsizeof(e) == 16 + 7 * 8
+    assert sys.getsizeof(e) == 16 + 6 * 8
 
 
 def test_a_kind_subclass_is_built_from_its_fields_in_order() -> None:
     """The decoder's call: common fields, then the kind's (text: text, confidence)."""
-    e = TextEvent("r", "m", 5, None, None, None, "hi", None)
-    assert (e.text, e.confidence, e.probs) == ("hi", None, None)
-    e.traceparent = "00-x"  # the engine sets it after decoding
-    assert e.traceparent == "00-x"
+    e = TextEvent("r", "m", 5, None, None, "hi", None)
+    assert (e.text, e.confidence, e.probs, e.traceparent) == ("hi", None, None, None)
+
+
+@pytest.mark.parametrize(("kind", "cls"), KINDS)
+def test_a_traced_event_is_the_same_event_with_a_traceparent(
+    kind: dict[str, object], cls: type[PredictionEvent]
+) -> None:
+    """traced(tp) keeps every field and adds the traceparent, as the constructor does;
+    a second call replaces it; only a traced event spends a field on it."""
+    e = PredictionEvent("r", "m", 5, model_version="v", trace_id="t", **kind)
+    traced = e.traced("00-a")
+    assert traced == PredictionEvent(
+        "r", "m", 5, model_version="v", trace_id="t", traceparent="00-a", **kind
+    )
+    assert isinstance(traced, cls)
+    assert traced.traced("00-b").traceparent == "00-b"
+    assert sys.getsizeof(traced) == sys.getsizeof(e) + 8
+    assert e.traceparent is None
+
+
+def test_an_event_without_a_prediction_can_be_traced() -> None:
+    """The base class has a traced form too."""
+    e = PredictionEvent("r", "m", 5, traceparent="00-a")
+    assert (e.traceparent, e.probs) == ("00-a", None)
+    assert e == PredictionEvent("r", "m", 5).traced("00-a")

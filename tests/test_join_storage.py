@@ -3,9 +3,7 @@ buckets and the per-source offset marks, each against what a plain computation s
 
 from __future__ import annotations
 
-import gc
 import random
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,17 +131,6 @@ def test_oldest_offsets_match_a_brute_force_minimum_over_a_random_stream() -> No
                 for s, o in marks:
                     want[s] = min(o, want.get(s, o))
             assert t.oldest_offsets() == want
-
-
-def test_a_pending_request_is_one_small_struct_outside_the_collector() -> None:
-    """Three models: the request's times, marks and events in one gc-free struct."""
-    t = table()
-    t.add(ev("r", "a"), 0, "in:0", 7)
-    t.add(ev("r", "b"), 0, "in:0", 9)
-    p = t._pending["r"]
-    assert not gc.is_tracked(p)
-    assert sys.getsizeof(p) == 16 + 8 * 8
-    assert (p.m0, p.m1, p.m2) == (ev("r", "a"), ev("r", "b"), None)
 
 
 @pytest.mark.parametrize(

@@ -217,11 +217,11 @@ class Decoder:
         model_version = None if version is UNSET else self._version(version)
         trace_id = None if wire.trace_id is UNSET else wire.trace_id
         rid = wire.request_id
-        # traceparent None: the engine reads it from the record's headers.
+        # No traceparent: the engine reads it from the record's headers (``traced``).
         if self._text is not None or wire.text is not UNSET:
             text = self._checked_text(None if wire.text is UNSET else wire.text)
             confidence = None if wire.confidence is UNSET else wire.confidence
-            return TextEvent(rid, canonical, ts, model_version, trace_id, None, text, confidence)
+            return TextEvent(rid, canonical, ts, model_version, trace_id, text, confidence)
         raw = wire.probs
         codes = self._vocab.get(canonical) if self._vocab else None
         if raw is not UNSET:
@@ -237,10 +237,10 @@ class Decoder:
                 probs = self._pack(*raw)
             else:
                 probs = self._aligned(raw, labels)
-            return ProbsEvent(rid, canonical, ts, model_version, trace_id, None, probs)
+            return ProbsEvent(rid, canonical, ts, model_version, trace_id, probs)
         if wire.label is not UNSET:
             label = self._label(wire.label) if codes is None else codes.label(wire.label)
-            return LabelEvent(rid, canonical, ts, model_version, trace_id, None, label)
+            return LabelEvent(rid, canonical, ts, model_version, trace_id, label)
         score = wire.score
         if self._n_labels:
             raise InvalidEvent(
@@ -248,7 +248,7 @@ class Decoder:
                 f"score {score!r} sent but fusion.labels is set (a classification task)",
             )
         assert score is not UNSET  # a wire-valid event has exactly one kind
-        return ScoreEvent(rid, canonical, ts, model_version, trace_id, None, score)
+        return ScoreEvent(rid, canonical, ts, model_version, trace_id, score)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ them at a time, so it is as small as a Python object gets: a ``msgspec.Struct`` 
 ``gc=False`` (no collector header: it holds only strings, numbers and bytes, never a
 cycle) and one subclass per prediction kind, each with the field of its kind only
 (``ProbsEvent.probs``, ``LabelEvent.label``, ``ScoreEvent.score``, ``TextEvent.text`` and
-``confidence``); the other kinds' names read None from the base class. Seven fields, 72
-bytes, where a slotted dataclass of eleven took 120. It is not frozen: the join slims
-the events it accepts (``JoinTable.add``) and the engine sets ``traceparent``.
+``confidence``); the other kinds' names read None from the base class, and so does
+``traceparent`` but for the ``Traced*`` subclasses. Six fields, 64 bytes, where a slotted
+dataclass of eleven took 120. It is not frozen: the join slims the events it accepts
+(``JoinTable.add``); the engine swaps a decoded event for its traced form (``traced``)
+when the record has a ``traceparent`` header.
 
 ``PredictionEvent(request_id, model, ts, probs=..., ...)`` keeps the one-class signature
 (any sequence of floats for ``probs``) and builds the subclass of the kind given; the
@@ -60,7 +62,6 @@ class _EventMeta(_StructMeta):  # type: ignore[misc]
         text: str | None = None,
         confidence: float | None = None,
     ) -> Any:
-        common = (request_id, model, ts, model_version, trace_id, traceparent)
         kinds = (probs is not None) + (label is not None) + (score is not None)
         kinds += text is not None
         if kinds > 1 or (confidence is not None and text is None):
@@ -69,16 +70,22 @@ class _EventMeta(_StructMeta):  # type: ignore[misc]
                 f"only with text); got probs={probs!r}, label={label!r}, score={score!r}, "
                 f"text={text!r}, confidence={confidence!r}"
             )
+        fields: tuple[Any, ...] = (request_id, model, ts, model_version, trace_id)
+        kind: type[PredictionEvent] = cls
         if probs is not None:
-            packed = probs if type(probs) is bytes else pack_probs(probs)
-            return _build(ProbsEvent, *common, packed)
-        if label is not None:
-            return _build(LabelEvent, *common, label)
-        if score is not None:
-            return _build(ScoreEvent, *common, score)
-        if text is not None:
-            return _build(TextEvent, *common, text, confidence)
-        return _build(cls, *common)  # no prediction (tests and examples build such)
+            kind, fields = (
+                ProbsEvent,
+                (*fields, probs if type(probs) is bytes else pack_probs(probs)),
+            )
+        elif label is not None:
+            kind, fields = LabelEvent, (*fields, label)
+        elif score is not None:
+            kind, fields = ScoreEvent, (*fields, score)
+        elif text is not None:
+            kind, fields = TextEvent, (*fields, text, confidence)
+        if traceparent is not None:
+            return _build(_TRACED[kind], *fields, traceparent)
+        return _build(kind, *fields)  # no prediction: the base class (tests build such)
 
 
 class _KindMeta(_EventMeta):
@@ -104,6 +111,8 @@ class PredictionEvent(msgspec.Struct, gc=False, metaclass=_EventMeta):
     ``traceparent`` is the record's W3C ``traceparent`` header, parsed into its version-00
     form (``worker.tracecontext``), or None when the record had no valid one. Unlike
     ``trace_id``, the join keeps every member's: the result lists each member's trace id.
+    It too is the field of subclasses (``Traced*``, see ``traced``), so that an event
+    without one spends no slot on it: six fields, 64 bytes.
     """
 
     request_id: str
@@ -111,7 +120,6 @@ class PredictionEvent(msgspec.Struct, gc=False, metaclass=_EventMeta):
     ts: int  # event time, ms since the epoch (the event's ``ts`` or the record timestamp)
     model_version: str | None
     trace_id: str | None
-    traceparent: str | None
 
     if TYPE_CHECKING:  # what calling the base class takes (_EventMeta.__call__)
 
@@ -130,12 +138,23 @@ class PredictionEvent(msgspec.Struct, gc=False, metaclass=_EventMeta):
             confidence: float | None = None,
         ) -> None: ...
 
-    # The prediction kinds this event is not; a subclass makes its own a field.
+    # What this event is not; a subclass makes its own a field.
     probs: ClassVar[bytes | None] = None
     label: ClassVar[int | None] = None
     score: ClassVar[float | None] = None
     text: ClassVar[str | None] = None
     confidence: ClassVar[float | None] = None
+    traceparent: ClassVar[str | None] = None
+
+    def traced(self, traceparent: str) -> PredictionEvent:
+        """This event with ``traceparent`` (an event of the traced subclass of its kind;
+        the engine calls it for a record with a valid ``traceparent`` header)."""
+        fields = msgspec.structs.astuple(self)
+        kind = _TRACED.get(type(self))
+        if kind is None:  # traced already: replace its traceparent
+            kind, fields = type(self), fields[:-1]
+        traced: PredictionEvent = _build(kind, *fields, traceparent)
+        return traced
 
 
 class ProbsEvent(PredictionEvent, metaclass=_KindMeta):
@@ -161,6 +180,38 @@ class TextEvent(PredictionEvent, metaclass=_KindMeta):
 
     text: str  # type: ignore[misc]
     confidence: float | None  # type: ignore[misc]
+
+
+# The traced subclass of each kind: its fields, then ``traceparent``.
+
+
+class TracedEvent(PredictionEvent, metaclass=_KindMeta):
+    traceparent: str  # type: ignore[misc]
+
+
+class TracedProbsEvent(ProbsEvent, metaclass=_KindMeta):
+    traceparent: str  # type: ignore[misc]
+
+
+class TracedLabelEvent(LabelEvent, metaclass=_KindMeta):
+    traceparent: str  # type: ignore[misc]
+
+
+class TracedScoreEvent(ScoreEvent, metaclass=_KindMeta):
+    traceparent: str  # type: ignore[misc]
+
+
+class TracedTextEvent(TextEvent, metaclass=_KindMeta):
+    traceparent: str  # type: ignore[misc]
+
+
+_TRACED: dict[type[PredictionEvent], type[PredictionEvent]] = {
+    PredictionEvent: TracedEvent,
+    ProbsEvent: TracedProbsEvent,
+    LabelEvent: TracedLabelEvent,
+    ScoreEvent: TracedScoreEvent,
+    TextEvent: TracedTextEvent,
+}
 
 
 @dataclass(slots=True)

@@ -39,15 +39,7 @@ from typing import Any, Literal
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
 from worker.join_offsets import OffsetTracker
-from worker.join_pending import (
-    SPAN_BITS,
-    SPAN_MASK,
-    _Pending,
-    _share,
-    _spans,
-    arrival_order,
-    layout,
-)
+from worker.join_pending import _Pending, _share, _spans, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
 from worker.join_state import export_state, pending_from_state
 
@@ -112,8 +104,7 @@ class JoinTable:
         # What an exported state depends on (worker/state_deps.py), written with it.
         self.deps = dict(deps) if deps is not None else None
         self._index = {name: i for i, name in enumerate(self.models)}
-        # A pending request's struct type, its event fields, a getter of them all.
-        self._new_pending, self._fields, self._members = layout(len(self.models))
+        self._empty = (None,) * len(self.models)
         self._base_digits = len(self.models) + 1
         # An arrival code this large has a digit for every model (see _Pending).
         self._complete = self._base_digits ** (len(self.models) - 1)
@@ -158,7 +149,6 @@ class JoinTable:
             raise ValueError(
                 f"model {event.model!r} is not one of the join's models {list(self.models)}"
             ) from None
-        field = self._fields[i]
         if p is None:
             fused = self._fused
             if fused:
@@ -169,38 +159,42 @@ class JoinTable:
                 remembered = fused.get(rid)
                 if remembered is not None and remembered[0] > now_ms:
                     return "late"
+            p = _Pending(self._empty)
+            p.arrival = i + 1
             base = event.ts if self.event_time else now_ms
             if base != self._base:
                 self._base = base
                 self._deadline = base + self.timeout_ms
-            p = self._new_pending(i + 1, self._deadline, now_ms, None, 0)
+            p.deadline_ms = self._deadline
+            p.opened_ms = now_ms
+            p.source = None
+            p.more = None
         else:
-            if getattr(p, field) is not None:
+            if p[i] is not None:
                 return "duplicate"
-            _share(event, self._members(p))
+            _share(event, p)
             p.arrival = p.arrival * self._base_digits + i + 1
         version = event.model_version
         if version is not None:
             if version == (known := self._versions[i]):
-                event.model_version = known
+                if version is not known:
+                    event.model_version = known
             else:
                 self._versions[i] = version
-        setattr(p, field, event)
+        p[i] = event
         opened = p.arrival <= self._base_digits
         if p.arrival >= self._complete:  # every model reported
             self._close(rid, p, now_ms, False, False, opened, source, offset)
             return "accepted"
-        if self._decider is not None and self._decider(self._members(p)) is not None:
+        if self._decider is not None and self._decider(p) is not None:
             self._close(rid, p, now_ms, False, True, opened, source, offset)
             return "accepted"
         if opened:
             self._pending[rid] = p
             self._deadlines.push(p.deadline_ms, rid)
         if offset >= 0:
-            span = p.span
-            width = offset - (span >> SPAN_BITS)
-            if p.source == source and (span & SPAN_MASK) < width <= SPAN_MASK:
-                p.span = span >> SPAN_BITS << SPAN_BITS | width  # a later event: the common case
+            if p.source == source and offset > p.high:
+                p.high = offset  # a later event of the request's source: the common case
             else:
                 self._offsets.track(rid, p, source, offset)
         return "accepted"
@@ -296,7 +290,7 @@ class JoinTable:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
         the same id). Raises ValueError naming the bad field for a state this table
         cannot take (another version, a model it does not know)."""
-        rid, p, first_ts = pending_from_state(state, self._index)
+        rid, p, first_ts = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
             self._offsets.closed(old)
@@ -317,7 +311,8 @@ class JoinTable:
 
     def _expire(self, due_ms: int | None, now_ms: int) -> None:
         """Close the requests due at ``due_ms`` (all when None), then compact once."""
-        pending, event_time = self._pending, self.event_time
+        pending = self._pending
+        event_time = self.event_time
         for deadline, rids in self._deadlines.pop_due(due_ms):
             for rid in rids:
                 p = pending.get(rid)
@@ -366,13 +361,14 @@ class JoinTable:
         source: str = "",
         offset: int = -1,
     ) -> None:
-        order = self._orders.get(p.arrival) or self._order(p.arrival)
-        events = self._members(p)
+        order = self._orders.get(p.arrival)
+        if order is None:
+            order = self._order(p.arrival)
         # Every position of an arrival code holds an event.
-        members: dict[str, PredictionEvent] = {name: events[i] for name, i in order}  # type: ignore[misc]
-        first_ts = self._first_ts.pop(rid, None) if self._first_ts else None
-        if first_ts is None:
-            first_ts = events[order[0][1]].ts  # type: ignore[union-attr]
+        members: dict[str, PredictionEvent] = {name: p[i] for name, i in order}  # type: ignore[misc]
+        first_ts = p[order[0][1]].ts  # type: ignore[union-attr]
+        if self._first_ts:  # a restored request's own (see restore)
+            first_ts = self._first_ts.pop(rid, first_ts)
         done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
         if p.source is not None or offset >= 0:
             done.spans = _spans(p, source, offset)
@@ -386,8 +382,7 @@ class JoinTable:
 
     def _arrived(self, p: _Pending) -> list[tuple[int, PredictionEvent]]:
         """A request's (model position, event) pairs in arrival order."""
-        events = self._members(p)
-        return [(i, events[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
+        return [(i, p[i]) for _, i in self._order(p.arrival)]  # type: ignore[misc]
 
     def _order(self, arrival: int) -> tuple[tuple[str, int], ...]:
         """The (model name, position) pairs of an arrival code, in arrival order; cached

@@ -5,12 +5,10 @@ Two questions: the smallest offset, per source, of an event of a still-pending r
 the events a request was fused from (``spans``: the commit never lands inside one,
 worker/offsets.py).
 
-A request keeps the marks of its own events in its ``_Pending``: the source they came
-from and their smallest and largest offset packed in one int (``source``/``span``), or,
-once they came from several sources, ``{source: [low, high]}`` in ``source``. Each
-source keeps, in arrival order, one entry per request mark: its offset in an
-``array('q')`` and the request id in a list beside it, 16 bytes an entry instead of a
-tuple and a heap slot. Events of a source arrive in offset
+A request keeps the marks of its own events in its ``_Pending`` (``source``/``low``/
+``high``, ``more`` for further sources). Each source keeps, in arrival order, one entry
+per request mark: its offset in an ``array('q')`` and the request id in a list beside it,
+16 bytes an entry instead of a tuple and a heap slot. Events of a source arrive in offset
 order, so the first live entry of that order is the smallest; a re-read after a seek back
 (an offset below one seen before) marks the order broken, and the next ``oldest`` sorts
 the live entries once. An entry is live while its request is pending and that offset is
@@ -23,7 +21,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Mapping
 
-from worker.join_pending import SPAN_BITS, SPAN_MASK, _Pending, span_of
+from worker.join_pending import _Pending
 
 # A source's entries are rebuilt once they hold this many more than twice the live ones.
 COMPACT_SLACK = 1024
@@ -60,10 +58,9 @@ def mark_live(p: _Pending | None, source: str, offset: int) -> bool:
     """Whether ``offset`` is still the mark of pending request ``p`` for ``source``."""
     if p is None:
         return False
-    marks = p.source
-    if marks == source:
-        return p.span >> SPAN_BITS == offset
-    return type(marks) is dict and (m := marks.get(source)) is not None and m[0] == offset
+    if p.source == source:
+        return p.low == offset
+    return p.more is not None and (m := p.more.get(source)) is not None and m[0] == offset
 
 
 class OffsetTracker:
@@ -80,30 +77,23 @@ class OffsetTracker:
     def track(self, rid: str, p: _Pending, source: str, offset: int) -> None:
         """Note an accepted event's offset in ``p``; a new smallest offset of its source
         for this request becomes an entry (later events normally come at larger ones)."""
-        marks = p.source
-        if marks is None:
+        if p.source is None:
             p.source = source
-            p.span = offset << SPAN_BITS | 0  # see SPAN_BITS
+            p.low = p.high = offset
             self.tracked += 1
-        elif marks == source:
-            low, high = span_of(p)
-            if low <= offset <= high:
+        elif p.source == source:
+            if offset > p.high:
+                p.high = offset
+            if offset >= p.low:
                 return
-            lowest, highest = min(low, offset), max(high, offset)
-            if highest - lowest <= SPAN_MASK:
-                p.span = (lowest << SPAN_BITS) | (highest - lowest)
-            else:  # too far apart to pack: the general form
-                p.source = {source: [lowest, highest]}
-            if offset > low:
-                return
-            # a re-read after a seek back: a new smallest offset
+            p.low = offset  # a re-read after a seek back
         else:
-            if type(marks) is str:
-                p.source = marks = {marks: list(span_of(p))}
-            assert isinstance(marks, dict)
-            mark = marks.get(source)
+            more = p.more
+            if more is None:
+                more = p.more = {}
+            mark = more.get(source)
             if mark is None:
-                marks[source] = [offset, offset]
+                more[source] = [offset, offset]
                 self.tracked += 1
             else:
                 if offset > mark[1]:
@@ -119,9 +109,8 @@ class OffsetTracker:
 
     def closed(self, p: _Pending) -> None:
         """``p`` is no longer pending (closed or replaced): its marks are stale."""
-        marks = p.source
-        if marks is not None:
-            self.tracked -= 1 if type(marks) is str else len(marks)
+        if p.source is not None:
+            self.tracked -= 1 + (len(p.more) if p.more else 0)
 
     def oldest(self) -> dict[str, int]:
         """Per source, the smallest offset of a pending request's event."""

@@ -16,7 +16,7 @@ from worker.events import (
     pack_probs,
     unpack_probs,
 )
-from worker.join_pending import _Pending, layout
+from worker.join_pending import _Pending
 
 STATE_VERSION = 1
 
@@ -46,37 +46,35 @@ def export_state(
 
 
 def pending_from_state(
-    state: dict[str, Any], index: Mapping[str, int]
+    state: dict[str, Any], index: Mapping[str, int], models: Sequence[str]
 ) -> tuple[str, _Pending, int]:
     """The request id, the re-opened request (without source offsets) and the first_ts
-    of a ``export_state`` snapshot. Raises ValueError naming the bad
-    field for a state a table of the models in ``index`` cannot take (another version, a
-    model it does not know)."""
-    models = list(index)
-    pending = layout(len(models))
+    of a ``export_state`` snapshot. Raises ValueError naming the bad field for a state a table of
+    ``models`` cannot take (another version, a model it does not know)."""
     base_digits = len(models) + 1
     try:
         if state["v"] != STATE_VERSION:
             raise ValueError(f"pending state version {state['v']!r}, expected {STATE_VERSION}")
         rid = state["request_id"]
-        arrival = 0
-        events: dict[int, PredictionEvent] = {}
+        p = _Pending((None,) * len(models))
+        p.arrival = 0
         for name, fields in state["members"].items():  # in arrival order
             if name not in index:
                 raise ValueError(
-                    f"pending state of {rid!r} has model {name!r}, not one of {models}"
+                    f"pending state of {rid!r} has model {name!r}, not one of {list(models)}"
                 )
             i = index[name]
-            events[i] = _event_from_state(rid, name, fields)
-            arrival = arrival * base_digits + i + 1
-        if not events:
+            p[i] = _event_from_state(rid, name, fields)
+            p.arrival = p.arrival * base_digits + i + 1
+        if all(ev is None for ev in p):
             raise ValueError(f"pending state of {rid!r} has no members")
-        p = pending.new(arrival, int(state["deadline_ms"]), int(state["opened_ms"]), None, 0)
+        p.opened_ms = int(state["opened_ms"])
+        p.deadline_ms = int(state["deadline_ms"])
         first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
-    for i, event in events.items():
-        setattr(p, pending.fields[i], event)
+    p.source = None
+    p.more = None
     return rid, p, first_ts
 
 
@@ -102,29 +100,18 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
 
 
 def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> PredictionEvent:
-    common = (
-        rid,
-        model,
-        int(fields["ts"]),
-        fields.get("model_version"),
-        fields.get("trace_id"),
-        fields.get("traceparent"),
-    )
+    common = (rid, model, int(fields["ts"]), fields.get("model_version"), fields.get("trace_id"))
+    event: PredictionEvent
     if (probs := fields.get("probs")) is not None:
-        return ProbsEvent(*common, pack_probs([float(x) for x in probs]))
-    if (label := fields.get("label")) is not None:
-        return LabelEvent(*common, int(label))
-    if (text := fields.get("text")) is not None:
+        event = ProbsEvent(*common, pack_probs([float(x) for x in probs]))
+    elif (label := fields.get("label")) is not None:
+        event = LabelEvent(*common, int(label))
+    elif (text := fields.get("text")) is not None:
         confidence = fields.get("confidence")
-        return TextEvent(*common, str(text), None if confidence is None else float(confidence))
-    if (score := fields.get("score")) is not None:
-        return ScoreEvent(*common, float(score))
-    # No prediction (an event built without one): the base class, by keyword.
-    return PredictionEvent(
-        rid,
-        model,
-        int(fields["ts"]),
-        model_version=fields.get("model_version"),
-        trace_id=fields.get("trace_id"),
-        traceparent=fields.get("traceparent"),
-    )
+        event = TextEvent(*common, str(text), None if confidence is None else float(confidence))
+    elif (score := fields.get("score")) is not None:
+        event = ScoreEvent(*common, float(score))
+    else:  # no prediction (an event built without one): the base class, by keyword
+        event = PredictionEvent(*common[:3], model_version=common[3], trace_id=common[4])
+    traceparent = fields.get("traceparent")
+    return event if traceparent is None else event.traced(traceparent)
