@@ -7,6 +7,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from worker.events import PredictionEvent
 from worker.join import JoinTable
 
@@ -129,3 +131,42 @@ def test_oldest_offsets_match_a_brute_force_minimum_over_a_random_stream() -> No
                 for s, o in marks:
                     want[s] = min(o, want.get(s, o))
             assert t.oldest_offsets() == want
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        (5, 9, 7),
+        (2**28, 2**28 + 3),
+        (2**40, 2**40 + 2**33, 2**40 + 1),  # further apart than the packed form holds
+        (2**62, 3, 2**62 + 1),  # a re-read far below
+    ],
+)
+def test_spans_are_exact_at_any_offsets(offsets: tuple[int, ...]) -> None:
+    """The (first, last) offsets of a request's events, however large or far apart."""
+    t = table()
+    models = list(MODELS)
+    for model, offset in zip(models, offsets, strict=False):
+        t.add(ev("r", model), 0, "in:0", offset)
+    if len(offsets) < len(models):
+        assert t.oldest_offsets() == {"in:0": min(offsets)}
+        t.close_all(1)
+    [done] = t.drain()
+    assert done.spans == {"in:0": (min(offsets), max(offsets))}
+
+
+def test_a_restored_request_keeps_its_first_ts_when_its_first_member_is_gone() -> None:
+    """Realigned to a config without the first member's model, the request still has
+    the first_ts it was saved with, and exports it again."""
+    old = table()
+    old.add(ev("r", "a", ts=3), 10)
+    old.add(ev("r", "b", ts=8), 11)
+    state = old.pending_state("r")
+    assert state is not None
+    del state["members"]["a"]  # what worker.state_deps.realign does when "a" goes
+    t = table()
+    t.restore(state)
+    assert t.pending_state("r") == state
+    t.close_all(200)
+    [done] = t.drain()
+    assert (done.first_ts, list(done.members)) == (3, ["b"])

@@ -76,7 +76,7 @@ from worker.decode_codes import _ORDER_CACHE_MAX, _ModelCodes
 from worker.decode_wire import FIELDS as FIELDS
 from worker.decode_wire import WireEvent, checked_wire, wire_decoder
 from worker.errors import InvalidEvent
-from worker.events import PredictionEvent
+from worker.events import LabelEvent, PredictionEvent, ProbsEvent, ScoreEvent, TextEvent
 from worker.fusion.text import text_normalisation
 from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_config
 
@@ -215,16 +215,16 @@ class Decoder:
             )
         version = wire.model_version
         model_version = None if version is UNSET else self._version(version)
-        trace_id = wire.trace_id
-        probs: bytes | None = None
-        label: int | None = None
-        score = wire.score
-        text = None if wire.text is UNSET else wire.text
+        trace_id = None if wire.trace_id is UNSET else wire.trace_id
+        rid = wire.request_id
+        # No traceparent: the engine reads it from the record's headers (``traced``).
+        if self._text is not None or wire.text is not UNSET:
+            text = self._checked_text(None if wire.text is UNSET else wire.text)
+            confidence = None if wire.confidence is UNSET else wire.confidence
+            return TextEvent(rid, canonical, ts, model_version, trace_id, text, confidence)
         raw = wire.probs
         codes = self._vocab.get(canonical) if self._vocab else None
-        if self._text is not None or text is not None:
-            text = self._checked_text(text)
-        elif raw is not UNSET:
+        if raw is not UNSET:
             labels = wire.labels
             if codes is not None:
                 names = None if labels is UNSET else labels
@@ -237,26 +237,18 @@ class Decoder:
                 probs = self._pack(*raw)
             else:
                 probs = self._aligned(raw, labels)
-        elif wire.label is not UNSET:
+            return ProbsEvent(rid, canonical, ts, model_version, trace_id, probs)
+        if wire.label is not UNSET:
             label = self._label(wire.label) if codes is None else codes.label(wire.label)
-        elif self._n_labels:
+            return LabelEvent(rid, canonical, ts, model_version, trace_id, label)
+        score = wire.score
+        if self._n_labels:
             raise InvalidEvent(
                 "label_mismatch",
                 f"score {score!r} sent but fusion.labels is set (a classification task)",
             )
-        return PredictionEvent(
-            wire.request_id,
-            canonical,
-            ts,
-            probs,
-            label,
-            None if score is UNSET else score,
-            model_version,
-            None if trace_id is UNSET else trace_id,
-            None,  # traceparent: the engine reads it from the record's headers
-            text,
-            None if wire.confidence is UNSET else wire.confidence,
-        )
+        assert score is not UNSET  # a wire-valid event has exactly one kind
+        return ScoreEvent(rid, canonical, ts, model_version, trace_id, score)
 
     # -- helpers ------------------------------------------------------------------------
 

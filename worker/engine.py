@@ -234,7 +234,9 @@ class Engine:
                 self._dead(r, exc, out)
                 continue
             if r.headers:
-                ev.traceparent, bad = read_traceparent(r.headers)
+                traceparent, bad = read_traceparent(r.headers)
+                if traceparent is not None:
+                    ev = ev.traced(traceparent)
                 bad_traceparents += bad
             outcome = table.add(ev, now_ms, topic, offset)
             if outcome == "accepted":
@@ -269,7 +271,9 @@ class Engine:
                 self._dead(r, exc, out)
                 continue
             if r.headers:
-                ev.traceparent, bad = read_traceparent(r.headers)
+                traceparent, bad = read_traceparent(r.headers)
+                if traceparent is not None:
+                    ev = ev.traced(traceparent)
                 out.bad_traceparents += bad
             p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
             outcome = table.add(ev, now)

@@ -111,6 +111,7 @@ class JoinTable:
         self._orders: dict[int, tuple[tuple[str, int], ...]] = {}
         self._closes = 0  # since the last compaction check
         self._pending: dict[str, _Pending] = {}
+        self._first_ts: dict[str, int] = {}  # restored requests' own (see restore)
         self._deadlines = Deadlines()
         self._offsets = OffsetTracker(self._pending)
         # Per model position, the model_version string of its latest accepted event:
@@ -166,7 +167,6 @@ class JoinTable:
                 self._deadline = base + self.timeout_ms
             p.deadline_ms = self._deadline
             p.opened_ms = now_ms
-            p.first_ts = event.ts
             p.source = None
             p.more = None
         else:
@@ -177,7 +177,8 @@ class JoinTable:
         version = event.model_version
         if version is not None:
             if version == (known := self._versions[i]):
-                event.model_version = known
+                if version is not known:
+                    event.model_version = known
             else:
                 self._versions[i] = version
         p[i] = event
@@ -281,16 +282,21 @@ class JoinTable:
         p = self._pending.get(request_id)
         if p is None:
             return None
-        return export_state(request_id, p, self.models, self._arrived(p), self.deps)
+        arrived = self._arrived(p)
+        first_ts = self._first_ts.get(request_id, arrived[0][1].ts)
+        return export_state(request_id, p, self.models, arrived, first_ts, self.deps)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
         the same id). Raises ValueError naming the bad field for a state this table
         cannot take (another version, a model it does not know)."""
-        rid, p = pending_from_state(state, self._index, self.models)
+        rid, p, first_ts = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
             self._offsets.closed(old)
+        self._first_ts.pop(rid, None)
+        if first_ts != self._arrived(p)[0][1].ts:  # its first member's model was removed
+            self._first_ts[rid] = first_ts
         if p.arrival >= self._complete:
             self._finish(rid, p, p.opened_ms, False, False)
             return
@@ -360,7 +366,10 @@ class JoinTable:
             order = self._order(p.arrival)
         # Every position of an arrival code holds an event.
         members: dict[str, PredictionEvent] = {name: p[i] for name, i in order}  # type: ignore[misc]
-        done = FinishedRequest(rid, members, p.first_ts, p.opened_ms, now_ms, expired, decided)
+        first_ts = p[order[0][1]].ts  # type: ignore[union-attr]
+        if self._first_ts:  # a restored request's own (see restore)
+            first_ts = self._first_ts.pop(rid, first_ts)
+        done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
         if p.source is not None or offset >= 0:
             done.spans = _spans(p, source, offset)
         self._closed.append(done)

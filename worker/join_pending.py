@@ -10,7 +10,8 @@ from worker.events import PredictionEvent
 
 class _Pending(list[PredictionEvent | None]):
     """One open request: its events by model position (None: not reported yet), and
-    its times. A list subclass, so the events need no second object."""
+    its times. A list subclass, so the events need no second object. Its first_ts is
+    its first member's ts (``JoinTable._finish``), not a slot of its own."""
 
     # arrival: the model positions in arrival order, as the digits (position + 1) of an
     # int in base len(models) + 1 (a small int: no extra object for a few models); it
@@ -22,7 +23,6 @@ class _Pending(list[PredictionEvent | None]):
     __slots__ = (
         "arrival",
         "deadline_ms",
-        "first_ts",
         "high",
         "low",
         "more",
@@ -32,7 +32,6 @@ class _Pending(list[PredictionEvent | None]):
 
     arrival: int
     deadline_ms: int
-    first_ts: int
     high: int
     low: int
     more: dict[str, list[int]] | None
@@ -57,13 +56,24 @@ def _share(event: PredictionEvent, p: _Pending) -> None:
     ``trace_id`` is dropped when an earlier member has one, since a result carries the
     first member's (by arrival) that has one. Its ``traceparent`` is kept: the result
     lists every member's trace id."""
+    # Each field is written once at most: a field write costs an event (a msgspec
+    # struct) several reads.
+    first = traced = shared_ts = None
+    ts = event.ts
     for other in p:
         if other is not None:
-            event.request_id = other.request_id
+            if first is None:
+                first = other
             if other.trace_id is not None:
-                event.trace_id = None
-            if event.ts == other.ts:
-                event.ts = other.ts
+                traced = other
+            if shared_ts is None and other.ts == ts:
+                shared_ts = other.ts
+    if first is not None:
+        event.request_id = first.request_id
+    if traced is not None and event.trace_id is not None:
+        event.trace_id = None
+    if shared_ts is not None and shared_ts is not ts:
+        event.ts = shared_ts
 
 
 def _spans(p: _Pending, source: str = "", offset: int = -1) -> dict[str, tuple[int, int]]:

@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from worker.events import PredictionEvent, pack_probs, unpack_probs
+from worker.events import (
+    LabelEvent,
+    PredictionEvent,
+    ProbsEvent,
+    ScoreEvent,
+    TextEvent,
+    pack_probs,
+    unpack_probs,
+)
 from worker.join_pending import _Pending
 
 STATE_VERSION = 1
@@ -18,6 +26,7 @@ def export_state(
     p: _Pending,
     models: Sequence[str],
     arrived: list[tuple[int, PredictionEvent]],
+    first_ts: int,
     deps: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The snapshot ``JoinTable.pending_state`` returns; ``arrived``: the request's
@@ -28,7 +37,7 @@ def export_state(
         "request_id": request_id,
         "opened_ms": p.opened_ms,
         "deadline_ms": p.deadline_ms,
-        "first_ts": p.first_ts,
+        "first_ts": first_ts,
         "members": members,
     }
     if deps is not None:
@@ -38,9 +47,9 @@ def export_state(
 
 def pending_from_state(
     state: dict[str, Any], index: Mapping[str, int], models: Sequence[str]
-) -> tuple[str, _Pending]:
-    """The request id and the re-opened request of a ``export_state`` snapshot, without
-    source offsets. Raises ValueError naming the bad field for a state a table of
+) -> tuple[str, _Pending, int]:
+    """The request id, the re-opened request (without source offsets) and the first_ts
+    of a ``export_state`` snapshot. Raises ValueError naming the bad field for a state a table of
     ``models`` cannot take (another version, a model it does not know)."""
     base_digits = len(models) + 1
     try:
@@ -61,12 +70,12 @@ def pending_from_state(
             raise ValueError(f"pending state of {rid!r} has no members")
         p.opened_ms = int(state["opened_ms"])
         p.deadline_ms = int(state["deadline_ms"])
-        p.first_ts = int(state["first_ts"])
+        first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
     p.source = None
     p.more = None
-    return rid, p
+    return rid, p, first_ts
 
 
 def _event_state(ev: PredictionEvent) -> dict[str, Any]:
@@ -91,21 +100,18 @@ def _event_state(ev: PredictionEvent) -> dict[str, Any]:
 
 
 def _event_from_state(rid: str, model: str, fields: dict[str, Any]) -> PredictionEvent:
-    probs = fields.get("probs")
-    label = fields.get("label")
-    score = fields.get("score")
-    text = fields.get("text")
-    confidence = fields.get("confidence")
-    return PredictionEvent(
-        request_id=rid,
-        model=model,
-        ts=int(fields["ts"]),
-        probs=None if probs is None else pack_probs([float(x) for x in probs]),
-        label=None if label is None else int(label),
-        score=None if score is None else float(score),
-        model_version=fields.get("model_version"),
-        trace_id=fields.get("trace_id"),
-        traceparent=fields.get("traceparent"),
-        text=None if text is None else str(text),
-        confidence=None if confidence is None else float(confidence),
-    )
+    common = (rid, model, int(fields["ts"]), fields.get("model_version"), fields.get("trace_id"))
+    event: PredictionEvent
+    if (probs := fields.get("probs")) is not None:
+        event = ProbsEvent(*common, pack_probs([float(x) for x in probs]))
+    elif (label := fields.get("label")) is not None:
+        event = LabelEvent(*common, int(label))
+    elif (text := fields.get("text")) is not None:
+        confidence = fields.get("confidence")
+        event = TextEvent(*common, str(text), None if confidence is None else float(confidence))
+    elif (score := fields.get("score")) is not None:
+        event = ScoreEvent(*common, float(score))
+    else:  # no prediction (an event built without one): the base class, by keyword
+        event = PredictionEvent(*common[:3], model_version=common[3], trace_id=common[4])
+    traceparent = fields.get("traceparent")
+    return event if traceparent is None else event.traced(traceparent)
