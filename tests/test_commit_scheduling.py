@@ -285,7 +285,8 @@ async def test_in_flight_refuses_a_second_job() -> None:
     with pytest.raises(RuntimeError):
         inflight.start(asyncio.sleep(0))
     gate.set()
-    await inflight.settle()
+    await inflight.wait()
+    inflight.check()
     assert not inflight.busy
 
 

@@ -25,6 +25,7 @@ corpus (one Bulgarian sentence) cannot give.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,9 +53,7 @@ def spread_order(languages: Sequence[str], seed: int = SEED) -> list[int]:
     at (i + u) / n of the way, u a fixed random offset in [0, 1). Any time prefix then
     holds about its share of every language, which a plain shuffle does not promise."""
     rng = random.Random(seed)  # noqa: S311 - a fixed order, not a secret
-    counts: dict[str, int] = {}
-    for language in languages:
-        counts[language] = counts.get(language, 0) + 1
+    counts = Counter(languages)
     seen: dict[str, int] = {}
     keyed: list[tuple[float, float, int]] = []
     for index, language in enumerate(languages):
@@ -81,9 +80,7 @@ def write(
         fused = covered_languages(corpus.available(), {i.name: i.codes for i in identifiers})
     sentences = corpus.load(fused, per_language=per_language)
     if min_per_language > 1:
-        counts = dict.fromkeys(fused, 0)
-        for sentence in sentences:
-            counts[sentence.language] += 1
+        counts = Counter(s.language for s in sentences)
         fused = [lang for lang in fused if counts[lang] >= min_per_language]
         sentences = [s for s in sentences if counts[s.language] >= min_per_language]
     order = spread_order([s.language for s in sentences])

@@ -31,25 +31,21 @@ log = logging.getLogger(__name__)
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
-# Set by _load(): the kernel module, or None once it is known not to be available.
-_loaded: list[ModuleType | None] = []
 
-
+@cache
 def _load() -> ModuleType | None:
-    """The kernel module, or None when numba is missing or its JIT is disabled."""
-    if not _loaded:
-        try:
-            import numba
+    """The kernel module, or None when numba is missing or its JIT is disabled (asked
+    once per process)."""
+    try:
+        import numba
 
-            if getattr(numba.config, "DISABLE_JIT", False):
-                raise ImportError("NUMBA_DISABLE_JIT is set")
-            from worker.fusion import ngram_kernel
-        except ImportError as exc:
-            log.info("n-gram counting: numpy (the compiled kernel needs numba: %s)", exc)
-            _loaded.append(None)
-        else:
-            _loaded.append(ngram_kernel)
-    return _loaded[0]
+        if getattr(numba.config, "DISABLE_JIT", False):
+            raise ImportError("NUMBA_DISABLE_JIT is set")
+        from worker.fusion import ngram_kernel
+    except ImportError as exc:
+        log.info("n-gram counting: numpy (the compiled kernel needs numba: %s)", exc)
+        return None
+    return ngram_kernel
 
 
 def kernel_available() -> bool:

@@ -58,11 +58,6 @@ class InFlight:
             task.cancel()
             raise
 
-    async def settle(self) -> None:
-        """``wait``, then ``check``."""
-        await self.wait()
-        self.check()
-
     async def cancel(self) -> None:
         """End the job now, whatever it was doing (the worker is going)."""
         task, self._task = self._task, None
