@@ -4,6 +4,9 @@ test."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka import TopicPartition
 
 from worker.config import build_config
@@ -110,3 +113,19 @@ def test_a_snapshot_with_the_read_back_off_takes_nothing() -> None:
     rb._enabled = False
     rb.snapshot({TP: 100}, {0: 42})
     assert rb.marks.mark_for(TP, 100) is None
+
+
+async def test_finding_where_to_read_back_beats_the_liveness_clock() -> None:
+    """The read-back at assignment runs inside the assignment callback, where the loop
+    cannot beat: while it waits on the broker (here 0.35 s) it beats itself, so a
+    liveness timeout shorter than that wait does not call the worker stuck."""
+    beats: list[float] = []
+    config = build_config({"fusion": {"labels": ["x", "y"]}, "models": [{"name": "a"}]})
+    rb = ReadBack(config, lambda: beats.append(time.monotonic()))
+
+    async def slow_locate(*_: object) -> None:
+        await asyncio.sleep(0.35)
+
+    rb._locate = slow_locate  # type: ignore[method-assign]
+    await rb.assigned([TP], {0}, {}, 0)
+    assert len(beats) >= 3

@@ -38,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -58,6 +59,9 @@ MAX_SNAPSHOTS = 1000
 _POLL_MS = 200
 # Errors that only cost a read-back (more repeats), never the worker.
 _SOFT_ERRORS = (KafkaError, TimeoutError, OSError)
+# How often a wait on the broker beats the liveness clock.
+_BEAT_S = 0.1
+T = TypeVar("T")
 
 
 def encode_mark(output_topic: str, offset: int) -> str:
@@ -258,19 +262,15 @@ class ReadBack:
             return
         started = time.monotonic()
         try:
-            if not await self._check():
-                return
-            mine = [tp for tp in assigned if tp.partition in new]
-            reader = await self._start_reader()
-            async with asyncio.timeout(self._config.kafka.request_timeout_ms / 1000):
-                input_ends = await reader.end_offsets(mine)
-            starts = await self._starts(mine, input_ends)
-            ends = await self._ends(new)
+            located = await self._beating(self._locate(assigned, new))
         except _SOFT_ERRORS as exc:
             log.warning(
                 "read-back of partitions %s failed (%r); their repeats stay", sorted(new), exc
             )
             return
+        if located is None:
+            return
+        starts, ends = located
         for p, end in ends.items():
             self._known_ends[p] = max(end, self._known_ends.get(p, end))
         for tp in assigned:
@@ -291,6 +291,34 @@ class ReadBack:
             sorted(wanted),
             (time.monotonic() - started) * 1000,
         )
+
+    async def _locate(
+        self, assigned: Collection[TopicPartition], new: Collection[int]
+    ) -> tuple[dict[int, int], dict[int, int]] | None:
+        """Where to read back from and to, per output partition (None: read-back off)."""
+        if not await self._check():
+            return None
+        mine = [tp for tp in assigned if tp.partition in new]
+        reader = await self._start_reader()
+        async with asyncio.timeout(self._config.kafka.request_timeout_ms / 1000):
+            input_ends = await reader.end_offsets(mine)
+        return await self._starts(mine, input_ends), await self._ends(new)
+
+    async def _beating(self, step: Coroutine[Any, Any, T]) -> T:
+        """``step`` within the read-back budget, beating the liveness clock meanwhile:
+        starting the reader and asking the broker where to read take their round trips
+        (a second on a busy machine, ``request_timeout_ms`` in an outage), all inside the
+        assignment callback, where the loop cannot beat; waiting on them is not being
+        stuck. Past the budget: TimeoutError."""
+        task = asyncio.ensure_future(step)
+        try:
+            async with asyncio.timeout(self._budget_s):
+                while not task.done():
+                    await asyncio.wait({task}, timeout=_BEAT_S)
+                    self._beat()
+            return task.result()
+        finally:
+            task.cancel()
 
     async def _starts(
         self, tps: list[TopicPartition], input_ends: Mapping[TopicPartition, int]
