@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.chaos import reference
 from tests.integration.conftest import Pipeline, WorkerFactory
-from tests.integration.harness import MODELS, count_ids, make_events
+from tests.integration.harness import MODELS, count_ids, free_port, make_events
 from tests.kafka_fixtures import consume, decode_values, produce, produce_json
 
 pytestmark = pytest.mark.kafka
@@ -206,7 +206,7 @@ async def test_two_workers_share_the_partitions_without_repeats(
     once, none twice while neither dies."""
     p: Pipeline = await pipeline(partitions=4)
     cfg_a = p.config("a.toml")
-    port_b = p.port + 1 if p.port < 65000 else p.port - 1
+    port_b = free_port()  # not p.port + 1: that one may be taken by now
     cfg_b = p.config("b.toml", port=port_b)
     a = spawn_worker(cfg_a, p.port, "a")
     b = spawn_worker(cfg_b, port_b, "b")
