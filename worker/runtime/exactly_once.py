@@ -21,8 +21,17 @@ A partition number goes through three states:
   our transaction (``transaction_timeout_ms``): we drop it and ask the group for a
   rebalance, which hands it to whoever owns it now (us again, through *opening*).
 
+The commit every ``commit_interval_ms`` does not hold the loop (``commit(wait=False)``):
+on the loop it captures each open partition's offsets, changelog delta and weights, and
+the outputs so far are in (or go into) that partition's transaction; in the background
+(``InFlight``) the transactions commit one after the other. Outputs of the steps after
+the capture wait in the partition's backlog and start its next transaction, so a
+transaction holds exactly the outputs of the offsets it commits. One commit at a time:
+an interval while one is in flight is skipped. A revocation and the shutdown wait for it.
+
 Any other failure of a transaction (a send the broker refused, an outage): the
-partition is closed and goes back to *opening*, i.e. rewound to its last commit. An
+partition is closed and goes back to *opening*, i.e. rewound to its last commit (a
+background commit's failure is acted on by the loop, at its next ``maintain``). An
 authorization failure (``TransactionalIdAuthorizationFailed`` among them) is fatal
 (worker/runtime/retry.py): the worker stops.
 """
@@ -42,13 +51,14 @@ from worker.runtime.changelog import changelog_topic, ensure_changelog, net_chan
 from worker.runtime.connect import admin_client, close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.feedback import weights_topic
+from worker.runtime.inflight import InFlight
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.transactions import (
     FENCED,
     PRODUCER_STOP_S,
     TXN_ERRORS,
+    TxnCapture,
     TxnPartition,
-    acknowledged,
     describe,
     producer_gave_up,
     request_rejoin,
@@ -77,6 +87,9 @@ class ExactlyOnce:
         # passes (see transactions.acknowledged); shared by every partition's writer.
         self._size_limits = SizeLimits()
         self.changelog_records = 0
+        self._inflight = InFlight()
+        # Partitions whose background commit failed, for the loop to rewind.
+        self._failures: dict[int, tuple[TxnPartition, BaseException]] = {}
 
     async def start(self) -> None:
         """No shared producer (each partition number gets a transactional one when
@@ -112,18 +125,26 @@ class ExactlyOnce:
             if recs:
                 await self.write(p, recs)
         for p, part in list(self.parts.items()):
+            if part.committing:
+                continue
             try:
                 part.sent += await part.writer.submit()
             except TXN_ERRORS as exc:
                 await self.failed(p, exc)
 
     async def write(self, partition: int, records: list[OutRecord]) -> None:
-        """Write one partition number's outputs into its open transaction. One closed
-        since (its transaction failed earlier in this batch) is read again by whoever
-        opens it next, so its outputs are not sent."""
+        """Write one partition number's outputs into its open transaction; while that
+        commits in the background, into its backlog, the next transaction's start. One
+        closed since (its transaction failed earlier in this batch) is read again by
+        whoever opens it next, so its outputs are not sent."""
         part = self.parts.get(partition)
         if part is None:
             return
+        if part.committing:
+            part.backlog.extend(records)
+            return
+        if part.backlog:
+            records, part.backlog = [*part.backlog, *records], []
         try:
             await part.begin()
             part.sent += await part.writer.write(records)
@@ -142,22 +163,54 @@ class ExactlyOnce:
     async def commit(
         self, partitions: Collection[TopicPartition] | None = None, *, wait: bool = True
     ) -> None:
-        """Per open partition number with anything to say: changelog delta, offsets,
-        commit. One after the other: committing them concurrently was measured slower
-        on a shared two-core machine (docs/benchmarks.md). Always while the loop waits
-        (``wait`` is not used): a partition's next outputs go into its next transaction."""
+        """Per open partition number with anything to say: its outputs, changelog delta,
+        offsets and weights, committed. ``wait=False`` (the loop's periodic commit):
+        capture every partition's now and commit them in the background, one after the
+        other (committing them concurrently was measured slower on a shared two-core
+        machine, docs/benchmarks.md), while the loop goes on; or skip this interval
+        while the previous one is in flight. Otherwise (revocation, shutdown): after the
+        commit in flight, commit ``partitions`` (default all) while the caller waits."""
+        if not wait:
+            await self.maintain_commits()
+            if self._inflight.busy:
+                log.debug("a commit is still in flight: this interval is skipped")
+                return
+            captures = [
+                (p, part, capture)
+                for p, part in sorted(self.parts.items())
+                if (capture := self._capture(p, part)) is not None
+            ]
+            if captures:
+                self._inflight.start(self._finish(captures))
+            return
+        await self._inflight.wait()
+        await self.maintain_commits()
         numbers = {tp.partition for tp in partitions} if partitions is not None else set(self.parts)
         for p in sorted(numbers):
             part = self.parts.get(p)
-            if part is None:
+            capture = self._capture(p, part) if part is not None else None
+            if part is None or capture is None:
                 continue
             try:
-                await self._commit_partition(p, part)
+                await self._commit_captured(part, capture)
             except TXN_ERRORS as exc:
                 await self.failed(p, exc)
 
-    async def _commit_partition(self, p: int, part: TxnPartition) -> None:
-        state, metrics = self._state, self._ctx.metrics
+    async def maintain_commits(self) -> None:
+        """On the loop: a fatal error of the background commit stops the worker; a
+        partition whose background commit failed is rewound (``failed``)."""
+        self._inflight.check()
+        failures, self._failures = self._failures, {}
+        for p, (part, exc) in sorted(failures.items()):
+            if self.parts.get(p) is part:
+                await self.failed(p, exc)
+
+    def _capture(self, p: int, part: TxnPartition) -> TxnCapture | None:
+        """On the loop: what partition number ``p``'s commit holds, as it is now: the
+        outputs of every step so far (in the transaction, or in the backlog), the
+        changelog delta, the offsets, the weights. Its later outputs wait in the backlog
+        until the commit ends."""
+        state = self._state
         offsets = {
             tp: pos
             for tp, pos in state.positions.items()
@@ -165,41 +218,41 @@ class ExactlyOnce:
         }
         table = state.tables.get(p)
         if table is None:
-            return  # closed meanwhile: nothing of it may be committed
+            return None  # closed meanwhile: nothing of it may be committed
         delta = net_change(table, part.dirty, part.logged)
         feedback = self._ctx.feedback
         weights = feedback.records([p] if p in feedback.dirty else [])
-        if not (part.in_txn or offsets or delta or weights):
-            return  # no empty transactions
-        await part.begin()
-        # The offsets go first: a changelog batch in flight while the coordinator takes
-        # them made that produce request ten times slower (docs/benchmarks.md).
-        if offsets:
-            await part.producer.send_offsets_to_transaction(
-                offsets, self._ctx.config.kafka.group_id
-            )
-        if delta:
-            part.sent += await part.writer.write_to(self._changelog, p, delta)
-        if weights:  # feedback hook: the weights commit with the outputs and offsets
-            part.sent += await part.writer.write_to(weights_topic(self._ctx.config), 0, weights)
-        part.sent += await part.writer.submit(force=True)
-        # aiokafka commits a transaction even when the broker refused one of its
-        # batches (a produce error fails only that batch's future), so every send is
-        # checked before the commit.
-        await acknowledged(part, self._size_limits, self._ctx.beat)
-        await part.producer.commit_transaction()
-        part.in_txn = False
-        part.dirty.clear()
-        if weights:
-            feedback.dirty.discard(p)
-        for key, value in delta:
-            if value is None:
-                part.logged.discard(key.decode())
-            else:
-                part.logged.add(key.decode())
-        self.changelog_records += len(delta)
-        metrics.changelog(len(delta))
-        state.committed.update(offsets)
+        if not (part.in_txn or part.backlog or offsets or delta or weights):
+            return None  # no empty transactions
+        # What changes from here on is the next commit's (a failed commit rewinds the
+        # partition: its table and weights are read again from the committed state).
+        part.dirty = set()
+        feedback.dirty.discard(p)
+        part.committing = True
+        backlog, part.backlog = part.backlog, []
+        return TxnCapture(p, offsets, delta, weights, backlog)
+
+    async def _finish(self, captures: list[tuple[int, TxnPartition, TxnCapture]]) -> None:
+        """In the background: commit what was captured, partition after partition. A
+        partition whose commit fails keeps its backlog until the loop rewinds it
+        (``maintain_commits``); a fatal error ends the job (``InFlight.check``)."""
+        for p, part, capture in captures:
+            if self.parts.get(p) is not part:
+                continue  # closed meanwhile
+            try:
+                await self._commit_captured(part, capture)
+            except TXN_ERRORS as exc:
+                if is_fatal(exc):
+                    raise
+                self._failures[p] = (part, exc)
+
+    async def _commit_captured(self, part: TxnPartition, capture: TxnCapture) -> None:
+        state, metrics, config = self._state, self._ctx.metrics, self._ctx.config
+        topics = (self._changelog, weights_topic(config))
+        await part.commit(capture, config.kafka.group_id, topics, self._size_limits, self._ctx.beat)
+        self.changelog_records += len(capture.delta)
+        metrics.changelog(len(capture.delta))
+        state.committed.update(capture.offsets)
         metrics.transaction("committed")
 
     # -- failures -------------------------------------------------------------------------
@@ -252,6 +305,9 @@ class ExactlyOnce:
     async def assigned(self, assigned: list[TopicPartition], new: set[int]) -> None:
         """Close what we lost; new partition numbers wait, paused, until ``maintain``
         has opened them."""
+        # Normally settled at the revocation; nothing is closed under a commit in flight.
+        await self._inflight.wait()
+        await self.maintain_commits()
         numbers = {tp.partition for tp in assigned}
         for p in list(self.parts):
             if p not in numbers:
@@ -262,6 +318,7 @@ class ExactlyOnce:
             self._open_at = 0.0
 
     async def maintain(self) -> None:
+        await self.maintain_commits()
         if self.opening and time.monotonic() >= self._open_at:
             await self._open(sorted(self.opening))
 
@@ -328,6 +385,9 @@ class ExactlyOnce:
             consumer.resume(*mine)
 
     async def stop(self) -> None:
+        # A commit still in flight here was not waited for (the shutdown was cut short):
+        # not committing is safe, its records are read again.
+        await self._inflight.cancel()
         for part in self.parts.values():
             await close_client(part.producer, PRODUCER_STOP_S)
         self.parts.clear()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     IllegalOperation,
     InvalidProducerEpoch,
@@ -18,6 +19,7 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 
+from worker.records import OutRecord
 from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settled
 from worker.runtime.connect import close_client
 
@@ -36,6 +38,19 @@ class SendRefused(KafkaError):  # type: ignore[misc]
     """A record of the open transaction was not acknowledged: committing would lose it."""
 
 
+@dataclass(frozen=True, slots=True)
+class TxnCapture:
+    """What one partition number's commit holds, captured on the loop: the partition
+    number, the offsets to commit, the changelog delta, the weight records, the outputs
+    not yet written into the transaction."""
+
+    partition: int
+    offsets: dict[TopicPartition, int]
+    delta: list[tuple[bytes, bytes | None]]
+    weights: list[tuple[bytes, bytes]]
+    backlog: list[OutRecord]
+
+
 class TxnPartition:
     """The transactional side of one open input partition number."""
 
@@ -49,12 +64,53 @@ class TxnPartition:
         self.sent: list[Sent] = []  # handed to the producer in the open transaction
         self.dirty: set[str] = set()
         self.logged: set[str] = set()  # request ids whose state the changelog holds
+        # While its transaction commits in the background, the loop's outputs for this
+        # partition wait here: they belong to the next transaction.
+        self.committing = False
+        self.backlog: list[OutRecord] = []
 
     async def begin(self) -> None:
         """Begin a transaction unless one is open."""
         if not self.in_txn:
             await self.producer.begin_transaction()
             self.in_txn = True
+
+    async def commit(
+        self,
+        capture: TxnCapture,
+        group_id: str,
+        topics: tuple[str, str],
+        limits: SizeLimits,
+        on_wait: Callable[[], None],
+    ) -> None:
+        """Write what ``capture`` holds into the transaction (``topics``: the changelog's
+        and the weights' topic) and commit it; raises what made it fail."""
+        changelog, weights = topics
+        await self.begin()
+        if capture.backlog:
+            self.sent += await self.writer.write(capture.backlog)
+        # The offsets go before the changelog: a changelog batch in flight while the
+        # coordinator takes them made that produce request ten times slower
+        # (docs/benchmarks.md).
+        if capture.offsets:
+            await self.producer.send_offsets_to_transaction(capture.offsets, group_id)
+        if capture.delta:
+            self.sent += await self.writer.write_to(changelog, capture.partition, capture.delta)
+        if capture.weights:  # feedback hook: the weights commit with the outputs and offsets
+            self.sent += await self.writer.write_to(weights, 0, capture.weights)
+        self.sent += await self.writer.submit(force=True)
+        # aiokafka commits a transaction even when the broker refused one of its
+        # batches (a produce error fails only that batch's future), so every send is
+        # checked before the commit.
+        await acknowledged(self, limits, on_wait)
+        await self.producer.commit_transaction()
+        self.in_txn = False
+        self.committing = False
+        for key, value in capture.delta:
+            if value is None:
+                self.logged.discard(key.decode())
+            else:
+                self.logged.add(key.decode())
 
     async def close(self) -> None:
         """Stop the producer; nobody awaits what it still had in flight."""
