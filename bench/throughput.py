@@ -37,6 +37,7 @@ class Run:
     results: int
     duplicates: int
     changelog_records: int | None = None  # exactly-once: records written to the changelog
+    transactions: int | None = None  # exactly-once: transactions committed
 
     @property
     def events_per_s(self) -> float:
@@ -96,6 +97,7 @@ async def measure(
         cpu = proc.cpu_s() if proc.alive() else float("nan")
         # Read once the last result is visible, i.e. after the last commit.
         changelog = procs.metric(port, "fusion_changelog_records_total")
+        transactions = procs.metric(port, 'fusion_transactions_total{outcome="committed"}')
         if profiler is not None:
             profiler.stop()
         if filled.done is None or not proc.alive():
@@ -120,6 +122,7 @@ async def measure(
         results=len(out.ids) if out else filled.end,
         duplicates=out.duplicates if out else 0,
         changelog_records=int(changelog) if changelog is not None else None,
+        transactions=int(transactions) if transactions is not None else None,
     )
 
 
@@ -186,6 +189,8 @@ def line(r: Run, before: list[Run]) -> str:
     if r.changelog_records is not None and r.mode == "exactly-once":
         per = r.changelog_records / max(1, r.results)
         changelog = f" | changelog {r.changelog_records:,} records = {per:.3f} per fused request"
+        if r.transactions is not None:
+            changelog += f", {r.transactions:,} transactions committed"
     return (
         f"{r.mode:<19} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
