@@ -165,14 +165,39 @@ def classification_results(
     )
     m_labels = member_labels.tolist()
     out: list[dict[str, Any]] = []
+    order = list(enumerate(models))
     for i, req in enumerate(finished):
         events = req.members
-        present, missing, versions = _roster(events, models)
         w, ml, mp, share_i = weights[i], m_labels[i], m_probs[i], contribution[i]
         ok = answered[i]
+        # _roster, inlined: this loop is the fusion's only per-request Python work.
         members: dict[str, Any] = {}
-        for j, name, ev in present:
+        missing: list[str] = []
+        versions: dict[str, str] = {}
+        for j, name in order:
+            ev = events.get(name)
+            if ev is None:
+                missing.append(name)
+                continue
+            if ev.model_version is not None:
+                versions[name] = ev.model_version
             label = ml[j]
+            if ok and label >= 0 and uncovered is None and ev.traceparent is None:
+                # The common member, as one literal (the keys in the order below).
+                if ev.probs is not None:
+                    members[name] = {
+                        "weight": w[j],
+                        "label": names[label],
+                        "probs": mp[j],
+                        "contribution": share_i[j],
+                    }
+                else:
+                    members[name] = {
+                        "weight": w[j],
+                        "label": names[label],
+                        "contribution": share_i[j],
+                    }
+                continue
             member: dict[str, Any] = {"weight": w[j], "label": names[label]}
             if ev.probs is not None:
                 p = mp[j]
