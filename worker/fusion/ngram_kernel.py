@@ -98,8 +98,9 @@ def overlaps_kernel(
     ids with max_order 1, of all texts one after the other; text t is
     ``codes[text_starts[t]:text_starts[t+1]]`` and group g holds texts
     ``group_starts[g] .. group_starts[g+1] - 1``; at most MAX_TEXTS texts per group.
-    ``space[c]`` is true for the whitespace code points c below ``space.size``, which
-    are removed (an empty table for token ids)."""
+    ``space[min(c, space.size - 1)]`` is true for the whitespace code points c, which
+    are removed (its last entry is false; ``[False]`` for token ids). Positions, ids
+    and tables are 32-bit: half the cache lines of 64-bit ones."""
     n_groups = group_starts.size - 1
     longest = 1
     for g in range(n_groups):
@@ -114,21 +115,21 @@ def overlaps_kernel(
     shift = np.uint64(64 - bits)
     # Order 1: the id of each code point below 2**16 directly, the others in the table.
     root = np.full(1 << 16, -1, dtype=np.int64)
-    root_code = np.zeros(longest, dtype=np.int64)
-    first_ids = np.zeros(longest, dtype=np.int64)
-    dense_ids = np.full(_DENSE_SLOTS, -1, dtype=np.int64)
-    dense_used = np.zeros(longest, dtype=np.int64)
+    root_code = np.zeros(longest, dtype=np.int32)
+    first_ids = np.zeros(longest, dtype=np.int32)
+    dense_ids = np.full(_DENSE_SLOTS, -1, dtype=np.int32)
+    dense_used = np.zeros(longest, dtype=np.int32)
     # counts[t * longest + id]: text-major, so a text's pass walks its ids in order.
     counts = np.zeros(m * longest, dtype=np.int32)
     single = np.zeros(longest, dtype=np.bool_)
-    child_code = np.full(longest, -1, dtype=np.int64)
-    child_id = np.zeros(longest, dtype=np.int64)
-    prev = np.zeros(longest, dtype=np.int64)
-    cur = np.zeros(longest, dtype=np.int64)
+    child_code = np.full(longest, -1, dtype=np.int32)
+    child_id = np.zeros(longest, dtype=np.int32)
+    prev = np.zeros(longest, dtype=np.int32)
+    cur = np.zeros(longest, dtype=np.int32)
     pairs = np.zeros((m, m), dtype=np.int64)
-    kept = np.zeros(longest, dtype=np.int64)
+    kept = np.zeros(longest, dtype=np.int32)
     starts = np.zeros(m + 1, dtype=np.int64)
-    limit = space.size
+    last = space.size - 1
     total = np.zeros(longest, dtype=np.int32)
     for g in range(n_groups):
         t0 = group_starts[g]
@@ -142,7 +143,8 @@ def overlaps_kernel(
             for p in range(text_starts[t0 + t], text_starts[t0 + t + 1]):
                 code = codes[p]
                 kept[n_codes] = code
-                n_codes += not (code < limit and space[code])
+                # Branch-free: a space is one character in six.
+                n_codes += 1 - space[min(code, last)]
             lengths[g, t] = n_codes - starts[t]
         starts[size] = n_codes
         n_prev = 0
@@ -205,7 +207,7 @@ def overlaps_kernel(
                             gram = n_ids
                             n_ids += 1
                         else:
-                            key = (parent << _CODE_BITS) | code
+                            key = (np.int64(parent) << _CODE_BITS) | code
                             gram = _find(keys, values, used, shift, key, n_ids)
                             if gram == n_ids:
                                 n_ids += 1

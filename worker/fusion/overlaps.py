@@ -75,15 +75,16 @@ def _groups_fit(sizes: Sequence[int]) -> ModuleType | None:
 
 @cache
 def _space_table() -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """table[c] is True for the code points c where ``str.split()`` splits."""
+    """table[min(c, table.size - 1)] is True for the code points c where ``str.split()``
+    splits (its last entry is False, for every code point above the table)."""
     spaces = [ord(c) for c in ngram.OTHER_WHITESPACE + " "]
-    table = np.zeros(max(spaces) + 1, dtype=np.bool_)
+    table = np.zeros(max(spaces) + 2, dtype=np.bool_)
     table[spaces] = True
     return table
 
 
 # Token ids hold no whitespace.
-_NO_SPACE = np.zeros(0, dtype=np.bool_)
+_NO_SPACE = np.zeros(1, dtype=np.bool_)
 
 
 def _starts(lengths: Sequence[int] | IntArray) -> IntArray:
