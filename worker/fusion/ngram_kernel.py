@@ -8,11 +8,12 @@ bit for bit (tests/fusion/test_overlaps.py compares them).
 
 Per group and order, every n-gram gets a small id, from exact keys (never a hash of
 the text alone, so two n-grams share an id iff they are equal): order 1 from its code
-point; order n from (the id of its (n-1)-gram prefix, its last character), looked up
-in a plain array while (prefixes x characters) is small (orders 2 and 3 of most
-texts), else first as the prefix's first continuation (where the texts agree, most
-of them) and then in an open-addressing hash table. Each text's count per id goes
-into a text-major table. Then, per order:
+point, in the same pass over the group's code points that drops whitespace; order n
+from (the id of its (n-1)-gram prefix, the id of its last character), looked up in a
+plain array while (prefixes x characters) is small (orders 2 and 3 of most texts),
+else as the prefix's first or second continuation (where the texts agree, most of
+them) and then in an open-addressing hash table. Each text's count per id goes into a
+text-major table. Then, per order:
 
 - an n-gram whose (n-1)-gram prefix occurs once in the whole group occurs once too: it
   skips the lookups (a text's overlap with itself is its count of n-grams);
@@ -33,8 +34,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Code points are below 2**21, so a prefix id shifted by 21 bits leaves room for one.
-_CODE_BITS = 21
 # Larger groups are counted by numpy (the pairs grow as the square of the texts).
 MAX_TEXTS = 31
 # Orders where (distinct (n-1)-grams) x (distinct characters) stay below this number
@@ -113,8 +112,12 @@ def overlaps_kernel(
     values = np.zeros(1 << bits, dtype=np.int64)
     used = np.zeros(longest + 1, dtype=np.int64)
     shift = np.uint64(64 - bits)
-    # Order 1: the id of each code point below 2**16 directly, the others in the table.
+    # Order 1: the id of each code point below 2**16 directly (-2: whitespace, which
+    # is below 2**16), the others in the table.
     root = np.full(1 << 16, -1, dtype=np.int64)
+    for code in range(space.size):
+        if space[code]:
+            root[code] = -2
     root_code = np.zeros(longest, dtype=np.int32)
     first_ids = np.zeros(longest, dtype=np.int32)
     dense_ids = np.full(_DENSE_SLOTS, -1, dtype=np.int32)
@@ -124,55 +127,53 @@ def overlaps_kernel(
     single = np.zeros(longest, dtype=np.bool_)
     child_code = np.full(longest, -1, dtype=np.int32)
     child_id = np.zeros(longest, dtype=np.int32)
+    second_code = np.full(longest, -1, dtype=np.int32)
+    second_id = np.zeros(longest, dtype=np.int32)
     prev = np.zeros(longest, dtype=np.int32)
     cur = np.zeros(longest, dtype=np.int32)
     pairs = np.zeros((m, m), dtype=np.int64)
-    kept = np.zeros(longest, dtype=np.int32)
     starts = np.zeros(m + 1, dtype=np.int64)
-    last = space.size - 1
     total = np.zeros(longest, dtype=np.int32)
     for g in range(n_groups):
         t0 = group_starts[g]
         size = group_starts[g + 1] - t0
-        # The group's codes without whitespace (``space[c]`` true: c is whitespace, for
-        # c below ``space.size``; an empty table for token ids), in a buffer that stays
-        # in cache, rather than a stripped copy of the whole batch.
+        # Order 1 and whitespace in one pass over the group's code points: each
+        # character's id (-2: whitespace, dropped without a branch) and its count.
         n_codes = 0
+        n_first = 0
         for t in range(size):
             starts[t] = n_codes
+            text_counts = counts[t * longest : (t + 1) * longest]
             for p in range(text_starts[t0 + t], text_starts[t0 + t + 1]):
                 code = codes[p]
-                kept[n_codes] = code
-                # Branch-free: a space is one character in six.
-                n_codes += 1 - space[min(code, last)]
+                gram = root[code] if code < 65536 else -1
+                if gram == -1:
+                    gram = n_first
+                    if code < 65536:
+                        root[code] = gram
+                    else:
+                        gram = _find(keys, values, used, shift, code, n_first)
+                    if gram == n_first:
+                        root_code[gram] = code
+                        n_first += 1
+                keep = gram >= 0
+                cur[n_codes] = gram
+                text_counts[max(gram, 0)] += keep
+                n_codes += keep
             lengths[g, t] = n_codes - starts[t]
         starts[size] = n_codes
         n_prev = 0
         n_chars = 0
         for n in range(1, max_order + 1):
             pairs[:size, :size] = 0
-            n_ids = 0
+            n_ids = n_first if n == 1 else 0
             dense = n > 1 and n_prev * n_chars <= _DENSE_SLOTS
             for t in range(size):
                 lo = starts[t]
                 hi = starts[t + 1]
                 text_counts = counts[t * longest : (t + 1) * longest]
-                if n == 1:
-                    for p in range(lo, hi):
-                        code = kept[p]
-                        gram = root[code] if code < 65536 else -1
-                        if gram < 0:
-                            gram = n_ids
-                            if code < 65536:
-                                root[code] = gram
-                            else:
-                                gram = _find(keys, values, used, shift, code, n_ids)
-                        if gram == n_ids:
-                            root_code[gram] = code
-                            n_ids += 1
-                        cur[p] = gram
-                        text_counts[gram] += 1
-                elif dense:
+                # Order 1 is counted above.
+                if dense:
                     # Few (n-1)-grams and characters: one slot per pair of them.
                     for p in range(lo, hi - n + 1):
                         parent = prev[p]
@@ -189,15 +190,15 @@ def overlaps_kernel(
                             n_ids += 1
                         cur[p] = gram
                         text_counts[gram] += 1
-                else:
-                    # Most prefixes have one continuation in the group (the texts agree
-                    # there): looked up directly, the other ones in the table.
+                elif n > 1:
+                    # Most prefixes have one or two continuations in the group (the
+                    # texts agree there): looked up directly, the other ones hashed.
                     for p in range(lo, hi - n + 1):
                         parent = prev[p]
                         if parent < 0 or single[parent]:
                             cur[p] = -1
                             continue
-                        code = kept[p + n - 1]
+                        code = first_ids[p + n - 1]
                         first = child_code[parent]
                         if first == code:
                             gram = child_id[parent]
@@ -206,8 +207,15 @@ def overlaps_kernel(
                             child_id[parent] = n_ids
                             gram = n_ids
                             n_ids += 1
+                        elif second_code[parent] == code:
+                            gram = second_id[parent]
+                        elif second_code[parent] == -1:
+                            second_code[parent] = code
+                            second_id[parent] = n_ids
+                            gram = n_ids
+                            n_ids += 1
                         else:
-                            key = (np.int64(parent) << _CODE_BITS) | code
+                            key = np.int64(parent) * n_chars + code
                             gram = _find(keys, values, used, shift, key, n_ids)
                             if gram == n_ids:
                                 n_ids += 1
@@ -219,6 +227,7 @@ def overlaps_kernel(
                 keys[used[h]] = -1
             used[0] = 0
             child_code[:n_prev] = -1
+            second_code[:n_prev] = -1
             if n == 1:
                 for gram in range(n_ids):
                     if root_code[gram] < 65536:
