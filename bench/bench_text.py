@@ -15,7 +15,8 @@ Figures, each the best of ``--repeat`` runs over a batch of ``--requests`` reque
   request, in a Python loop (on a few requests), for comparison.
 
 Also printed: CPU seconds per request (``time.process_time``), less disturbed than
-the wall clock by other processes on a shared machine, and the machine's load.
+the wall clock by other processes on a shared machine, and the machine's load. The
+goal is judged on both clocks, one line each.
 
 Run: ``.venv/bin/python bench/bench_text.py [--requests N] [--repeat R] [--numpy]``.
 Prints, asserts nothing. BLAS is limited to one thread so that the figures are for one
@@ -145,18 +146,22 @@ def main() -> None:
     )
     few = batch[:5]
     cases.append(("per-pair sacrebleu chrF (5 req)", lambda: per_pair_sacrebleu(few), len(few)))
-    results = {}
+    results: dict[str, tuple[float, float]] = {}
     for name, fn, count in cases:
         wall, cpu = best(fn, args.repeat if count == n else 1)
-        results[name] = count / wall
+        results[name] = (count / wall, count / cpu)
         print(
             f"{name:<32} {count / wall:>13,.0f} {count / cpu:>12,.0f} {1000 * cpu / count:>11.3f}"
         )
-    rps = results["consensus, chrf"]
-    verdict = "met" if rps >= GOAL_RPS else "NOT met"
-    print(f"goal: consensus chrF >= {GOAL_RPS:,.0f} req/s (wall): {verdict} ({rps:,.0f})")
-    baseline = results["per-pair sacrebleu chrF (5 req)"]
-    print(f"speed-up over per-pair sacrebleu: {rps / baseline:,.0f}x")
+    # Two verdicts: the wall clock counts the time other processes take the core; CPU
+    # seconds (one core, BLAS on one thread) count only this process.
+    for i, clock in enumerate(("wall", "CPU")):
+        rps = results["consensus, chrf"][i]
+        verdict = "met" if rps >= GOAL_RPS else "NOT met"
+        print(f"goal: consensus chrF >= {GOAL_RPS:,.0f} req/s ({clock}): {verdict} ({rps:,.0f})")
+    rps = results["consensus, chrf"][0]
+    baseline = results["per-pair sacrebleu chrF (5 req)"][0]
+    print(f"speed-up over per-pair sacrebleu (wall): {rps / baseline:,.0f}x")
 
 
 if __name__ == "__main__":

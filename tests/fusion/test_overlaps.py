@@ -47,6 +47,39 @@ def test_kernel_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
         np.testing.assert_array_equal(got, want)
 
 
+# ASCII only: the batch is then copied one byte per character (another compiled path),
+# with every ASCII whitespace str.split() knows.
+ASCII_TEXT = st.text(st.sampled_from("aab ab\t\n\r\x0b\x0c\x1c\x1d\x1e\x1fxyz."), max_size=30)
+
+
+@given(st.lists(st.lists(ASCII_TEXT, min_size=1, max_size=14), min_size=1, max_size=6))
+@settings(max_examples=200)
+def test_kernel_ascii_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
+    """ASCII-only batches (one byte per character) count what numpy counts."""
+    lengths, matches = overlaps.char_overlaps(groups, 6)
+    want_lengths, want_matches = ngram.char_overlaps(groups, 6)
+    for got, want in zip(matches, want_matches, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(lengths, want_lengths, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@given(
+    st.lists(
+        st.lists(st.one_of(TEXT, ASCII_TEXT), min_size=15, max_size=ngram_kernel.MAX_TEXTS),
+        min_size=1,
+        max_size=3,
+    )
+)
+@settings(max_examples=40)
+def test_kernel_large_groups_equal_numpy(groups: list[list[str]]) -> None:
+    """Groups of 15 to MAX_TEXTS texts (every pair of texts counted) count what numpy
+    counts, with empty texts and texts shorter than the order among them."""
+    _, matches = overlaps.char_overlaps(groups, 6)
+    for got, want in zip(matches, numpy_char_overlaps(groups, 6), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @given(st.lists(st.lists(st.lists(TEXT, max_size=8), min_size=1, max_size=14), max_size=5))
 @settings(max_examples=200)
 def test_kernel_token_overlaps_equal_numpy(groups: list[list[list[str]]]) -> None:
@@ -77,6 +110,21 @@ def test_groups_over_the_kernel_bound_are_counted_by_numpy() -> None:
     group = [f"text {i % 5} and more" for i in range(ngram_kernel.MAX_TEXTS + 1)]
     got = overlaps.char_overlaps([group], 6)[1][0]
     np.testing.assert_array_equal(got, numpy_char_overlaps([group], 6)[0])
+
+
+def test_heavy_repeats_and_short_texts_equal_numpy() -> None:
+    """One character repeated thousands of times (a count far above the others), next
+    to texts shorter than six characters, empty texts and a single-text group, in both
+    the ASCII and the four-byte copies of the batch."""
+    for extra in ("", "\U0001f600"):
+        groups = [
+            ["a" * 3000 + extra, "a" * 2999 + " b", "ab", "", "a" * 5, "ba" * 700],
+            ["abcab" + extra],
+            ["", ""],
+        ]
+        _, got = overlaps.char_overlaps(groups, 6)
+        for a, b in zip(got, numpy_char_overlaps(groups, 6), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_long_repetitive_texts_equal_numpy() -> None:

@@ -8,18 +8,17 @@ bit for bit (tests/fusion/test_overlaps.py compares them).
 
 Per group and order, every n-gram gets a small id, from exact keys (never a hash of
 the text alone, so two n-grams share an id iff they are equal): order 1 from its code
-point; order n from (the id of its (n-1)-gram prefix, its last character), looked up
-in a plain array while (prefixes x characters) is small (orders 2 and 3 of most
-texts), else first as the prefix's first continuation (where the texts agree, most
-of them) and then in an open-addressing hash table. Each text's count per id goes
-into a text-major table. Then, per order:
+point, in the same pass over the group's code points that drops whitespace; order n
+from (the id of its (n-1)-gram prefix, the id of its last character), looked up in a
+plain array while (prefixes x characters) is small (orders 2 and 3 of most texts),
+else as the prefix's first or second continuation (where the texts agree, most of
+them) and then in an open-addressing hash table. Each text's count per id goes into a
+text-major table. Then, per order:
 
 - an n-gram whose (n-1)-gram prefix occurs once in the whole group occurs once too: it
-  only adds 1 to its text's diagonal and skips the lookups;
-- one vectorised pass per text gives every n-gram the masks of the texts that hold it
-  at least 1, 2 and 3 times (``min(a, b) = sum_k [a >= k][b >= k]``); for groups of up
-  to MASK_HIST_TEXTS texts the masks go into a histogram, whose sums over supersets
-  are the pair counts; an n-gram some text holds more often takes ``min`` directly.
+  skips the lookups (a text's overlap with itself is its count of n-grams);
+- per pair of texts, one vectorised pass over the ids sums the minima of their counts
+  (32-bit lanes); the texts' counts summed per id mark the n-grams that occur once.
 
 This module imports numba; ``overlaps`` imports it only when numba is installed.
 """
@@ -35,18 +34,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Code points are below 2**21, so a prefix id shifted by 21 bits leaves room for one.
-_CODE_BITS = 21
-# A group's texts are bits of one int32 mask (int32: twice as many per vector
-# instruction as int64); larger groups are counted by numpy.
+# Larger groups are counted by numpy (the pairs grow as the square of the texts).
 MAX_TEXTS = 31
-# Groups of up to this many texts count the n-grams' masks in a histogram (2**m bins)
-# and expand each distinct mask once; larger groups expand every n-gram's masks.
-MASK_HIST_TEXTS = 12
-# An n-gram that no text holds more than _LEVELS times adds its masks of the texts that
-# hold it at least 1, 2, .. times (min(a, b) = sum_k [a >= k][b >= k]); a deeper one
-# takes min(a, b) directly.
-_LEVELS = 3
 # Orders where (distinct (n-1)-grams) x (distinct characters) stay below this number
 # index a plain array by the pair instead of hashing it.
 _DENSE_SLOTS = 1 << 16
@@ -92,86 +81,25 @@ def _find(keys: Any, values: Any, used: Any, shift: Any, key: int, new_id: int) 
 
 
 @_jit
-def _add_minima(counts: Any, at: int, size: int, pairs: Any, index: Any) -> None:
-    """Add ``min(c_i, c_j)`` to ``pairs[i, j]`` for every i <= j, with ``c`` the counts
-    ``counts[at : at + size]`` of one n-gram per text; zeroes those counts."""
-    k = 0
-    for t in range(size):
-        if counts[at + t]:
-            index[k] = t
-            k += 1
-    for a in range(k):
-        i = index[a]
-        ca = counts[at + i]
-        pairs[i, i] += ca
-        for b in range(a + 1, k):
-            pairs[i, index[b]] += min(ca, counts[at + index[b]])
-    for a in range(k):
-        counts[at + index[a]] = 0
-
-
-@_jit
-def _add_mask(mask: int, weight: int, pairs: Any, index: Any) -> None:
-    """Add ``weight`` to ``pairs[i, j]`` for every i <= j whose bits are both in mask."""
-    k = 0
-    t = 0
-    while mask:
-        if mask & 1:
-            index[k] = t
-            k += 1
-        mask >>= 1
-        t += 1
-    for a in range(k):
-        i = index[a]
-        for b in range(a, k):
-            pairs[i, index[b]] += weight
-
-
-@_jit
-def _add_supersets(hist: Any, size: int, pairs: Any) -> None:
-    """Add to ``pairs[i, j]`` (i <= j) the sum of ``hist[mask]`` over the masks of
-    ``size`` bits holding bits i and j, and zero ``hist``: the sums over supersets of
-    every mask (one vectorised pass per bit), read at the masks of one and two bits."""
-    full = 1 << size
-    for b in range(size):
-        step = 1 << b
-        for start in range(0, full, 2 * step):
-            for k in range(start, start + step):
-                hist[k] += hist[k + step]
-    for i in range(size):
-        pairs[i, i] += hist[1 << i]
-        for j in range(i + 1, size):
-            pairs[i, j] += hist[(1 << i) | (1 << j)]
-    hist[:full] = 0
-
-
-@_jit
-def strip_whitespace(codes: Any, text_starts: Any, space: Any) -> tuple[Any, Any]:
-    """The code points without whitespace (``space[c]`` true: c is whitespace, for c
-    below ``space.size``) and the texts' new start offsets."""
-    kept = np.empty_like(codes)
-    starts = np.empty_like(text_starts)
-    n = 0
-    limit = space.size
-    for t in range(text_starts.size - 1):
-        starts[t] = n
-        for p in range(text_starts[t], text_starts[t + 1]):
-            code = codes[p]
-            kept[n] = code
-            n += not (code < limit and space[code])
-    starts[text_starts.size - 1] = n
-    return kept[:n], starts
-
-
-@_jit
 def overlaps_kernel(
-    codes: Any, text_starts: Any, group_starts: Any, max_order: int, m: int, out: Any
+    codes: Any,
+    text_starts: Any,
+    group_starts: Any,
+    space: Any,
+    max_order: int,
+    m: int,
+    lengths: Any,
+    out: Any,
 ) -> None:
-    """Fill ``out`` (n_groups, max_order, m, m), zeros on entry, with the overlaps of
-    each group's texts. ``codes``: int64 code points (or token ids with max_order 1) of
-    all texts one after the other; text t is ``codes[text_starts[t]:text_starts[t+1]]``
-    and group g holds texts ``group_starts[g] .. group_starts[g+1] - 1``; at most
-    MAX_TEXTS texts per group."""
+    """Fill ``lengths`` (n_groups, m) with each text's length without whitespace and
+    ``out`` (n_groups, max_order, m, m), zeros on entry, with the overlaps of each
+    group's texts. ``codes``: the code points (uint8 for ASCII, else uint32), or token
+    ids with max_order 1, of all texts one after the other; text t is
+    ``codes[text_starts[t]:text_starts[t+1]]`` and group g holds texts
+    ``group_starts[g] .. group_starts[g+1] - 1``; at most MAX_TEXTS texts per group.
+    ``space[min(c, space.size - 1)]`` is true for the whitespace code points c, which
+    are removed (its last entry is false; ``[False]`` for token ids). Positions, ids
+    and tables are 32-bit: half the cache lines of 64-bit ones."""
     n_groups = group_starts.size - 1
     longest = 1
     for g in range(n_groups):
@@ -184,65 +112,73 @@ def overlaps_kernel(
     values = np.zeros(1 << bits, dtype=np.int64)
     used = np.zeros(longest + 1, dtype=np.int64)
     shift = np.uint64(64 - bits)
-    # Order 1: the id of each code point below 2**16 directly, the others in the table.
+    # Order 1: the id of each code point below 2**16 directly (-2: whitespace, which
+    # is below 2**16), the others in the table.
     root = np.full(1 << 16, -1, dtype=np.int64)
-    root_code = np.zeros(longest, dtype=np.int64)
-    first_ids = np.zeros(longest, dtype=np.int64)
-    dense_ids = np.full(_DENSE_SLOTS, -1, dtype=np.int64)
-    dense_used = np.zeros(longest, dtype=np.int64)
+    for code in range(space.size):
+        if space[code]:
+            root[code] = -2
+    root_code = np.zeros(longest, dtype=np.int32)
+    first_ids = np.zeros(longest, dtype=np.int32)
+    dense_ids = np.full(_DENSE_SLOTS, -1, dtype=np.int32)
+    dense_used = np.zeros(longest, dtype=np.int32)
     # counts[t * longest + id]: text-major, so a text's pass walks its ids in order.
     counts = np.zeros(m * longest, dtype=np.int32)
     single = np.zeros(longest, dtype=np.bool_)
-    child_code = np.full(longest, -1, dtype=np.int64)
-    child_id = np.zeros(longest, dtype=np.int64)
-    prev = np.zeros(longest, dtype=np.int64)
-    cur = np.zeros(longest, dtype=np.int64)
+    child_code = np.full(longest, -1, dtype=np.int32)
+    child_id = np.zeros(longest, dtype=np.int32)
+    second_code = np.full(longest, -1, dtype=np.int32)
+    second_id = np.zeros(longest, dtype=np.int32)
+    prev = np.zeros(longest, dtype=np.int32)
+    cur = np.zeros(longest, dtype=np.int32)
     pairs = np.zeros((m, m), dtype=np.int64)
-    index = np.zeros(m, dtype=np.int64)
-    row = np.zeros(m, dtype=np.int64)
-    once = np.zeros(longest, dtype=np.int32)
-    twice = np.zeros(longest, dtype=np.int32)
-    thrice = np.zeros(longest, dtype=np.int32)
-    deepest = np.zeros(longest, dtype=np.int32)
-    hist = np.zeros(1 << min(m, MASK_HIST_TEXTS), dtype=np.int64)
+    starts = np.zeros(m + 1, dtype=np.int64)
+    total = np.zeros(longest, dtype=np.int32)
     for g in range(n_groups):
         t0 = group_starts[g]
         size = group_starts[g + 1] - t0
-        base = text_starts[t0]
-        by_hist = size <= MASK_HIST_TEXTS
+        # Order 1 and whitespace in one pass over the group's code points: each
+        # character's id (-2: whitespace, dropped without a branch) and its count.
+        n_codes = 0
+        n_first = 0
+        for t in range(size):
+            starts[t] = n_codes
+            text_counts = counts[t * longest : (t + 1) * longest]
+            for p in range(text_starts[t0 + t], text_starts[t0 + t + 1]):
+                code = codes[p]
+                gram = root[code] if code < 65536 else -1
+                if gram == -1:
+                    gram = n_first
+                    if code < 65536:
+                        root[code] = gram
+                    else:
+                        gram = _find(keys, values, used, shift, code, n_first)
+                    if gram == n_first:
+                        root_code[gram] = code
+                        n_first += 1
+                keep = gram >= 0
+                cur[n_codes] = gram
+                text_counts[max(gram, 0)] += keep
+                n_codes += keep
+            lengths[g, t] = n_codes - starts[t]
+        starts[size] = n_codes
         n_prev = 0
         n_chars = 0
         for n in range(1, max_order + 1):
             pairs[:size, :size] = 0
-            n_ids = 0
+            n_ids = n_first if n == 1 else 0
             dense = n > 1 and n_prev * n_chars <= _DENSE_SLOTS
             for t in range(size):
-                lo = text_starts[t0 + t] - base
-                hi = text_starts[t0 + t + 1] - base
+                lo = starts[t]
+                hi = starts[t + 1]
                 text_counts = counts[t * longest : (t + 1) * longest]
-                alone = 0
-                if n == 1:
-                    for p in range(lo, hi):
-                        code = codes[base + p]
-                        gram = root[code] if code < 65536 else -1
-                        if gram < 0:
-                            gram = n_ids
-                            if code < 65536:
-                                root[code] = gram
-                            else:
-                                gram = _find(keys, values, used, shift, code, n_ids)
-                        if gram == n_ids:
-                            root_code[gram] = code
-                            n_ids += 1
-                        cur[p] = gram
-                        text_counts[gram] += 1
-                elif dense:
+                # Order 1 is counted above.
+                if dense:
                     # Few (n-1)-grams and characters: one slot per pair of them.
                     for p in range(lo, hi - n + 1):
                         parent = prev[p]
                         if parent < 0 or single[parent]:
                             # Its prefix occurs once in the group: so does it.
-                            alone += 1
                             cur[p] = -1
                             continue
                         key = parent * n_chars + first_ids[p + n - 1]
@@ -254,16 +190,15 @@ def overlaps_kernel(
                             n_ids += 1
                         cur[p] = gram
                         text_counts[gram] += 1
-                else:
-                    # Most prefixes have one continuation in the group (the texts agree
-                    # there): looked up directly, the other ones in the table.
+                elif n > 1:
+                    # Most prefixes have one or two continuations in the group (the
+                    # texts agree there): looked up directly, the other ones hashed.
                     for p in range(lo, hi - n + 1):
                         parent = prev[p]
                         if parent < 0 or single[parent]:
-                            alone += 1
                             cur[p] = -1
                             continue
-                        code = codes[base + p + n - 1]
+                        code = first_ids[p + n - 1]
                         first = child_code[parent]
                         if first == code:
                             gram = child_id[parent]
@@ -272,66 +207,53 @@ def overlaps_kernel(
                             child_id[parent] = n_ids
                             gram = n_ids
                             n_ids += 1
+                        elif second_code[parent] == code:
+                            gram = second_id[parent]
+                        elif second_code[parent] == -1:
+                            second_code[parent] = code
+                            second_id[parent] = n_ids
+                            gram = n_ids
+                            n_ids += 1
                         else:
-                            key = (parent << _CODE_BITS) | code
+                            key = np.int64(parent) * n_chars + code
                             gram = _find(keys, values, used, shift, key, n_ids)
                             if gram == n_ids:
                                 n_ids += 1
                         cur[p] = gram
                         text_counts[gram] += 1
-                pairs[t, t] += alone
+                # A text's overlap with itself: its count of n-grams.
+                pairs[t, t] = max(0, hi - lo - n + 1)
             for h in range(1, used[0] + 1):
                 keys[used[h]] = -1
             used[0] = 0
             child_code[:n_prev] = -1
+            second_code[:n_prev] = -1
             if n == 1:
                 for gram in range(n_ids):
                     if root_code[gram] < 65536:
                         root[root_code[gram]] = -1
                 n_chars = n_ids
-                first_ids[: text_starts[group_starts[g + 1]] - base] = cur[
-                    : text_starts[group_starts[g + 1]] - base
-                ]
+                first_ids[:n_codes] = cur[:n_codes]
             if dense:
                 for gram in range(n_ids):
                     dense_ids[dense_used[gram]] = -1
-            # Per text, one pass over the ids (vectorised): the masks of the texts that
-            # hold each n-gram at least once, twice, three times, and its largest count.
-            once[:n_ids] = 0
-            twice[:n_ids] = 0
-            thrice[:n_ids] = 0
-            deepest[:n_ids] = 0
-            for t in range(size):
-                text_counts = counts[t * longest : t * longest + n_ids]
-                bit = np.int32(1 << t)
-                for gram in range(n_ids):
-                    c = text_counts[gram]
-                    once[gram] |= (c >= 1) * bit
-                    twice[gram] |= (c >= 2) * bit
-                    thrice[gram] |= (c >= 3) * bit
-                    deepest[gram] = max(deepest[gram], c)
+            # Per pair of texts, one vectorised pass over the ids, 32-bit lanes (a sum
+            # of minima never exceeds the text's length); the totals mark the n-grams
+            # that occur once in the group, whose continuations then skip the lookups.
+            total[:n_ids] = 0
+            for i in range(size):
+                ci = counts[i * longest : i * longest + n_ids]
+                total[:n_ids] += ci
+                for j in range(i + 1, size):
+                    cj = counts[j * longest : j * longest + n_ids]
+                    s = np.int32(0)
+                    for gram in range(n_ids):
+                        s = np.int32(s + min(ci[gram], cj[gram]))
+                    pairs[i, j] += s
             for gram in range(n_ids):
-                first = once[gram]
-                second = twice[gram]
-                single[gram] = second == 0 and (first & (first - 1)) == 0
-                if deepest[gram] > _LEVELS:
-                    for t in range(size):
-                        row[t] = counts[t * longest + gram]
-                    _add_minima(row, 0, size, pairs, index)
-                    continue
-                if by_hist:
-                    # Mask 0 (no text holds it that often) lands in bin 0, unused.
-                    hist[first] += 1
-                    hist[second] += 1
-                    hist[thrice[gram]] += 1
-                else:
-                    for mask in (first, second, thrice[gram]):
-                        if mask:
-                            _add_mask(mask, 1, pairs, index)
+                single[gram] = total[gram] == 1
             for t in range(size):
                 counts[t * longest : t * longest + n_ids] = 0
-            if by_hist:
-                _add_supersets(hist, size, pairs)
             for i in range(size):
                 out[g, n - 1, i, i] = pairs[i, i]
                 for j in range(i + 1, size):

@@ -60,6 +60,7 @@ def prepare() -> bool:
         return False
     log.info("n-gram counting: compiling the kernel (numba, cached on disk when it can)")
     char_overlaps([["warm up", "warm"]], 2)
+    char_overlaps([["warm up \u2713", "warm"]], 2)
     token_overlaps([[["warm", "up"], ["warm"]]])
     log.info("n-gram counting: compiled kernel ready")
     return True
@@ -74,11 +75,16 @@ def _groups_fit(sizes: Sequence[int]) -> ModuleType | None:
 
 @cache
 def _space_table() -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """table[c] is True for the code points c where ``str.split()`` splits."""
+    """table[min(c, table.size - 1)] is True for the code points c where ``str.split()``
+    splits (its last entry is False, for every code point above the table)."""
     spaces = [ord(c) for c in ngram.OTHER_WHITESPACE + " "]
-    table = np.zeros(max(spaces) + 1, dtype=np.bool_)
+    table = np.zeros(max(spaces) + 2, dtype=np.bool_)
     table[spaces] = True
     return table
+
+
+# Token ids hold no whitespace.
+_NO_SPACE = np.zeros(1, dtype=np.bool_)
 
 
 def _starts(lengths: Sequence[int] | IntArray) -> IntArray:
@@ -106,17 +112,18 @@ def char_overlaps_padded(
         return all_lengths, all_matches
     texts = [text for group in groups for text in group]
     text_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
-    # Whitespace goes in the kernel: a pass over the code points, not a str per text.
-    codes, text_starts = kernel.strip_whitespace(codes, _starts(text_lengths), _space_table())
-    text_lengths = np.diff(text_starts)
-    out = np.zeros((len(sizes), max_order, m, m))
-    kernel.overlaps_kernel(codes, text_starts, _starts(sizes), max_order, m, out)
+    joined = "".join(texts)
+    # ASCII (a flag of the str, no scan) is copied as one byte per character; other
+    # texts as four. Whitespace goes in the kernel, a pass per group in cache.
+    if joined.isascii():
+        codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    else:
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype="<u4")
     all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
-    at = 0
-    for g, size in enumerate(sizes):
-        all_lengths[g, :size] = text_lengths[at : at + size]
-        at += size
+    out = np.zeros((len(sizes), max_order, m, m))
+    kernel.overlaps_kernel(
+        codes, _starts(text_lengths), _starts(sizes), _space_table(), max_order, m, all_lengths, out
+    )
     return all_lengths, out
 
 
@@ -146,8 +153,13 @@ def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray
     # Ids by first appearance, looked up in C: only their equality matters.
     vocabulary = {tok: i for i, tok in enumerate(dict.fromkeys(flat))}
     ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint32, count=len(flat))
+    # Read-only like the code points of texts, so one compiled kernel serves both.
+    ids.flags.writeable = False
     lengths = [len(tokens) for group in groups for tokens in group]
     m = max(sizes, default=0)
     out = np.zeros((len(sizes), 1, m, m))
-    kernel.overlaps_kernel(ids, _starts(lengths), _starts(sizes), 1, m, out)
+    token_lengths = np.zeros((len(sizes), m), dtype=np.int64)
+    kernel.overlaps_kernel(
+        ids, _starts(lengths), _starts(sizes), _NO_SPACE, 1, m, token_lengths, out
+    )
     return [out[g, 0, :s, :s] for g, s in enumerate(sizes)]

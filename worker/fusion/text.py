@@ -174,9 +174,13 @@ def _consensus(
     groups = [[t for t in normalised[r] if t is not None] for r in live]
     matrices = SIMILARITIES[similarity](groups)
     sims = np.zeros((n, m, m))
+    full: list[bool] = np.asarray(present.all(axis=1)).tolist()
     for r, matrix in zip(live, matrices, strict=True):
-        index = np.flatnonzero(present[r])
-        sims[r, index[:, None], index[None, :]] = matrix
+        if full[r]:
+            sims[r] = matrix
+        else:
+            index = np.flatnonzero(present[r])
+            sims[r, index[:, None], index[None, :]] = matrix
     # sum_{j != i} w_j sim(i, j), summed in member order.
     # Both sums run over j in member order (not total - w_i, which rounds differently).
     evidence = np.zeros((n, m))
@@ -192,19 +196,29 @@ def _consensus(
         score = np.where(others > 0, evidence / np.where(others > 0, others, 1.0), 1.0)
     score = np.where(present, score, -np.inf)
     chosen = np.argmax(score, axis=1)  # the first of equal scores: model order
+    # Per request, each member's similarity to the chosen text (1 for the chosen one):
+    # whole-batch array steps; only the dot product (the summation order) stays per row.
+    rows = np.arange(n)
+    to_chosen = sims[rows, :, chosen]
+    to_chosen[rows, chosen] = 1.0
+    weighted = np.where(present, to_chosen, 0.0)
+    similarities = to_chosen.tolist()
+    scores = score.tolist()
+    flags = present.tolist()
     out: list[TextResult | None] = [None] * n
     for r in live:
         c = int(chosen[r])
-        to_chosen = sims[r, :, c].copy()
-        to_chosen[c] = 1.0
-        agreement = float(np.dot(raw[r], np.where(present[r], to_chosen, 0.0)) / total[r])
+        agreement = float(np.dot(raw[r], weighted[r]) / total[r])
         chosen_text = texts[r][c]
         assert chosen_text is not None
+        here = flags[r]
         out[r] = TextResult(
             text=chosen_text,
             chosen=c,
-            similarities=tuple(float(to_chosen[i]) if present[r, i] else None for i in range(m)),
+            similarities=tuple(
+                x if p else None for x, p in zip(similarities[r], here, strict=True)
+            ),
             agreement=min(1.0, agreement),
-            scores=tuple(float(score[r, i]) if present[r, i] else None for i in range(m)),
+            scores=tuple(x if p else None for x, p in zip(scores[r], here, strict=True)),
         )
     return out
