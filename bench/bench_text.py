@@ -16,9 +16,12 @@ Figures, each the best of ``--repeat`` runs over a batch of ``--requests`` reque
 
 Also printed: CPU seconds per request (``time.process_time``), less disturbed than
 the wall clock by other processes on a shared machine, and the machine's load. The
-goal is judged on both clocks, one line each.
+goal is judged on both clocks, one line each. ``--threads N`` counts n-grams on N
+threads (``[fusion] text_threads``): the wall clock then shows what N cores fuse, the
+CPU figure stays per CPU second (all threads' time).
 
-Run: ``.venv/bin/python bench/bench_text.py [--requests N] [--repeat R] [--numpy]``.
+Run: ``.venv/bin/python bench/bench_text.py [--requests N] [--repeat R] [--threads N]
+[--numpy]``.
 Prints, asserts nothing. BLAS is limited to one thread so that the figures are for one
 core. chrF and token F1 count n-grams with the compiled kernel when numba is installed
 (compiled before the timings); ``--numpy`` hides numba, so the numpy counting runs.
@@ -114,11 +117,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--numpy", action="store_true", help="count n-grams without numba")
+    parser.add_argument("--threads", type=int, default=1, help="n-gram counting threads")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    compiled = overlaps.prepare()
+    compiled = overlaps.prepare(args.threads)
     counting = (
-        f"compiled kernel (ready in {time.perf_counter() - t0:.2f} s)" if compiled else "numpy"
+        f"compiled kernel on {args.threads} thread(s) (ready in {time.perf_counter() - t0:.2f} s)"
+        if compiled
+        else "numpy"
     )
     print(f"n-gram counting: {counting}")
     n = args.requests

@@ -425,13 +425,16 @@ def test_the_text_task_keys_are_loaded(tmp_path: Path) -> None:
         ({**TEXT, "normalise": ["nfkc", "nfkc"]}, "fusion.normalise", ["nfkc", "nfkc"]),
         ({**TEXT, "task": "translation"}, "fusion.task", "translation"),
         ({**TEXT, "similarity": "bleu"}, "fusion.similarity", "bleu"),
+        ({**TEXT, "text_threads": 0}, "fusion.text_threads", 0),
+        ({**TEXT, "text_threads": 65}, "fusion.text_threads", 65),
     ],
 )
 def test_bad_text_settings_name_the_key_and_value(
     fusion: dict[str, Any], key: str, value: Any
 ) -> None:
     """Labels with the text task, a text strategy elsewhere (and the reverse), a
-    max_text_chars beyond the wire bound, a repeated or unknown step: refused by key."""
+    max_text_chars beyond the wire bound, a repeated or unknown step, a thread count
+    outside 1..64: refused by key."""
     with pytest.raises(ConfigError) as info:
         build_config(doc(fusion=fusion))
     assert info.value.key == key

@@ -148,6 +148,9 @@ class FusionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     similarity: Literal["chrf", "token_f1", "wer"] = "chrf"
     normalise: tuple[NormaliseStep, ...] | None = None
     max_text_chars: Annotated[int, Meta(ge=1, le=TEXT_MAX_CHARS)] = TEXT_MAX_CHARS
+    # Threads that count chrF / token F1 n-grams of a batch (the compiled kernel, which
+    # releases the GIL): up to the cores the worker may use; 1, the loop's own thread.
+    text_threads: Annotated[int, Meta(ge=1, le=64)] = 1
 
     @property
     def is_regression(self) -> bool:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,6 +88,34 @@ def test_kernel_token_overlaps_equal_numpy(groups: list[list[list[str]]]) -> Non
     got = overlaps.token_overlaps(groups)
     want = ngram.token_overlaps(groups)
     for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def counted_on(count: int, groups: list[list[str]], token_groups: list[list[list[str]]]) -> Any:
+    """The char overlaps (lengths, matches) and token overlaps, counted on ``count``
+    threads; counting on the caller's thread again afterwards."""
+    overlaps.set_threads(count)
+    try:
+        return overlaps.char_overlaps_padded(groups, 6), overlaps.token_overlaps(token_groups)
+    finally:
+        overlaps.set_threads(1)
+
+
+@given(
+    st.lists(st.lists(TEXT, min_size=1, max_size=12), min_size=1, max_size=7),
+    st.lists(st.lists(st.lists(TEXT, max_size=6), min_size=1, max_size=8), max_size=5),
+)
+@settings(max_examples=100)
+def test_counting_on_threads_gives_the_same_overlaps(
+    groups: list[list[str]], token_groups: list[list[list[str]]]
+) -> None:
+    """``text_threads``: a batch's groups split over threads are counted as on one, for
+    chrF (1 to 7 groups: fewer than, as many as and more than the threads) and tokens."""
+    (lengths, matches), tokens = counted_on(3, groups, token_groups)
+    (want_lengths, want_matches), want_tokens = counted_on(1, groups, token_groups)
+    np.testing.assert_array_equal(lengths, want_lengths)
+    np.testing.assert_array_equal(matches, want_matches)
+    for a, b in zip(tokens, want_tokens, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

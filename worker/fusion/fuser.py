@@ -125,7 +125,8 @@ class Fuser:
         if self._text:
             normalisation = text_normalisation(name, fusion.normalise)
             prepare(normalisation)  # the first request should not wait for the tables
-            prepare_similarity(fusion.similarity)  # nor for the n-gram kernel's compilation
+            # nor for the n-gram kernel's compilation
+            prepare_similarity(fusion.similarity, fusion.text_threads)
             text = TextOptions(normalisation, fusion.similarity)
         self._settings = registry.Settings(
             weights=_power_of_two_scaled(weights),

@@ -11,14 +11,19 @@ Python, far slower than numpy).
 ``prepare()`` imports and compiles the kernel (numba compiles on first call: about
 5-10 s on a small shared machine, a fraction of a second once numba's on-disk cache
 holds it); a worker calls it at start, so that no request waits for it.
+
+``prepare(threads=N)`` (``[fusion] text_threads``) splits a batch's groups over N
+threads: the kernel releases the GIL, so they count on N cores at once. Each group is
+counted alone whichever thread takes it, so the numbers are the same for any N.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from itertools import chain
+from itertools import chain, pairwise
 from types import ModuleType
 from typing import Any
 
@@ -30,6 +35,23 @@ log = logging.getLogger(__name__)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
+
+
+class _Threads:
+    """The threads that count a batch's groups (``prepare``); none: the caller's."""
+
+    pool: ThreadPoolExecutor | None = None
+    count = 1
+
+
+def set_threads(count: int) -> None:
+    """Count each batch's groups on ``count`` threads from now on (1: the caller's)."""
+    if count == _Threads.count:
+        return
+    if _Threads.pool is not None:
+        _Threads.pool.shutdown(wait=True)
+    _Threads.pool = ThreadPoolExecutor(count, "ngram") if count > 1 else None
+    _Threads.count = count
 
 
 @cache
@@ -53,11 +75,13 @@ def kernel_available() -> bool:
     return _load() is not None
 
 
-def prepare() -> bool:
-    """Import and compile the kernel now; False (and nothing done) without numba. The
-    two INFO lines around the compilation show what it took (no clock in the core)."""
+def prepare(threads: int = 1) -> bool:
+    """Import and compile the kernel now, to count on ``threads`` threads; False (and
+    nothing done) without numba. The two INFO lines around the compilation show what it
+    took (no clock in the core)."""
     if _load() is None:
         return False
+    set_threads(threads)
     log.info("n-gram counting: compiling the kernel (numba, cached on disk when it can)")
     char_overlaps([["warm up", "warm"]], 2)
     char_overlaps([["warm up \u2713", "warm"]], 2)
@@ -121,10 +145,56 @@ def char_overlaps_padded(
         codes = np.frombuffer(joined.encode("utf-32-le"), dtype="<u4")
     all_lengths = np.zeros((len(sizes), m), dtype=np.int64)
     out = np.zeros((len(sizes), max_order, m, m))
-    kernel.overlaps_kernel(
-        codes, _starts(text_lengths), _starts(sizes), _space_table(), max_order, m, all_lengths, out
+    _count(
+        kernel,
+        codes,
+        _starts(text_lengths),
+        _starts(sizes),
+        _space_table(),
+        (max_order, m),
+        all_lengths,
+        out,
     )
     return all_lengths, out
+
+
+def _count(
+    kernel: ModuleType,
+    codes: np.ndarray[Any, Any],
+    text_starts: IntArray,
+    group_starts: IntArray,
+    space: np.ndarray[Any, Any],
+    shape: tuple[int, int],
+    lengths: IntArray,
+    out: FloatArray,
+) -> None:
+    """``overlaps_kernel`` over every group, split over the threads in contiguous runs
+    of groups (each run's text starts are a slice, its group starts rebased to it; its
+    results land in views of ``lengths`` and ``out``)."""
+    max_order, m = shape
+    n = group_starts.size - 1
+    pool = _Threads.pool
+    if pool is None or n < 2:
+        kernel.overlaps_kernel(codes, text_starts, group_starts, space, max_order, m, lengths, out)
+        return
+    cuts = np.linspace(0, n, min(_Threads.count, n) + 1).astype(np.int64).tolist()
+    runs = [
+        pool.submit(
+            kernel.overlaps_kernel,
+            codes,
+            text_starts[group_starts[a] : group_starts[b] + 1],
+            group_starts[a : b + 1] - group_starts[a],
+            space,
+            max_order,
+            m,
+            lengths[a:b],
+            out[a:b],
+        )
+        for a, b in pairwise(cuts)
+        if b > a
+    ]
+    for run in runs:
+        run.result()
 
 
 def char_overlaps(
@@ -159,7 +229,5 @@ def token_overlaps(groups: Sequence[Sequence[Sequence[str]]]) -> list[FloatArray
     m = max(sizes, default=0)
     out = np.zeros((len(sizes), 1, m, m))
     token_lengths = np.zeros((len(sizes), m), dtype=np.int64)
-    kernel.overlaps_kernel(
-        ids, _starts(lengths), _starts(sizes), _NO_SPACE, 1, m, token_lengths, out
-    )
+    _count(kernel, ids, _starts(lengths), _starts(sizes), _NO_SPACE, (1, m), token_lengths, out)
     return [out[g, 0, :s, :s] for g, s in enumerate(sizes)]

@@ -149,11 +149,12 @@ def wer_similarity_matrices(groups: Sequence[Sequence[str]]) -> list[FloatArray]
     return [np.maximum(1.0 - w, 0.0) for w in wer_matrices(groups)]
 
 
-def prepare(similarity: str) -> None:
+def prepare(similarity: str, threads: int = 1) -> None:
     """Compile what ``similarity`` counts with now (chrF and token F1: the n-gram
-    kernel), so that the first request does not wait for it."""
+    kernel, counting on ``threads`` threads), so that the first request does not wait
+    for it."""
     if similarity in ("chrf", "token_f1"):
-        overlaps.prepare()
+        overlaps.prepare(threads)
 
 
 # One table of similarity names: the strategies, the config check and the docs read it.
