@@ -155,6 +155,37 @@ def test_spans_are_exact_at_any_offsets(offsets: tuple[int, ...]) -> None:
     assert done.spans == {"in:0": (min(offsets), max(offsets))}
 
 
+def test_a_request_marked_only_by_another_source_than_the_tables_first() -> None:
+    """The marks of a source other than the table's first are kept by the table, not by
+    the request: they count in oldest_offsets and in the request's spans, and are gone
+    once it closes."""
+    t = table()
+    t.add(ev("r1", "a"), 0, "in:0", 5)  # in:0: the table's first source
+    t.add(ev("r2", "a"), 0, "other:0", 3)
+    t.add(ev("r2", "b"), 0, "other:0", 8)
+    assert t.oldest_offsets() == {"in:0": 5, "other:0": 3}
+    t.close_all(1)
+    spans = {d.request_id: d.spans for d in t.drain()}
+    assert spans == {"r1": {"in:0": (5, 5)}, "r2": {"other:0": (3, 8)}}
+    assert t.oldest_offsets() == {}
+    assert t._offsets.more == {}
+    assert t._offsets.tracked == 0
+
+
+def test_a_replaced_request_drops_its_marks_of_another_source() -> None:
+    """A pending request replaced by a restored state leaves no mark behind, of the
+    table's first source or of another: the restored one has no offsets."""
+    t = table()
+    t.add(ev("r", "a"), 0, "in:0", 5)
+    t.add(ev("r", "b"), 0, "other:0", 3)
+    state = t.pending_state("r")
+    assert state is not None
+    t.restore(state)
+    assert t.oldest_offsets() == {}
+    assert t._offsets.more == {}
+    assert t._offsets.tracked == 0
+
+
 def test_a_restored_request_keeps_its_first_ts_when_its_first_member_is_gone() -> None:
     """Realigned to a config without the first member's model, the request still has
     the first_ts it was saved with, and exports it again."""
