@@ -118,16 +118,19 @@ class OffsetTracker:
         self, rid: str, p: _Pending, source: str = "", offset: int = -1
     ) -> dict[str, tuple[int, int]]:
         """Per source, the (first, last) offset of the events of ``p``, which closes (its
-        marks become stale, see ``closed``), widened by the event at ``offset`` of
+        marks become stale, as in ``closed``), widened by the event at ``offset`` of
         ``source`` (the one that completed it; -1: none)."""
-        more = self.closed(rid, p)
         out: dict[str, tuple[int, int]] = {}
-        if p.low != UNMARKED:
-            assert self.primary is not None  # set by the first mark
-            out[self.primary] = (p.low, p.high)
-        if more is not None:
-            for other, (low, high) in more.items():
-                out[other] = (low, high)
+        low = p.low
+        if low != UNMARKED:
+            self.tracked -= 1
+            out[self.primary] = (low, p.high)  # type: ignore[index]  # set by that mark
+        if self.more:
+            more = self.more.pop(rid, None)
+            if more is not None:
+                self.tracked -= len(more)
+                for other, (first, last) in more.items():
+                    out[other] = (first, last)
         if offset >= 0:
             span = out.get(source)
             out[source] = (
