@@ -135,7 +135,7 @@ def breakdown(requests: int) -> dict[str, float]:
     for rid, p in table._pending.items():
         count("request_id", rid)
         count("pending entry (_Pending)", p)
-        for mark in (p.low, p.high, p.opened_ms, p.deadline_ms):
+        for mark in (p.low, p.gap, p.opened_ms, p.deadline_ms):
             count("offset and time ints", mark)
         for ev in p:
             if ev is not None:

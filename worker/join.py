@@ -168,7 +168,8 @@ class JoinTable:
                 self._deadline = base + self.timeout_ms
             p.deadline_ms = self._deadline
             p.opened_ms = now_ms
-            p.low = p.high = UNMARKED
+            p.low = 0
+            p.gap = UNMARKED
         else:
             if p[i] is not None:
                 return "duplicate"
@@ -193,8 +194,9 @@ class JoinTable:
             self._pending[rid] = p
             self._deadlines.push(p.deadline_ms, rid)
         if offset >= 0:
-            if offset > p.high and source == self._offsets.primary:
-                p.high = offset  # a later event of the request's source: the common case
+            gap = offset - p.low
+            if gap > p.gap and source == self._offsets.primary:
+                p.gap = gap  # a later event of the request's source: the common case
             else:
                 self._offsets.track(rid, p, source, offset)
         return "accepted"
@@ -368,7 +370,7 @@ class JoinTable:
         done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
         # Its offset marks become stale here (the caller took it out of _pending).
         more = self._more
-        if p.low != UNMARKED or offset >= 0 or (more and rid in more):
+        if p.gap != UNMARKED or offset >= 0 or (more and rid in more):
             done.spans = self._offsets.spans(rid, p, source, offset)
         self._closed.append(done)
         if self.fused_memory_count:

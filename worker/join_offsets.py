@@ -6,7 +6,7 @@ the events a request was fused from (``spans``: the commit never lands inside on
 worker/offsets.py).
 
 A request keeps the marks of its events from the table's first source (``primary``: the
-only one but for multi-topic input) in its ``_Pending`` (``low``/``high``); the marks of
+only one but for multi-topic input) in its ``_Pending`` (``low``/``gap``); the marks of
 any other source are kept here, by request id (``more``), so that a request spends no
 slot on them. Each source keeps, in arrival order, one entry
 per request mark: its offset in an ``array('q')`` and the request id in a list beside it,
@@ -66,7 +66,7 @@ class OffsetTracker:
         self._sources: dict[str, _Source] = {}
         self.entries = 0  # entries from each source's head on, stale ones included
         self.tracked = 0  # live marks: one per (pending request, source)
-        # The first source tracked: its marks are the requests' own low/high.
+        # The first source tracked: its marks are the requests' own low/gap.
         self.primary: str | None = None
         # request id -> {source: [low, high]}, for the marks of any other source.
         self.more: dict[str, dict[str, list[int]]] = {}
@@ -78,15 +78,18 @@ class OffsetTracker:
         if primary is None:
             primary = self.primary = source
         if source == primary:
-            if p.low == UNMARKED:
-                p.low = p.high = offset
+            low = p.low
+            if p.gap == UNMARKED:
+                p.low = offset
+                p.gap = 0
                 self.tracked += 1
             else:
-                if offset > p.high:
-                    p.high = offset
-                if offset >= p.low:
+                if offset - low > p.gap:
+                    p.gap = offset - low
+                if offset >= low:
                     return
-                p.low = offset  # a re-read after a seek back
+                p.gap += low - offset  # a re-read after a seek back: a new low
+                p.low = offset
         else:
             more = self.more.get(rid)
             if more is None:
@@ -111,7 +114,7 @@ class OffsetTracker:
         """``p`` is no longer pending (closed or replaced): its marks are stale. Returns
         its marks of sources other than the primary (None: none)."""
         more = self.more.pop(rid, None) if self.more else None
-        self.tracked -= (p.low != UNMARKED) + (len(more) if more else 0)
+        self.tracked -= (p.gap != UNMARKED) + (len(more) if more else 0)
         return more
 
     def spans(
@@ -122,9 +125,9 @@ class OffsetTracker:
         ``source`` (the one that completed it; -1: none)."""
         out: dict[str, tuple[int, int]] = {}
         low = p.low
-        if low != UNMARKED:
+        if p.gap != UNMARKED:
             self.tracked -= 1
-            out[self.primary] = (low, p.high)  # type: ignore[index]  # set by that mark
+            out[self.primary] = (low, low + p.gap)  # type: ignore[index]  # set by that mark
         if self.more:
             more = self.more.pop(rid, None)
             if more is not None:
@@ -144,7 +147,7 @@ class OffsetTracker:
         if p is None:
             return False
         if source == self.primary:
-            return p.low == offset
+            return p.low == offset and p.gap != UNMARKED
         more = self.more.get(rid)
         return more is not None and (m := more.get(source)) is not None and m[0] == offset
 

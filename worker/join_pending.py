@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from worker.events import PredictionEvent
 
-# ``_Pending.low``/``high`` of a request with no offset mark from its table's first
-# source: above any Kafka offset, so that ``offset > p.high`` is false for it.
+# ``_Pending.gap`` of a request with no offset mark from its table's first source (its
+# ``low`` is 0): above any Kafka offset, so that ``offset - p.low`` is never above it.
 UNMARKED = 1 << 63
 
 
@@ -21,15 +21,17 @@ class _Pending(list[PredictionEvent | None]):
     # int in base len(models) + 1 (a small int: no extra object for a few models); it
     # has as many digits as members, so a request is complete once it reaches
     # base ** (len(models) - 1), a test that calls no event's __eq__ (``None in p`` does).
-    # low/high: the smallest and largest offset of its events from the first source its
-    # table tracked (``OffsetTracker.primary``; UNMARKED: none yet); the marks of other
-    # sources (multi-topic input only) are kept by the table, not here, so that five
-    # slots make the object 96 bytes, not 112. See worker/join_offsets.py.
-    __slots__ = ("arrival", "deadline_ms", "high", "low", "opened_ms")
+    # low/gap: the smallest offset of its events from the first source its table tracked
+    # (``OffsetTracker.primary``; gap UNMARKED: none yet) and how far the largest lies above
+    # it (an int below 257 is one of CPython's shared small ints, no object of its own,
+    # where the largest offset would be a 32-byte int). The marks of other sources
+    # (multi-topic input only) are kept by the table, not here, so that five slots make
+    # the object 96 bytes, not 112. See worker/join_offsets.py.
+    __slots__ = ("arrival", "deadline_ms", "gap", "low", "opened_ms")
 
     arrival: int
     deadline_ms: int
-    high: int
+    gap: int
     low: int
     opened_ms: int
 

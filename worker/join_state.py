@@ -73,7 +73,8 @@ def pending_from_state(
         first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
-    p.low = p.high = UNMARKED
+    p.low = 0
+    p.gap = UNMARKED
     return rid, p, first_ts
 
 
