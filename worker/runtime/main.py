@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from worker.config import Config
 from worker.errors import KafkaSetupError
-from worker.runtime.allocator import fix_mmap_threshold
 from worker.runtime.at_least_once import AtLeastOnce
 from worker.runtime.exactly_once import ExactlyOnce
 from worker.runtime.loop import Loop
@@ -46,7 +45,6 @@ async def _main(config: Config) -> int:
     try:
         await worker.start()
         tune_gc()
-        fix_mmap_threshold()
         await worker.run()
     except KafkaSetupError as exc:
         worker.health.set_failed(str(exc))
