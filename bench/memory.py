@@ -9,8 +9,13 @@
    decoded from the same bytes and added as the worker adds them; tracemalloc counts
    the bytes Python allocated for the table and its events (allocator overhead and
    fragmentation excluded).
+3. On request (``--breakdown N``), where the bytes of 2. go: the table's objects by kind
+   (events, their strings, ints and probs, the pending entries, the dict, the offset and
+   deadline bookkeeping), each object once, at the size the allocator gives it (pymalloc
+   rounds up to 16 bytes). The worker's RSS adds what the allocators keep besides.
 
-Run alone: ``python -m bench.memory [--pending N] [--traced N]``.
+Run alone: ``python -m bench.memory [--pending N] [--traced N] [--breakdown N]``
+(``--pending 0``: no worker, no broker).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import dataclass
 
 from bench import kit, procs
@@ -72,16 +79,20 @@ async def _until_pending(proc: procs.Process, port: int, pending: int, start: fl
         await asyncio.sleep(0.5)
 
 
-def table_traced(requests: int) -> tuple[float, float]:
-    """(bytes per pending request for the table and its events, for the events alone)
-    as tracemalloc counts them, two events per request."""
+def _decoder() -> Decoder:
     cfg = build_config(
         {
             "models": [{"name": m} for m in kit.MODELS],
             "fusion": {"labels": list(kit.LABELS)},
         }
     )
-    decoder = Decoder(cfg)
+    return Decoder(cfg)
+
+
+def table_traced(requests: int) -> tuple[float, float]:
+    """(bytes per pending request for the table and its events, for the events alone)
+    as tracemalloc counts them, two events per request."""
+    decoder = _decoder()
     values = [v for _, v in kit.events(requests, "trace", kit.MODELS[:2])]
     gc.collect()
     tracemalloc.start()
@@ -97,6 +108,52 @@ def table_traced(requests: int) -> tuple[float, float]:
     tracemalloc.stop()
     assert len(table) == requests
     return (event_bytes + table_bytes) / requests, event_bytes / requests
+
+
+def breakdown(requests: int) -> dict[str, float]:
+    """Bytes per pending request by kind of object, allocator-rounded, each object
+    counted once (a string shared by two events, an int shared by two slots), for a
+    table of ``requests`` requests with two of three events each, as the worker adds
+    them (the events of one 500-record batch share a ``now_ms``)."""
+    decoder = _decoder()
+    table = JoinTable(kit.MODELS, TIMEOUT_MS, 5 * TIMEOUT_MS, 100_000)
+    start = now = int(time.time() * 1000)
+    for offset, (_, value) in enumerate(kit.events(requests, kit.unique("mem"), kit.MODELS[:2])):
+        if offset % 500 == 0:  # the worker's clock: one int object per step
+            now = start + offset // 500
+        table.add(decoder.decode(value, None), now, "predictions", offset)
+    seen: set[int] = set()
+    sizes: Counter[str] = Counter()
+
+    def count(kind: str, obj: object) -> None:
+        if obj is not None and id(obj) not in seen:
+            seen.add(id(obj))
+            n = sys.getsizeof(obj)
+            sizes[kind] += -(-n // 16) * 16 if n <= 512 else n + 16
+
+    count("pending dict", table._pending)
+    for rid, p in table._pending.items():
+        count("request_id", rid)
+        count("pending entry (_Pending)", p)
+        for mark in (p.low, p.gap, p.opened_ms, p.deadline_ms):
+            count("offset and time ints", mark)
+        for ev in p:
+            if ev is not None:
+                count("event structs", ev)
+                count("probs bytes", ev.probs)
+                count("ts ints", ev.ts)
+                count("trace_id", ev.trace_id)
+                count("model_version", ev.model_version)
+                count("request_id", ev.request_id)
+    for source in table._offsets._sources.values():
+        count("offset marks (arrays)", source.offsets)
+        count("offset marks (arrays)", source.rids)
+    deadlines = table._deadlines
+    count("deadline buckets", deadlines._buckets)
+    for bucket in deadlines._buckets.values():
+        if isinstance(bucket, list):
+            count("deadline buckets", bucket)
+    return {kind: n / requests for kind, n in sizes.most_common()}
 
 
 def show(m: Memory | None, traced: tuple[float, float] | None, traced_n: int) -> str:
@@ -121,9 +178,18 @@ def main() -> None:
     p.add_argument("--pending", type=int, default=1_000_000)
     p.add_argument("--traced", type=int, default=200_000)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--breakdown", type=int, default=0, help="pending requests; 0: skip")
     args = p.parse_args()
-    m = asyncio.run(worker_rss(args.bootstrap, args.pending, args.partitions))
+    m = None
+    if args.pending:
+        m = asyncio.run(worker_rss(args.bootstrap, args.pending, args.partitions))
     print(show(m, table_traced(args.traced), args.traced), flush=True)
+    if args.breakdown:
+        parts = breakdown(args.breakdown)
+        print(f"JoinTable objects ({args.breakdown:,} pending), allocator-rounded:")
+        for kind, n in parts.items():
+            print(f"  {kind:26s} {n:6.1f} bytes per pending request")
+        print(f"  {'total':26s} {sum(parts.values()):6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,62 @@ def test_spans_are_exact_at_any_offsets(offsets: tuple[int, ...]) -> None:
     assert done.spans == {"in:0": (min(offsets), max(offsets))}
 
 
+def test_a_requests_largest_offset_is_held_as_its_gap_above_the_smallest() -> None:
+    """Two events 5 offsets apart: the request holds the smallest offset and the gap, a
+    small int CPython shares (no int object of its own), and its span is exact."""
+    t = table()
+    t.add(ev("r", "a"), 0, "in:0", 10**9)
+    t.add(ev("r", "b"), 0, "in:0", 10**9 + 5)
+    p = t._pending["r"]
+    assert (p.low, p.gap) == (10**9, 5)
+    assert p.gap is int("5")
+    t.close_all(1)
+    [done] = t.drain()
+    assert done.spans == {"in:0": (10**9, 10**9 + 5)}
+
+
+def test_an_unmarked_request_is_not_held_by_an_old_mark_of_its_id() -> None:
+    """A request id closed with a mark at offset 0 and opened again without an offset
+    leaves oldest_offsets empty: the old entry is stale, whatever the new one holds."""
+    t = JoinTable(MODELS, 100, 0, 0)  # no memory of fused ids: "r" may open again
+    for offset, model in enumerate(MODELS):
+        t.add(ev("r", model), 0, "in:0", offset)
+    t.add(ev("r", "a"), 0)
+    assert "r" in t
+    assert t.oldest_offsets() == {}
+
+
+def test_a_request_marked_only_by_another_source_than_the_tables_first() -> None:
+    """The marks of a source other than the table's first are kept by the table, not by
+    the request: they count in oldest_offsets and in the request's spans, and are gone
+    once it closes."""
+    t = table()
+    t.add(ev("r1", "a"), 0, "in:0", 5)  # in:0: the table's first source
+    t.add(ev("r2", "a"), 0, "other:0", 3)
+    t.add(ev("r2", "b"), 0, "other:0", 8)
+    assert t.oldest_offsets() == {"in:0": 5, "other:0": 3}
+    t.close_all(1)
+    spans = {d.request_id: d.spans for d in t.drain()}
+    assert spans == {"r1": {"in:0": (5, 5)}, "r2": {"other:0": (3, 8)}}
+    assert t.oldest_offsets() == {}
+    assert t._offsets.more == {}
+    assert t._offsets.tracked == 0
+
+
+def test_a_replaced_request_drops_its_marks_of_another_source() -> None:
+    """A pending request replaced by a restored state leaves no mark behind, of the
+    table's first source or of another: the restored one has no offsets."""
+    t = table()
+    t.add(ev("r", "a"), 0, "in:0", 5)
+    t.add(ev("r", "b"), 0, "other:0", 3)
+    state = t.pending_state("r")
+    assert state is not None
+    t.restore(state)
+    assert t.oldest_offsets() == {}
+    assert t._offsets.more == {}
+    assert t._offsets.tracked == 0
+
+
 def test_a_restored_request_keeps_its_first_ts_when_its_first_member_is_gone() -> None:
     """Realigned to a config without the first member's model, the request still has
     the first_ts it was saved with, and exports it again."""

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
 from worker.join_offsets import OffsetTracker
-from worker.join_pending import _Pending, _share, _spans, arrival_order
+from worker.join_pending import UNMARKED, _Pending, _share, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
 from worker.join_state import export_state, pending_from_state
 
@@ -114,6 +114,7 @@ class JoinTable:
         self._first_ts: dict[str, int] = {}  # restored requests' own (see restore)
         self._deadlines = Deadlines()
         self._offsets = OffsetTracker(self._pending)
+        self._more = self._offsets.more  # the marks of other sources than the first
         # Per model position, the model_version string of its latest accepted event:
         # an equal later one is replaced by it, one copy per version instead of per event.
         self._versions: list[str | None] = [None] * len(self.models)
@@ -167,8 +168,8 @@ class JoinTable:
                 self._deadline = base + self.timeout_ms
             p.deadline_ms = self._deadline
             p.opened_ms = now_ms
-            p.source = None
-            p.more = None
+            p.low = 0
+            p.gap = UNMARKED
         else:
             if p[i] is not None:
                 return "duplicate"
@@ -193,8 +194,9 @@ class JoinTable:
             self._pending[rid] = p
             self._deadlines.push(p.deadline_ms, rid)
         if offset >= 0:
-            if p.source == source and offset > p.high:
-                p.high = offset  # a later event of the request's source: the common case
+            gap = offset - p.low
+            if gap > p.gap and source == self._offsets.primary:
+                p.gap = gap  # a later event of the request's source: the common case
             else:
                 self._offsets.track(rid, p, source, offset)
         return "accepted"
@@ -293,7 +295,7 @@ class JoinTable:
         rid, p, first_ts = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
-            self._offsets.closed(old)
+            self._offsets.closed(rid, old)
         self._first_ts.pop(rid, None)
         if first_ts != self._arrived(p)[0][1].ts:  # its first member's model was removed
             self._first_ts[rid] = first_ts
@@ -318,8 +320,6 @@ class JoinTable:
                 p = pending.get(rid)
                 if p is not None and p.deadline_ms == deadline:
                     del pending[rid]
-                    if p.source is not None:
-                        self._offsets.closed(p)
                     self._finish(rid, p, deadline if event_time else now_ms, True, False)
         self._compact()
 
@@ -338,8 +338,6 @@ class JoinTable:
         yet); ``source``/``offset``: the closing event's, when it is not tracked in ``p``."""
         if not opened:
             del self._pending[rid]
-            if p.source is not None:
-                self._offsets.closed(p)
         self._finish(rid, p, now_ms, expired, decided, source, offset)
         self._closes += 1
         if self._closes >= _COMPACT_EVERY:
@@ -370,8 +368,10 @@ class JoinTable:
         if self._first_ts:  # a restored request's own (see restore)
             first_ts = self._first_ts.pop(rid, first_ts)
         done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
-        if p.source is not None or offset >= 0:
-            done.spans = _spans(p, source, offset)
+        # Its offset marks become stale here (the caller took it out of _pending).
+        more = self._more
+        if p.gap != UNMARKED or offset >= 0 or (more and rid in more):
+            done.spans = self._offsets.spans(rid, p, source, offset)
         self._closed.append(done)
         if self.fused_memory_count:
             entry = (now_ms + self.fused_memory_ms, rid)

@@ -5,8 +5,10 @@ Two questions: the smallest offset, per source, of an event of a still-pending r
 the events a request was fused from (``spans``: the commit never lands inside one,
 worker/offsets.py).
 
-A request keeps the marks of its own events in its ``_Pending`` (``source``/``low``/
-``high``, ``more`` for further sources). Each source keeps, in arrival order, one entry
+A request keeps the marks of its events from the table's first source (``primary``: the
+only one but for multi-topic input) in its ``_Pending`` (``low``/``gap``); the marks of
+any other source are kept here, by request id (``more``), so that a request spends no
+slot on them. Each source keeps, in arrival order, one entry
 per request mark: its offset in an ``array('q')`` and the request id in a list beside it,
 16 bytes an entry instead of a tuple and a heap slot. Events of a source arrive in offset
 order, so the first live entry of that order is the smallest; a re-read after a seek back
@@ -21,7 +23,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Mapping
 
-from worker.join_pending import _Pending
+from worker.join_pending import UNMARKED, _Pending
 
 # A source's entries are rebuilt once they hold this many more than twice the live ones.
 COMPACT_SLACK = 1024
@@ -54,43 +56,44 @@ class _Source:
         self.head = 0
 
 
-def mark_live(p: _Pending | None, source: str, offset: int) -> bool:
-    """Whether ``offset`` is still the mark of pending request ``p`` for ``source``."""
-    if p is None:
-        return False
-    if p.source == source:
-        return p.low == offset
-    return p.more is not None and (m := p.more.get(source)) is not None and m[0] == offset
-
-
 class OffsetTracker:
     """The per-source marks of the pending requests of one table."""
 
-    __slots__ = ("_pending", "_sources", "entries", "tracked")
+    __slots__ = ("_pending", "_sources", "entries", "more", "primary", "tracked")
 
     def __init__(self, pending: Mapping[str, _Pending]) -> None:
         self._pending = pending
         self._sources: dict[str, _Source] = {}
         self.entries = 0  # entries from each source's head on, stale ones included
         self.tracked = 0  # live marks: one per (pending request, source)
+        # The first source tracked: its marks are the requests' own low/gap.
+        self.primary: str | None = None
+        # request id -> {source: [low, high]}, for the marks of any other source.
+        self.more: dict[str, dict[str, list[int]]] = {}
 
     def track(self, rid: str, p: _Pending, source: str, offset: int) -> None:
-        """Note an accepted event's offset in ``p``; a new smallest offset of its source
-        for this request becomes an entry (later events normally come at larger ones)."""
-        if p.source is None:
-            p.source = source
-            p.low = p.high = offset
-            self.tracked += 1
-        elif p.source == source:
-            if offset > p.high:
-                p.high = offset
-            if offset >= p.low:
-                return
-            p.low = offset  # a re-read after a seek back
+        """Note an accepted event's offset; a new smallest offset of its source for this
+        request becomes an entry (later events normally come at larger ones)."""
+        primary = self.primary
+        if primary is None:
+            primary = self.primary = source
+        if source == primary:
+            low = p.low
+            if p.gap == UNMARKED:
+                p.low = offset
+                p.gap = 0
+                self.tracked += 1
+            else:
+                if offset - low > p.gap:
+                    p.gap = offset - low
+                if offset >= low:
+                    return
+                p.gap += low - offset  # a re-read after a seek back: a new low
+                p.low = offset
         else:
-            more = p.more
+            more = self.more.get(rid)
             if more is None:
-                more = p.more = {}
+                more = self.more[rid] = {}
             mark = more.get(source)
             if mark is None:
                 more[source] = [offset, offset]
@@ -107,25 +110,61 @@ class OffsetTracker:
         s.append(offset, rid)
         self.entries += 1
 
-    def closed(self, p: _Pending) -> None:
-        """``p`` is no longer pending (closed or replaced): its marks are stale."""
-        if p.source is not None:
-            self.tracked -= 1 + (len(p.more) if p.more else 0)
+    def closed(self, rid: str, p: _Pending) -> dict[str, list[int]] | None:
+        """``p`` is no longer pending (closed or replaced): its marks are stale. Returns
+        its marks of sources other than the primary (None: none)."""
+        more = self.more.pop(rid, None) if self.more else None
+        self.tracked -= (p.gap != UNMARKED) + (len(more) if more else 0)
+        return more
+
+    def spans(
+        self, rid: str, p: _Pending, source: str = "", offset: int = -1
+    ) -> dict[str, tuple[int, int]]:
+        """Per source, the (first, last) offset of the events of ``p``, which closes (its
+        marks become stale, as in ``closed``), widened by the event at ``offset`` of
+        ``source`` (the one that completed it; -1: none)."""
+        out: dict[str, tuple[int, int]] = {}
+        low = p.low
+        if p.gap != UNMARKED:
+            self.tracked -= 1
+            out[self.primary] = (low, low + p.gap)  # type: ignore[index]  # set by that mark
+        if self.more:
+            more = self.more.pop(rid, None)
+            if more is not None:
+                self.tracked -= len(more)
+                for other, (first, last) in more.items():
+                    out[other] = (first, last)
+        if offset >= 0:
+            span = out.get(source)
+            out[source] = (
+                (offset, offset) if span is None else (min(span[0], offset), max(span[1], offset))
+            )
+        return out
+
+    def live(self, rid: str, source: str, offset: int) -> bool:
+        """Whether ``offset`` is still the mark of pending request ``rid`` for ``source``."""
+        p = self._pending.get(rid)
+        if p is None:
+            return False
+        if source == self.primary:
+            return p.low == offset and p.gap != UNMARKED
+        more = self.more.get(rid)
+        return more is not None and (m := more.get(source)) is not None and m[0] == offset
 
     def oldest(self) -> dict[str, int]:
         """Per source, the smallest offset of a pending request's event."""
         out: dict[str, int] = {}
-        pending = self._pending
+        live = self.live
         for source, s in list(self._sources.items()):
             if not s.ordered:
-                live = sorted(self._live(source, s))
-                self.entries -= len(s.rids) - s.head - len(live)
-                s.keep(live)
+                kept = sorted(self._live(source, s))
+                self.entries -= len(s.rids) - s.head - len(kept)
+                s.keep(kept)
                 s.ordered = True
-                s.last = live[-1][0] if live else -1
+                s.last = kept[-1][0] if kept else -1
             offsets, rids, head, n = s.offsets, s.rids, s.head, len(s.rids)
             while head < n:
-                if mark_live(pending.get(rids[head]), source, offsets[head]):
+                if live(rids[head], source, offsets[head]):
                     out[source] = offsets[head]
                     break
                 head += 1
@@ -145,17 +184,17 @@ class OffsetTracker:
         if self.entries <= 2 * self.tracked + COMPACT_SLACK:
             return
         for source, s in list(self._sources.items()):
-            live = list(self._live(source, s))
-            if live:
-                s.keep(live)
+            kept = self._live(source, s)
+            if kept:
+                s.keep(kept)
             else:
                 del self._sources[source]
         self.entries = sum(len(s.rids) for s in self._sources.values())
 
     def _live(self, source: str, s: _Source) -> list[tuple[int, str]]:
-        pending = self._pending
+        live = self.live
         return [
             (offset, rid)
             for offset, rid in zip(s.offsets[s.head :], s.rids[s.head :], strict=True)
-            if mark_live(pending.get(rid), source, offset)
+            if live(rid, source, offset)
         ]

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 from worker.events import PredictionEvent
 
+# ``_Pending.gap`` of a request with no offset mark from its table's first source (its
+# ``low`` is 0): above any Kafka offset, so that ``offset - p.low`` is never above it.
+UNMARKED = 1 << 63
+
 
 class _Pending(list[PredictionEvent | None]):
     """One open request: its events by model position (None: not reported yet), and
@@ -17,26 +21,19 @@ class _Pending(list[PredictionEvent | None]):
     # int in base len(models) + 1 (a small int: no extra object for a few models); it
     # has as many digits as members, so a request is complete once it reaches
     # base ** (len(models) - 1), a test that calls no event's __eq__ (``None in p`` does).
-    # source/low/high: the first source an event came from and the smallest and largest
-    # offset of its events there; more: {source: [low, high]} for any further source
-    # (multi-topic input only). See worker/join_offsets.py.
-    __slots__ = (
-        "arrival",
-        "deadline_ms",
-        "high",
-        "low",
-        "more",
-        "opened_ms",
-        "source",
-    )
+    # low/gap: the smallest offset of its events from the first source its table tracked
+    # (``OffsetTracker.primary``; gap UNMARKED: none yet) and how far the largest lies above
+    # it (an int below 257 is one of CPython's shared small ints, no object of its own,
+    # where the largest offset would be a 32-byte int). The marks of other sources
+    # (multi-topic input only) are kept by the table, not here, so that five slots make
+    # the object 96 bytes, not 112. See worker/join_offsets.py.
+    __slots__ = ("arrival", "deadline_ms", "gap", "low", "opened_ms")
 
     arrival: int
     deadline_ms: int
-    high: int
+    gap: int
     low: int
-    more: dict[str, list[int]] | None
     opened_ms: int
-    source: str | None
 
 
 def arrival_order(arrival: int, models: Sequence[str]) -> tuple[tuple[str, int], ...]:
@@ -74,20 +71,3 @@ def _share(event: PredictionEvent, p: _Pending) -> None:
         event.trace_id = None
     if shared_ts is not None and shared_ts is not ts:
         event.ts = shared_ts
-
-
-def _spans(p: _Pending, source: str = "", offset: int = -1) -> dict[str, tuple[int, int]]:
-    """Per source, the (first, last) offset of a request's tracked events, widened by
-    the event at ``offset`` of ``source`` (the one that completed it; -1: none)."""
-    out: dict[str, tuple[int, int]] = {}
-    if p.source is not None:
-        out[p.source] = (p.low, p.high)
-        if p.more is not None:
-            for other, (low, high) in p.more.items():
-                out[other] = (low, high)
-    if offset >= 0:
-        span = out.get(source)
-        out[source] = (
-            (offset, offset) if span is None else (min(span[0], offset), max(span[1], offset))
-        )
-    return out

@@ -16,7 +16,7 @@ from worker.events import (
     pack_probs,
     unpack_probs,
 )
-from worker.join_pending import _Pending
+from worker.join_pending import UNMARKED, _Pending
 
 STATE_VERSION = 1
 
@@ -73,8 +73,8 @@ def pending_from_state(
         first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
-    p.source = None
-    p.more = None
+    p.low = 0
+    p.gap = UNMARKED
     return rid, p, first_ts
 
 
