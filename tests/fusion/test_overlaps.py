@@ -35,17 +35,22 @@ def numpy_char_overlaps(groups: list[list[str]], order: int) -> list[np.ndarray]
     return ngram.char_overlaps(groups, order)[1]
 
 
-@given(st.lists(st.lists(TEXT, min_size=1, max_size=14), min_size=1, max_size=6))
-@settings(max_examples=300)
-def test_kernel_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
-    """Every group's overlaps of orders 1..6 and its lengths are the numpy counting's,
-    for groups of 1 to 14 texts (with and without the mask histogram)."""
+def assert_counts_equal_numpy(groups: list[list[str]]) -> None:
+    """The kernel's overlaps of orders 1..6 and lengths equal the numpy counting's."""
     lengths, matches = overlaps.char_overlaps(groups, 6)
     want_lengths, want_matches = ngram.char_overlaps(groups, 6)
     for got, want in zip(matches, want_matches, strict=True):
         np.testing.assert_array_equal(got, want)
     for got, want in zip(lengths, want_lengths, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@given(st.lists(st.lists(TEXT, min_size=1, max_size=14), min_size=1, max_size=6))
+@settings(max_examples=300)
+def test_kernel_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
+    """Every group's overlaps of orders 1..6 and its lengths are the numpy counting's,
+    for groups of 1 to 14 texts (with and without the mask histogram)."""
+    assert_counts_equal_numpy(groups)
 
 
 # ASCII only: the batch is then copied one byte per character (another compiled path),
@@ -57,12 +62,7 @@ ASCII_TEXT = st.text(st.sampled_from("aab ab\t\n\r\x0b\x0c\x1c\x1d\x1e\x1fxyz.")
 @settings(max_examples=200)
 def test_kernel_ascii_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
     """ASCII-only batches (one byte per character) count what numpy counts."""
-    lengths, matches = overlaps.char_overlaps(groups, 6)
-    want_lengths, want_matches = ngram.char_overlaps(groups, 6)
-    for got, want in zip(matches, want_matches, strict=True):
-        np.testing.assert_array_equal(got, want)
-    for got, want in zip(lengths, want_lengths, strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_counts_equal_numpy(groups)
 
 
 @given(
