@@ -49,7 +49,7 @@ def assert_counts_equal_numpy(groups: list[list[str]]) -> None:
 @settings(max_examples=300)
 def test_kernel_char_overlaps_equal_numpy(groups: list[list[str]]) -> None:
     """Every group's overlaps of orders 1..6 and its lengths are the numpy counting's,
-    for groups of 1 to 14 texts (with and without the mask histogram)."""
+    for groups of 1 to 14 texts."""
     assert_counts_equal_numpy(groups)
 
 
