@@ -188,6 +188,14 @@ class PrivateBroker:
         self.env = {**os.environ, "KAFKA_PORT": str(self.port)}
         self.bootstrap = f"127.0.0.1:{self.port}"
 
+    def other_port(self) -> int:
+        """A free port for an extra listener, never this broker's client port or its
+        controller's (port + 1), which nothing holds until the broker binds it."""
+        port = free_port()
+        while port in (self.port, self.port + 1):
+            port = free_port()
+        return port
+
     def start(self, attempts: int = 3) -> None:
         """``up`` on free ports; other processes may take a port between our check and
         the broker's bind, so a failed first start moves to new ports."""

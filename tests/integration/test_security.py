@@ -30,9 +30,10 @@ PASSWORD = "s3cr3t-Pa55-7f2c"
 class SaslBroker(PrivateBroker):
     """A private broker with an extra SASL_PLAINTEXT listener and a SCRAM/PLAIN user."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.sasl_port = free_port()
+    def _pick_ports(self) -> None:
+        # Also on a retried start (``start``): new ports for every listener.
+        super()._pick_ports()
+        self.sasl_port = self.other_port()
         self.env.update(
             {"KAFKA_SASL_PORT": str(self.sasl_port), "KAFKA_SCRAM_USERS": f"{USER}:{PASSWORD}"}
         )
@@ -42,7 +43,7 @@ class SaslBroker(PrivateBroker):
 @pytest.fixture(scope="module")
 def sasl_broker() -> Iterator[SaslBroker]:
     broker = SaslBroker()
-    broker.run("up")
+    broker.start()
     try:
         yield broker
     finally:

@@ -79,12 +79,17 @@ class TlsBroker(PrivateBroker):
     """A private broker with an extra SSL listener (plaintext stays for the admin)."""
 
     def __init__(self, certs: Certificates) -> None:
+        self.certs = certs
         super().__init__()
-        self.ssl_port = free_port()
+
+    def _pick_ports(self) -> None:
+        # Also on a retried start (``start``): new ports for every listener.
+        super()._pick_ports()
+        self.ssl_port = self.other_port()
         self.env.update(
             {
                 "KAFKA_SSL_PORT": str(self.ssl_port),
-                "KAFKA_SSL_KEYSTORE": str(certs.broker_keystore),
+                "KAFKA_SSL_KEYSTORE": str(self.certs.broker_keystore),
                 "KAFKA_SSL_KEYSTORE_PASSWORD": STOREPASS,
             }
         )
@@ -102,7 +107,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 @pytest.fixture(scope="module")
 def tls_broker(certs: Certificates) -> Iterator[TlsBroker]:
     broker = TlsBroker(certs)
-    broker.run("up")
+    broker.start()
     try:
         yield broker
     finally:
