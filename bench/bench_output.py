@@ -13,7 +13,9 @@ best of ``--repeat`` runs, with the garbage collector tuned as the worker tunes 
            results);
 - encode:  the result dicts of the fused batches to ``OutRecord``s (JSON bytes, key,
            ``traceparent`` header), what the engine adds when it encodes;
-- engine:  both, as ``Engine`` runs them for a step (the figure that counts).
+- engine:  both, as ``Engine`` runs them for a step (the figure that counts);
+- tally:   what the loop then counts of the fused batches (``Metrics.observe_results``
+           and ``observe_arrivals``: statuses, missing models, disagreement, latencies).
 
 Run: ``.venv/bin/python bench/bench_output.py [--requests N] [--repeat R]
 [--strategy NAME] [--profile FILE]``; ``--profile`` writes a cProfile of the engine
@@ -43,6 +45,7 @@ from worker.config import Config, build_config  # noqa: E402
 from worker.engine import Engine, OutRecord, Step  # noqa: E402
 from worker.events import FinishedRequest, PredictionEvent  # noqa: E402
 from worker.fusion import Fuser  # noqa: E402
+from worker.metrics import Metrics  # noqa: E402
 from worker.runtime.main import tune_gc  # noqa: E402
 from worker.tracecontext import HEADER, fused_traceparent  # noqa: E402
 
@@ -148,6 +151,13 @@ def main() -> None:
         for b, r in zip(batches, results, strict=True):
             encode(r, b)
 
+    metrics = Metrics(models=MODELS, strategy=args.strategy, process_metrics=False)
+
+    def tally_runs() -> None:
+        for b, r in zip(batches, results, strict=True):
+            metrics.observe_results(r)
+            metrics.observe_arrivals(b)
+
     def engine_runs() -> None:
         for t in tagged:
             # The step's fusion and encoding, without decoding and joining.
@@ -156,6 +166,7 @@ def main() -> None:
     fused = n / best_seconds(fuse_only, args.repeat)
     encoded = n / best_seconds(encode_only, args.repeat)
     whole = n / best_seconds(engine_runs, args.repeat)
+    counted = n / best_seconds(tally_runs, args.repeat)
     print(
         f"{n:,} requests ({args.strategy}, {args.partial:.0%} partial, {args.traced:.0%} "
         f"traced), batches of {args.batch}, best of {args.repeat}, requests per CPU second "
@@ -164,6 +175,7 @@ def main() -> None:
     print(f"fuse    {fused:>12,.0f}")
     print(f"encode  {encoded:>12,.0f}")
     print(f"engine  {whole:>12,.0f}")
+    print(f"tally   {counted:>12,.0f}")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(engine_runs)

@@ -279,10 +279,14 @@ class Metrics:
         missing: Tally[str] = Tally()
         disagree: Tally[str] = Tally()
         latencies_ms: list[float] = []
+        # Once per result and member: plain loops, not Counter.update (whose Mapping
+        # check alone cost as much as the rest for the usual empty ``missing``).
         for r in results:
-            statuses[(r["strategy"], r["status"])] += 1
-            if r["status"] != "decided":  # decided early: nobody was waited for in vain
-                missing.update(r.get("missing", ()))
+            status = r["status"]
+            statuses[(r["strategy"], status)] += 1
+            if status != "decided":  # decided early: nobody was waited for in vain
+                for model in r.get("missing", ()):
+                    missing[model] += 1
             fused = r.get("label")
             if fused is not None:
                 for model, member in r.get("members", {}).items():
