@@ -88,13 +88,19 @@ def events(
 
 
 @contextlib.asynccontextmanager
-async def topics(bootstrap: str, specs: dict[str, int]) -> AsyncIterator[list[str]]:
-    """Create fresh topics {name: partitions}; delete them (and nothing else) on exit."""
+async def topics(
+    bootstrap: str, specs: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> AsyncIterator[list[str]]:
+    """Create fresh topics {name: partitions}, with ``configs`` {name: {key: value}}
+    where given; delete them (and nothing else) on exit."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     names = list(specs)
+    configs = configs or {}
     try:
-        await admin.create_topics([NewTopic(t, n, 1) for t, n in specs.items()])
+        await admin.create_topics(
+            [NewTopic(t, n, 1, topic_configs=configs.get(t, {})) for t, n in specs.items()]
+        )
         await _wait_listed(admin, names)
         yield names
     finally:

@@ -14,6 +14,13 @@ figures per request, after a warm-up:
   slowest model); the results' own ``latency_ms`` (first event's arrival at the worker
   -> fused, on the worker's clock) is printed beside it.
 
+Where the time goes is split at the broker: the input topic keeps each record's
+log-append time (``message.timestamp.type=LogAppendTime``; the events carry their own
+``ts``, so the worker reads nothing different), read back after the run, which gives
+last member published -> appended (this producer's queue and the broker) and last
+member appended -> fused (the worker's fetching, decoding, joining and fusing, and the
+wait for a core).
+
 Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S]``.
 """
 
@@ -44,6 +51,8 @@ class Latency:
     last_to_fused: dict[str, float]  # percentile -> ms
     first_to_fused: dict[str, float]
     result_latency: dict[str, float]  # the results' latency_ms
+    last_to_appended: dict[str, float]  # last member: published -> appended at the broker
+    appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
 
 
@@ -111,7 +120,8 @@ async def run(
     name = kit.unique("lat")
     topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
     inp, out, _ = topics
-    async with kit.topics(bootstrap, dict.fromkeys(topics, partitions)):
+    append_time = {inp: {"message.timestamp.type": "LogAppendTime"}}
+    async with kit.topics(bootstrap, dict.fromkeys(topics, partitions), append_time):
         async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")):
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
@@ -120,7 +130,31 @@ async def run(
             if filled.done is None:
                 print(f"only {filled.end} of {len(stamps)} results arrived")
         output = await kit.read_output(bootstrap, out)
-    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000)
+        appended = await last_appended(bootstrap, inp)
+    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended)
+
+
+async def last_appended(bootstrap: str, topic: str, idle_s: float = 1.0) -> dict[str, int]:
+    """{request_id: the log-append time of its latest event} of the input ``topic``
+    (keys are request ids)."""
+    consumer = kit.reader(bootstrap, committed_only=False)
+    await consumer.start()
+    latest: dict[str, int] = {}
+    try:
+        tps = await kit.partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
+            for records in batch.values():
+                last = time.monotonic()
+                for r in records:
+                    rid = r.key.decode()
+                    latest[rid] = max(latest.get(rid, 0), r.timestamp)
+    finally:
+        await consumer.stop()
+    return latest
 
 
 def figures(
@@ -129,11 +163,15 @@ def figures(
     stamps: dict[str, tuple[int, int]],
     output: kit.Output,
     since_ms: float,
+    appended: dict[str, int] | None = None,
 ) -> Latency:
     """The percentiles of the requests whose first event was published at ``since_ms``
-    or later (after the warm-up), matched with their results in ``output``."""
+    or later (after the warm-up), matched with their results in ``output`` and, where
+    known, their last event's log-append time in ``appended``."""
     measured = [rid for rid, (first, _) in stamps.items() if first >= since_ms]
     last_to_fused, first_to_fused, result_latency = [], [], []
+    to_appended, appended_to_fused = [], []
+    appended = appended or {}
     missing = 0
     for rid in measured:
         fused = output.timestamps.get(rid)
@@ -144,6 +182,10 @@ def figures(
         last_to_fused.append(fused - last)
         first_to_fused.append(fused - first)
         result_latency.append(output.latency_ms[rid])
+        at = appended.get(rid)
+        if at is not None:
+            to_appended.append(at - last)
+            appended_to_fused.append(fused - at)
     return Latency(
         rate=rate,
         achieved=achieved,
@@ -151,6 +193,8 @@ def figures(
         last_to_fused=percentiles(last_to_fused),
         first_to_fused=percentiles(first_to_fused),
         result_latency=percentiles(result_latency),
+        last_to_appended=percentiles(to_appended),
+        appended_to_fused=percentiles(appended_to_fused),
         missing=missing,
     )
 
@@ -164,7 +208,10 @@ def show(r: Latency) -> str:
         f"after the warm-up, {r.missing} without a result; p50 / p95 / p99 / max ms:\n"
         f"  last member -> fused   {fmt(r.last_to_fused)}\n"
         f"  first event -> fused   {fmt(r.first_to_fused)}\n"
-        f"  result latency_ms      {fmt(r.result_latency)}"
+        f"  result latency_ms      {fmt(r.result_latency)}\n"
+        f"  split of the first line at the broker's log-append time:\n"
+        f"  last member -> appended   {fmt(r.last_to_appended)}\n"
+        f"  appended -> fused         {fmt(r.appended_to_fused)}"
     )
 
 
