@@ -21,7 +21,9 @@ last member published -> appended (this producer's queue and the broker) and las
 member appended -> fused (the worker's fetching, decoding, joining and fusing, and the
 wait for a core).
 
-Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S]``.
+Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S] [--profile FILE]``
+(``--profile``: py-spy samples the worker while the load runs; summarise the file with
+``python -m bench.profile_report FILE``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -51,6 +55,7 @@ class Latency:
     last_to_fused: dict[str, float]  # percentile -> ms
     first_to_fused: dict[str, float]
     result_latency: dict[str, float]  # the results' latency_ms
+    cores: dict[str, float]  # cores busy while publishing: worker, load generator, machine
     last_to_appended: dict[str, float]  # last member: published -> appended at the broker
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
@@ -115,23 +120,40 @@ async def publish(
 
 
 async def run(
-    bootstrap: str, rate: float, seconds: float, partitions: int, warmup_s: float = 3.0
+    bootstrap: str,
+    rate: float,
+    seconds: float,
+    partitions: int,
+    warmup_s: float = 3.0,
+    profile: Path | None = None,
 ) -> Latency:
     name = kit.unique("lat")
     topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
     inp, out, _ = topics
     append_time = {inp: {"message.timestamp.type": "LogAppendTime"}}
     async with kit.topics(bootstrap, dict.fromkeys(topics, partitions), append_time):
-        async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")):
+        async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")) as (
+            worker,
+            _,
+        ):
+            profiler = procs.Profiler(worker.pid, profile) if profile else None
+            before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
+            after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
+            if profiler is not None:
+                profiler.stop()
             filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
             if filled.done is None:
                 print(f"only {filled.end} of {len(stamps)} results arrived")
         output = await kit.read_output(bootstrap, out)
         appended = await last_appended(bootstrap, inp)
-    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended)
+    wall, *used = (b - a for a, b in zip(before, after, strict=True))
+    cores = dict(
+        zip(("worker", "load generator", "machine"), (u / wall for u in used), strict=True)
+    )
+    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
 
 
 async def last_appended(bootstrap: str, topic: str, idle_s: float = 1.0) -> dict[str, int]:
@@ -164,6 +186,7 @@ def figures(
     output: kit.Output,
     since_ms: float,
     appended: dict[str, int] | None = None,
+    cores: dict[str, float] | None = None,
 ) -> Latency:
     """The percentiles of the requests whose first event was published at ``since_ms``
     or later (after the warm-up), matched with their results in ``output`` and, where
@@ -193,6 +216,7 @@ def figures(
         last_to_fused=percentiles(last_to_fused),
         first_to_fused=percentiles(first_to_fused),
         result_latency=percentiles(result_latency),
+        cores=cores or {},
         last_to_appended=percentiles(to_appended),
         appended_to_fused=percentiles(appended_to_fused),
         missing=missing,
@@ -211,7 +235,10 @@ def show(r: Latency) -> str:
         f"  result latency_ms      {fmt(r.result_latency)}\n"
         f"  split of the first line at the broker's log-append time:\n"
         f"  last member -> appended   {fmt(r.last_to_appended)}\n"
-        f"  appended -> fused         {fmt(r.appended_to_fused)}"
+        f"  appended -> fused         {fmt(r.appended_to_fused)}\n"
+        f"  cores busy while publishing: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
+        + f" (of {os.cpu_count()})"
     )
 
 
@@ -221,8 +248,12 @@ def main() -> None:
     p.add_argument("--rate", type=float, required=True, help="input events per second")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--profile", type=Path, help="sample the worker with py-spy while publishing, into FILE"
+    )
     args = p.parse_args()
-    print(show(asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.partitions))))
+    lat = run(args.bootstrap, args.rate, args.seconds, args.partitions, profile=args.profile)
+    print(show(asyncio.run(lat)))
 
 
 if __name__ == "__main__":

@@ -216,6 +216,14 @@ async def running_worker(
 # -- the machine -----------------------------------------------------------------------
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process: user,
+    nice, system, irq, softirq, steal), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 def machine() -> dict[str, str]:
     """Cores, RAM, CPU model, Python and library versions, for the report."""
     import aiokafka

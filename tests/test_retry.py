@@ -132,3 +132,15 @@ def test_a_topic_seen_again_starts_its_clock_afresh() -> None:
     watch.observe({"in"}, 16.5)
     with pytest.raises(KafkaSetupError):
         watch.observe({"in"}, 17.0)
+
+
+def test_backoff_without_rng_does_not_seed_a_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Backoff made without ``rng`` draws from one shared generator: the sink makes a
+    Backoff per batch it submits, and seeding a Random reads the OS's entropy each time."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("a Random was seeded")
+
+    monkeypatch.setattr(random.Random, "seed", refuse)
+    b = Backoff(100, 1000)
+    assert 0.05 <= b.next_s() <= 0.1

@@ -120,6 +120,10 @@ class TopicWatch:
             )
 
 
+# The jitter's draws when no generator is given (not crypto).
+_SHARED_RNG = random.Random()  # noqa: S311
+
+
 class Backoff:
     """Exponential backoff from ``base_ms`` to ``max_ms``, each wait drawn uniformly
     from [half, all] of the current step ("equal jitter": never shorter than half, so a
@@ -136,7 +140,9 @@ class Backoff:
         self.base_ms = base_ms
         self.max_ms = max(max_ms, base_ms)
         self._step_ms = float(base_ms)
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - not crypto
+        # Not a Random() of its own: seeding one reads the OS's entropy, and the sink
+        # makes a Backoff per batch it submits, nearly always without a failure.
+        self._rng: random.Random = rng if rng is not None else _SHARED_RNG
 
     def next_s(self) -> float:
         """The next wait, in seconds, and move the step on."""
