@@ -167,7 +167,13 @@ class BatchWriter:
         self.count = 0
 
     async def add(self, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
-        p = partition_for(key, self.partitions)
+        await self.add_to(partition_for(key, self.partitions), key, value, timestamp_ms)
+
+    async def add_to(
+        self, p: int, key: bytes, value: bytes, timestamp_ms: int | None = None
+    ) -> None:
+        """``add`` to partition ``p``, which the caller computed for ``key`` (once for
+        all the events of a request)."""
         builder = self._builders.get(p)
         if builder is None:
             builder = self._builders[p] = self.producer.create_batch()

@@ -41,6 +41,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from bench import kit, procs
+from worker.murmur2 import partition_for
 
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
@@ -87,8 +88,14 @@ async def publish(
     writer = kit.BatchWriter(producer, topic, partitions)
     per_request = len(kit.MODELS)
     request_rate = rate / per_request
-    due: list[tuple[float, int, int, str]] = []  # (time, seq, model index, request id)
+    # (time, seq, model index, request id, its key, its partition)
+    due: list[tuple[float, int, int, str, bytes, int]] = []
     stamps: dict[str, tuple[int, int]] = {}
+    # This process shares the cores with the worker and the broker, so it does per
+    # request what it can (the partition, the delays, drawn for many requests at once).
+    lows = np.array([lo for lo, _ in DELAYS_MS])
+    highs = np.array([hi for _, hi in DELAYS_MS])
+    delays_s: list[list[float]] = []
     started = time.time()
     i = seq = 0
     try:
@@ -96,17 +103,22 @@ async def publish(
             now = time.time()
             # open the requests whose start time has come
             while i < request_rate * min(now - started, seconds):
+                if not delays_s:
+                    drawn = rng.uniform(lows, highs, size=(4096, per_request)) / 1000
+                    delays_s = drawn.tolist()
                 start = started + i / request_rate
                 rid = kit.request_id(run, i)
-                for m, (lo, hi) in enumerate(DELAYS_MS):
+                key = rid.encode()
+                p = partition_for(key, partitions)
+                for m, delay_s in enumerate(delays_s.pop()):
                     seq += 1
-                    heapq.heappush(due, (start + rng.uniform(lo, hi) / 1000, seq, m, rid))
+                    heapq.heappush(due, (start + delay_s, seq, m, rid, key, p))
                 i += 1
             while due and due[0][0] <= now:
-                _, k, m, rid = heapq.heappop(due)
+                _, k, m, rid, key, p = heapq.heappop(due)
                 ts = int(time.time() * 1000)
                 value = kit.event_value(rid, kit.MODELS[m], ts, pool[k % len(pool)])
-                await writer.add(rid.encode(), value, timestamp_ms=ts)
+                await writer.add_to(p, key, value, timestamp_ms=ts)
                 first, last = stamps.get(rid, (ts, ts))
                 stamps[rid] = (min(first, ts), max(last, ts))
             await writer.send_pending()
