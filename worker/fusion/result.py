@@ -156,7 +156,9 @@ def classification_results(
         share = chosen.astype(np.float64)
     else:
         scored = member_probs if scored_probs is None else scored_probs
-        share = np.take_along_axis(scored, fused.labels[:, None, None], axis=2)[:, :, 0]
+        # Each member's probability of its request's fused label: one gather
+        # (take_along_axis gives the same, through several Python-level numpy calls).
+        share = scored[np.arange(len(fused.labels)), :, fused.labels]
     contribution = (fused.weights * share).tolist()
     uncovered = (
         [[k for k, c in enumerate(row) if not c] for row in cover.tolist()]
