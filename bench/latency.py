@@ -60,6 +60,7 @@ class Latency:
     last_to_appended: dict[str, float]  # last member: published -> appended at the broker
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
+    steps_per_s: float = 0.0  # the worker's non-empty fetches per second while publishing
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -146,14 +147,16 @@ async def run(
     async with kit.topics(bootstrap, dict.fromkeys(topics, partitions), append_time):
         async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")) as (
             worker,
-            _,
+            port,
         ):
             profiler = procs.Profiler(worker.pid, profile) if profile else None
+            steps_before = procs.metric(port, "fusion_batch_size_count") or 0.0
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
+            steps = (procs.metric(port, "fusion_batch_size_count") or 0.0) - steps_before
             if profiler is not None:
                 profiler.stop()
             filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
@@ -162,10 +165,15 @@ async def run(
         output = await kit.read_output(bootstrap, out)
         appended = await last_appended(bootstrap, inp)
     wall, *used = (b - a for a, b in zip(before, after, strict=True))
+    # The worker's steps (non-empty fetches) per second while publishing: the fewer, the
+    # larger each batch and the less the fixed cost of a step counts.
+    steps_per_s = steps / wall
     cores = dict(
         zip(("worker", "load generator", "machine"), (u / wall for u in used), strict=True)
     )
-    return figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
+    out = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
+    out.steps_per_s = steps_per_s
+    return out
 
 
 async def last_appended(bootstrap: str, topic: str, idle_s: float = 1.0) -> dict[str, int]:
@@ -250,7 +258,7 @@ def show(r: Latency) -> str:
         f"  appended -> fused         {fmt(r.appended_to_fused)}\n"
         f"  cores busy while publishing: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
-        + f" (of {os.cpu_count()})"
+        + f" (of {os.cpu_count()}); the worker's steps {r.steps_per_s:,.0f}/s"
     )
 
 
