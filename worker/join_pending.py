@@ -76,9 +76,11 @@ def _share(event: PredictionEvent, p: _Pending, base: int) -> None:
         shared_ts = first.ts if first.ts == ts else None
     else:
         first = traced = shared_ts = None
-        for k in range(base - 1):  # not p's last item: its opening time
-            other = p[k]
-            if other is not None:
+        # Iterating the list is the fastest walk (a subscript of a list subclass is
+        # not); its last item, the opening time, is skipped by identity.
+        opened = p[-1]
+        for other in p:
+            if other is not None and other is not opened:
                 if first is None:
                     first = other
                 if other.trace_id is not None:
