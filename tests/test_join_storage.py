@@ -4,6 +4,7 @@ buckets and the per-source offset marks, each against what a plain computation s
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -226,3 +227,54 @@ def test_a_restored_request_keeps_its_first_ts_when_its_first_member_is_gone() -
     t.close_all(200)
     [done] = t.drain()
     assert (done.first_ts, list(done.members)) == (3, ["b"])
+
+
+def test_a_pending_request_of_three_models_takes_112_bytes() -> None:
+    """Three slots and an item array of the three events and the opening time: 80 bytes
+    and 32 (five slots took 96 and 32), the opening time exact."""
+    t = table()
+    t.add(ev("r", "a"), 10**12)
+    p = t._pending["r"]
+    assert sys.getsizeof(p) <= 112
+    assert p.opened_ms == 10**12
+    assert list(p[:3]) == [p[0], None, None]
+
+
+def test_a_restored_request_keeps_a_deadline_set_by_another_timeout() -> None:
+    """Saved by a table with a 100 ms timeout, restored by one with 1,000: it still
+    closes at its saved deadline, exports it again, and its id's next request gets the
+    new table's timeout."""
+    old = table(timeout_ms=100)
+    old.add(ev("r", "a", ts=3), 10)
+    state = old.pending_state("r")
+    assert state is not None
+    assert state["deadline_ms"] == 110
+    t = table(timeout_ms=1000)
+    t.restore(state)
+    assert t.pending_state("r") == state
+    assert t.next_deadline_ms() == 110
+    t.expire(109)
+    assert "r" in t
+    t.expire(110)
+    [done] = t.drain()
+    assert (done.opened_ms, done.fused_ts, done.expired) == (10, 110, True)
+    t.add(ev("r2", "a"), 200)
+    assert t.next_deadline_ms() == 1200
+    assert t._odd_deadlines == {}
+
+
+def test_an_event_time_deadline_follows_the_first_members_ts() -> None:
+    """Under event time a request's deadline is its first member's ts + timeout_ms,
+    whatever later members' ts are and whenever it opened on the stream clock."""
+    t = table(timeout_ms=100, event_time=True)
+    t.add(ev("r", "b", ts=40), 90)
+    t.add(ev("r", "a", ts=5), 95)
+    assert t.next_deadline_ms() == 140
+    state = t.pending_state("r")
+    assert state is not None
+    assert (state["opened_ms"], state["deadline_ms"]) == (90, 140)
+    t.expire(139)
+    assert "r" in t
+    t.expire(140)
+    [done] = t.drain()
+    assert (done.first_ts, done.opened_ms, done.fused_ts) == (40, 90, 140)

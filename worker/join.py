@@ -32,12 +32,12 @@ skipped when it is reached, and entries are rebuilt when stale ones outnumber th
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
+from worker.join_fused import FusedIds
 from worker.join_offsets import OffsetTracker
 from worker.join_pending import UNMARKED, _Pending, _share, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
@@ -104,23 +104,28 @@ class JoinTable:
         # What an exported state depends on (worker/state_deps.py), written with it.
         self.deps = dict(deps) if deps is not None else None
         self._index = {name: i for i, name in enumerate(self.models)}
-        self._empty = (None,) * len(self.models)
+        # A new request's items: no event yet, then its opening time (see _Pending).
+        self._last = len(self.models)  # that opening time's index
         self._base_digits = len(self.models) + 1
+        self._empty = (None,) * self._base_digits
         # An arrival code this large has a digit for every model (see _Pending).
         self._complete = self._base_digits ** (len(self.models) - 1)
         self._orders: dict[int, tuple[tuple[str, int], ...]] = {}
         self._closes = 0  # since the last compaction check
         self._pending: dict[str, _Pending] = {}
         self._first_ts: dict[str, int] = {}  # restored requests' own (see restore)
+        # Restored requests' own deadlines, where not the one _deadline_of derives.
+        self._odd_deadlines: dict[str, int] = {}
         self._deadlines = Deadlines()
         self._offsets = OffsetTracker(self._pending)
         self._more = self._offsets.more  # the marks of other sources than the first
         # Per model position, the model_version string of its latest accepted event:
         # an equal later one is replaced by it, one copy per version instead of per event.
         self._versions: list[str | None] = [None] * len(self.models)
-        # request_id -> its entry in _fused_order (expiry_ms, request_id), oldest first
-        self._fused: dict[str, tuple[int, str]] = {}
-        self._fused_order: deque[tuple[int, str]] = deque()
+        # The ids closed lately; its dict and deque read directly on the hot path.
+        self._memory = FusedIds(fused_memory_count)
+        self._fused, self._fused_order = self._memory.ids, self._memory.order
+        self._forget = self._memory.forget
         self._closed: list[FinishedRequest] = []
         # Requests opened at the same base time share one deadline int object.
         self._base = -1
@@ -162,18 +167,13 @@ class JoinTable:
                     return "late"
             p = _Pending(self._empty)
             p.arrival = i + 1
-            base = event.ts if self.event_time else now_ms
-            if base != self._base:
-                self._base = base
-                self._deadline = base + self.timeout_ms
-            p.deadline_ms = self._deadline
-            p.opened_ms = now_ms
+            p[self._last] = now_ms  # type: ignore[call-overload]  # its opening time
             p.low = 0
             p.gap = UNMARKED
         else:
             if p[i] is not None:
                 return "duplicate"
-            _share(event, p)
+            _share(event, p, self._base_digits)
             p.arrival = p.arrival * self._base_digits + i + 1
         version = event.model_version
         if version is not None:
@@ -187,12 +187,17 @@ class JoinTable:
         if p.arrival >= self._complete:  # every model reported
             self._close(rid, p, now_ms, False, False, opened, source, offset)
             return "accepted"
-        if self._decider is not None and self._decider(p) is not None:
+        if self._decider is not None and self._decider(p[:-1]) is not None:
             self._close(rid, p, now_ms, False, True, opened, source, offset)
             return "accepted"
         if opened:
             self._pending[rid] = p
-            self._deadlines.push(p.deadline_ms, rid)
+            # Requests opened at the same base time push one shared deadline int.
+            base = event.ts if self.event_time else now_ms
+            if base != self._base:
+                self._base = base
+                self._deadline = base + self.timeout_ms
+            self._deadlines.push(self._deadline, rid)
         if offset >= 0:
             gap = offset - p.low
             if gap > p.gap and source == self._offsets.primary:
@@ -235,9 +240,8 @@ class JoinTable:
     def oldest_opened_ms(self) -> int | None:
         """When the oldest pending request opened (None when nothing is pending).
 
-        The first request in arrival order: exact while ``now_ms`` does not go back,
-        which both clocks ensure (stream time never does; a wall-clock step back only
-        skews this gauge)."""
+        The first in arrival order: exact while ``now_ms`` does not go back (stream time
+        never does; a wall-clock step back only skews this gauge)."""
         for p in self._pending.values():
             return p.opened_ms
         return None
@@ -258,19 +262,7 @@ class JoinTable:
         remember it). Returns how many ids are remembered."""
         if not self.fused_memory_count:
             return 0
-        fused, order, pending = self._fused, self._fused_order, self._pending
-        expiry = now_ms + self.fused_memory_ms
-        n = 0
-        for rid in request_ids:
-            if rid in pending:
-                continue
-            entry = (expiry, rid)
-            fused[rid] = entry
-            order.append(entry)
-            n += 1
-        if len(fused) > self.fused_memory_count:
-            self._forget(None)
-        return n
+        return self._memory.add_all(request_ids, now_ms + self.fused_memory_ms, self._pending)
 
     # -- state export for the exactly-once changelog ------------------------------------
 
@@ -286,39 +278,62 @@ class JoinTable:
             return None
         arrived = self._arrived(p)
         first_ts = self._first_ts.get(request_id, arrived[0][1].ts)
-        return export_state(request_id, p, self.models, arrived, first_ts, self.deps)
+        deadline_ms = self._deadline_of(request_id, p)
+        return export_state(request_id, p, self.models, arrived, first_ts, deadline_ms, self.deps)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with
         the same id). Raises ValueError naming the bad field for a state this table
         cannot take (another version, a model it does not know)."""
-        rid, p, first_ts = pending_from_state(state, self._index, self.models)
+        rid, p, first_ts, deadline_ms = pending_from_state(state, self._index, self.models)
         old = self._pending.pop(rid, None)
         if old is not None:
             self._offsets.closed(rid, old)
         self._first_ts.pop(rid, None)
+        self._odd_deadlines.pop(rid, None)
         if first_ts != self._arrived(p)[0][1].ts:  # its first member's model was removed
             self._first_ts[rid] = first_ts
         if p.arrival >= self._complete:
             self._finish(rid, p, p.opened_ms, False, False)
             return
+        if deadline_ms != self._deadline_of(rid, p):
+            self._odd_deadlines[rid] = deadline_ms
         self._pending[rid] = p
-        self._deadlines.push(p.deadline_ms, rid)
+        self._deadlines.push(deadline_ms, rid)
 
     # -- internals ----------------------------------------------------------------------
 
+    def _deadline_of(self, rid: str, p: _Pending) -> int:
+        """A pending request's deadline: its first event's ``ts`` (event time) or its
+        opening time (live), plus ``timeout_ms``; a restored one may have its own."""
+        if self._odd_deadlines:
+            odd = self._odd_deadlines.get(rid)
+            if odd is not None:
+                return odd
+        if self.event_time:
+            first = p[self._order(p.arrival)[0][1]]
+            return first.ts + self.timeout_ms  # type: ignore[union-attr]  # a member
+        return p[-1] + self.timeout_ms  # type: ignore[operator]  # its opening time
+
     def _deadline_live(self, deadline_ms: int, rid: str) -> bool:
-        p = self._pending.get(rid)
-        return p is not None and p.deadline_ms == deadline_ms
+        return (p := self._pending.get(rid)) is not None and self._deadline_of(
+            rid, p
+        ) == deadline_ms
 
     def _expire(self, due_ms: int | None, now_ms: int) -> None:
         """Close the requests due at ``due_ms`` (all when None), then compact once."""
         pending = self._pending
         event_time = self.event_time
+        # Live (and nothing restored) a deadline is the opening time + timeout_ms: inline.
+        timeout = None if event_time or self._odd_deadlines else self.timeout_ms
+        deadline_of = self._deadline_of
         for deadline, rids in self._deadlines.pop_due(due_ms):
             for rid in rids:
                 p = pending.get(rid)
-                if p is not None and p.deadline_ms == deadline:
+                if p is None:
+                    continue
+                due = deadline_of(rid, p) if timeout is None else p[-1] + timeout  # type: ignore[operator]
+                if due == deadline:
                     del pending[rid]
                     self._finish(rid, p, deadline if event_time else now_ms, True, False)
         self._compact()
@@ -346,7 +361,7 @@ class JoinTable:
     def _compact(self) -> None:
         # Rebuild once most entries are of closed requests: memory follows the pending.
         self._closes = 0
-        self._deadlines.compact(self._pending)
+        self._deadlines.compact(self._pending, self._deadline_of)
         self._offsets.compact()
 
     def _finish(
@@ -367,18 +382,17 @@ class JoinTable:
         first_ts = p[order[0][1]].ts  # type: ignore[union-attr]
         if self._first_ts:  # a restored request's own (see restore)
             first_ts = self._first_ts.pop(rid, first_ts)
-        done = FinishedRequest(rid, members, first_ts, p.opened_ms, now_ms, expired, decided)
+        if self._odd_deadlines:
+            self._odd_deadlines.pop(rid, None)
+        opened_ms: int = p[-1]  # type: ignore[assignment]  # see _Pending
+        done = FinishedRequest(rid, members, first_ts, opened_ms, now_ms, expired, decided)
         # Its offset marks become stale here (the caller took it out of _pending).
         more = self._more
         if p.gap != UNMARKED or offset >= 0 or (more and rid in more):
             done.spans = self._offsets.spans(rid, p, source, offset)
         self._closed.append(done)
         if self.fused_memory_count:
-            entry = (now_ms + self.fused_memory_ms, rid)
-            self._fused[rid] = entry
-            self._fused_order.append(entry)
-            if len(self._fused) > self.fused_memory_count:
-                self._forget(None)
+            self._memory.add(rid, now_ms + self.fused_memory_ms)
 
     def _arrived(self, p: _Pending) -> list[tuple[int, PredictionEvent]]:
         """A request's (model position, event) pairs in arrival order."""
@@ -394,12 +408,3 @@ class JoinTable:
             if len(self._orders) < _ORDERS_CACHED:
                 self._orders[arrival] = order
         return order
-
-    def _forget(self, now_ms: int | None) -> None:
-        """Drop remembered ids past their time (``now_ms``) or beyond the count bound."""
-        fused, order, limit = self._fused, self._fused_order, self.fused_memory_count
-        while order and (len(fused) > limit or (now_ms is not None and order[0][0] <= now_ms)):
-            entry = order.popleft()
-            # The id may have been closed again since (after an earlier forget): keep that.
-            if fused.get(entry[1]) is entry:
-                del fused[entry[1]]

@@ -101,10 +101,13 @@ class Deadlines:
                 pass
         return None
 
-    def compact(self, pending: Mapping[str, _Pending]) -> None:
-        """Rebuild from the pending requests when stale entries outnumber live ones."""
+    def compact(
+        self, pending: Mapping[str, _Pending], deadline_of: Callable[[str, _Pending], int]
+    ) -> None:
+        """Rebuild from the pending requests (``deadline_of``: a request's deadline) when
+        stale entries outnumber live ones."""
         if self._entries <= 2 * len(pending) + COMPACT_SLACK:
             return
         self.__init__()  # type: ignore[misc]
         for rid, p in pending.items():
-            self.push(p.deadline_ms, rid)
+            self.push(deadline_of(rid, p), rid)

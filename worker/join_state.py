@@ -27,6 +27,7 @@ def export_state(
     models: Sequence[str],
     arrived: list[tuple[int, PredictionEvent]],
     first_ts: int,
+    deadline_ms: int,
     deps: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The snapshot ``JoinTable.pending_state`` returns; ``arrived``: the request's
@@ -36,7 +37,7 @@ def export_state(
         "v": STATE_VERSION,
         "request_id": request_id,
         "opened_ms": p.opened_ms,
-        "deadline_ms": p.deadline_ms,
+        "deadline_ms": deadline_ms,
         "first_ts": first_ts,
         "members": members,
     }
@@ -47,16 +48,17 @@ def export_state(
 
 def pending_from_state(
     state: dict[str, Any], index: Mapping[str, int], models: Sequence[str]
-) -> tuple[str, _Pending, int]:
-    """The request id, the re-opened request (without source offsets) and the first_ts
-    of a ``export_state`` snapshot. Raises ValueError naming the bad field for a state a table of
-    ``models`` cannot take (another version, a model it does not know)."""
+) -> tuple[str, _Pending, int, int]:
+    """The request id, the re-opened request (without source offsets), the first_ts
+    and the deadline of an ``export_state`` snapshot. Raises ValueError naming the bad
+    field for a state a table of ``models`` cannot take (another version, a model it
+    does not know)."""
     base_digits = len(models) + 1
     try:
         if state["v"] != STATE_VERSION:
             raise ValueError(f"pending state version {state['v']!r}, expected {STATE_VERSION}")
         rid = state["request_id"]
-        p = _Pending((None,) * len(models))
+        p = _Pending((None,) * (len(models) + 1))  # the events, then the opening time
         p.arrival = 0
         for name, fields in state["members"].items():  # in arrival order
             if name not in index:
@@ -69,13 +71,13 @@ def pending_from_state(
         if all(ev is None for ev in p):
             raise ValueError(f"pending state of {rid!r} has no members")
         p.opened_ms = int(state["opened_ms"])
-        p.deadline_ms = int(state["deadline_ms"])
+        deadline_ms = int(state["deadline_ms"])
         first_ts = int(state["first_ts"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed pending state {state!r}: {exc!r}") from None
     p.low = 0
     p.gap = UNMARKED
-    return rid, p, first_ts
+    return rid, p, first_ts, deadline_ms
 
 
 def _event_state(ev: PredictionEvent) -> dict[str, Any]:

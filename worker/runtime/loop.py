@@ -35,6 +35,7 @@ from worker.runtime.cycles import CycleCollector
 from worker.runtime.delivery import Context, Delivery, DeliveryFactory
 from worker.runtime.feedback import FeedbackLink, tally_feedback
 from worker.runtime.handoff import HandOff, Listener
+from worker.runtime.heap import HeapTrimmer
 from worker.runtime.partitions import Partitions
 from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal, retry_until_connected
 from worker.runtime.tally import observe_state, tally
@@ -101,8 +102,8 @@ class Loop:
         )
         self.state = Partitions(engine, self.metrics)
         self.engine = engine
-        # Frees the fetch buffers aiokafka drops on pause and seek (issue #14).
-        self._cycles = CycleCollector()
+        # Free the fetch buffers aiokafka drops on pause or seek (issue #14), C heap pages.
+        self._cycles, self._heap = CycleCollector(), HeapTrimmer.for_this_process()
         connect, beat = self._retry_until_connected, self._beat
         context = Context(config, self.metrics, self.state, beat, connect, self.feedback, clock_ms)
         self.delivery: Delivery = delivery(context)
@@ -268,9 +269,8 @@ class Loop:
             async with self.lock:
                 await self._process(batch)
                 # getmany returns at once while records are buffered: without this the
-                # clients' own tasks (sending the outputs just queued, which takes them a
-                # few hops through the loop) would only run when the commit waits for
-                # them.
+                # clients' own tasks (sending the outputs just queued, a few hops through
+                # the loop) would only run when the commit waits for them.
                 await asyncio.sleep(YIELD_S)
                 if time.monotonic() >= self._next_commit:
                     await self._periodic()
@@ -352,6 +352,7 @@ class Loop:
         # in the background while the loop goes on (worker/runtime/at_least_once.py).
         await self.delivery.commit(wait=False)
         self._observe_state()
+        self._heap.maybe_trim()
 
     async def _watch_topics(self) -> None:
         """Its own task, so that it also sees a loop stuck re-sending to a deleted topic."""
