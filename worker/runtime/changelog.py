@@ -99,10 +99,18 @@ async def read_changelog(
     states: dict[int, dict[str, State]] = {p: {} for p in numbers}
     try:
         tps = [TopicPartition(topic, p) for p in states]
+        # Paused until the end offsets are known: the fetch of an assigned partition
+        # long-polls (fetch_max_wait_ms) and the broker answers one connection's requests
+        # in order, so end_offsets waited behind it, 0.5 s at every open. Assigning
+        # first fetches the topic's metadata, which end_offsets alone waits a retry
+        # backoff for.
         reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
+        reader.pause(*tps)
         ends = await reader.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
+        if remaining:  # (with no partitions, seek_to_beginning seeks every one)
+            await reader.seek_to_beginning(*remaining)
+            reader.resume(*remaining)
         stalled = 0.0
         while remaining:
             beat()
