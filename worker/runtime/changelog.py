@@ -92,6 +92,11 @@ async def read_changelog(
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        # Where an assigned partition starts: no group, so no committed offset. Set
+        # here, not by a seek after the end offsets are read: meanwhile the reader
+        # would already be resetting to its default, the end, and a seek while that is
+        # under way is overridden by it.
+        auto_offset_reset="earliest",
         client_id=f"{config.kafka.client_id}-restore",
         **client_options(config.kafka),
     )
@@ -108,9 +113,7 @@ async def read_changelog(
         reader.pause(*tps)
         ends = await reader.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
-        if remaining:  # (with no partitions, seek_to_beginning seeks every one)
-            await reader.seek_to_beginning(*remaining)
-            reader.resume(*remaining)
+        reader.resume(*remaining)
         stalled = 0.0
         while remaining:
             beat()
