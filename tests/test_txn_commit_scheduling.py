@@ -25,7 +25,7 @@ from worker.fusion import Fuser
 from worker.metrics import Metrics
 from worker.runtime.batches import SizeLimits
 from worker.runtime.delivery import Context
-from worker.runtime.exactly_once import COMMITTING_FETCH_RECORDS, ExactlyOnce
+from worker.runtime.exactly_once import ExactlyOnce
 from worker.runtime.feedback import FeedbackLink
 from worker.runtime.partitions import Partitions
 from worker.runtime.transactions import TxnPartition
@@ -257,20 +257,3 @@ async def test_a_fatal_error_ends_the_other_partitions_commits_with_the_job() ->
     assert other.committed == []
     with pytest.raises(TransactionalIdAuthorizationFailed):
         await h.delivery.maintain()
-
-
-async def test_fetches_are_smaller_while_a_commit_is_in_flight() -> None:
-    """While a commit is in flight the loop fetches at most ``COMMITTING_FETCH_RECORDS``
-    records (each of the commit's round trips waits for one fetched batch); before and
-    after it, the loop's own limit."""
-    h = Harness()
-    limit = COMMITTING_FETCH_RECORDS * 5
-    assert h.delivery.max_records(limit) == limit
-    h.producer.gate = asyncio.Event()
-    await h.output(b"r1", 10)
-    await h.delivery.commit(wait=False)
-    assert h.delivery.max_records(limit) == COMMITTING_FETCH_RECORDS
-    assert h.delivery.max_records(10) == 10
-    h.producer.gate.set()
-    await h.delivery._inflight.wait()
-    assert h.delivery.max_records(limit) == limit

@@ -135,9 +135,6 @@ class AtLeastOnce:
     def held(self) -> set[int]:
         return set()
 
-    def max_records(self, limit: int) -> int:
-        return limit
-
     async def assigned(self, assigned: list[TopicPartition], new: set[int]) -> None:
         """Forget the spans of partitions lost; new partition numbers get an empty table
         each and are read from their committed offset."""

@@ -6,8 +6,7 @@ The loop owns fetching, backpressure, liveness and the partition state
 (``Partitions``); it calls the delivery at fixed points, all under its lock:
 ``start`` once, ``maintain`` before each fetch, ``emit`` with each step, ``commit``
 every ``commit_interval_ms``, on revocation and at shutdown, ``assigned`` with each new
-assignment, ``stop`` once; ``max_records``, which only reads, sizes each fetch outside
-the lock. A delivery has no callback of its own; its one task is the
+assignment, ``stop`` once. A delivery has no callback of its own; its one task is the
 at-least-once periodic commit, which the loop's state sees only through what was
 captured for it on the loop and through its outcome (committed offsets, pruned spans),
 and which ``commit(wait=True)``, ``assigned`` and ``stop`` wait for or end.
@@ -84,10 +83,6 @@ class Delivery(Protocol):
 
     def held(self) -> set[int]:
         """Partition numbers that stay paused whatever the backpressure says."""
-
-    def max_records(self, limit: int) -> int:
-        """At most how many records the next fetch returns, within the loop's ``limit``
-        (exactly-once: fewer while a commit is in flight)."""
 
     async def commit(
         self, partitions: Collection[TopicPartition] | None = None, *, wait: bool = True

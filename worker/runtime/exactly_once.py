@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from worker.engine import OutRecord, Step
 from worker.runtime.batches import SizeLimits
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
-from worker.runtime.connect import admin_client, close_client
+from worker.runtime.connect import admin_client, close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.feedback import weights_topic
 from worker.runtime.inflight import InFlight
@@ -61,15 +61,11 @@ from worker.runtime.transactions import (
     TxnCapture,
     TxnPartition,
     describe,
-    new_producer,
     producer_gave_up,
     request_rejoin,
 )
 
 log = logging.getLogger(__name__)
-
-# At most this many records per fetch while a commit is in flight.
-COMMITTING_FETCH_RECORDS = 2_000
 
 
 class ExactlyOnce:
@@ -105,6 +101,16 @@ class ExactlyOnce:
                 await ensure_changelog(admin, self._ctx.config)
 
         await self._ctx.connect(ensure)
+
+    def _new_producer(self, partition: int) -> AIOKafkaProducer:
+        cfg = self._ctx.config.kafka
+        return AIOKafkaProducer(
+            **producer_options(
+                cfg,
+                transactional_id=f"{cfg.group_id}-{partition}",
+                client_id=f"{cfg.client_id}-{partition}",
+            )
+        )
 
     # -- emitting -----------------------------------------------------------------------
 
@@ -152,12 +158,6 @@ class ExactlyOnce:
 
     def held(self) -> set[int]:
         return self.opening | self.parked
-
-    def max_records(self, limit: int) -> int:
-        # Each round trip of a commit in flight waits for a turn of the loop, i.e. for
-        # a fetched batch to be processed: smaller batches meanwhile end the commit
-        # sooner, so its outputs become visible sooner (docs/design-notes.md).
-        return min(limit, COMMITTING_FETCH_RECORDS) if self._inflight.busy else limit
 
     # -- committing ---------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ class ExactlyOnce:
         producers: dict[int, AIOKafkaProducer] = {}
         try:
             for p in numbers:
-                producers[p] = producer = new_producer(self._ctx.config.kafka, p)
+                producers[p] = producer = self._new_producer(p)
                 await producer.start()  # init: fences the previous owner, aborts its txn
             restored = await read_changelog(self._ctx.config, numbers, self._ctx.beat)
             # Read after the producers' init, so a zombie's last transaction has ended;

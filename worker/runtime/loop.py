@@ -297,7 +297,7 @@ class Loop:
     def _max_records(self) -> int:
         # Never fetch more than could open new requests up to max_pending.
         room = self.config.join.max_pending - self.pending
-        return max(1, min(self.delivery.max_records(self.config.kafka.fetch_max_records), room))
+        return max(1, min(self.config.kafka.fetch_max_records, room))
 
     @property
     def pending(self) -> int:

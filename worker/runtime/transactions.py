@@ -19,10 +19,9 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 
-from worker.config import KafkaConfig
 from worker.records import OutRecord
 from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settled
-from worker.runtime.connect import close_client, producer_options
+from worker.runtime.connect import close_client
 
 # What a transactional producer raises when a transaction cannot go on. Besides
 # KafkaError, aiokafka raises IllegalOperation (a send after the transaction manager
@@ -149,18 +148,6 @@ async def acknowledged(part: TxnPartition, limits: SizeLimits, on_wait: Callable
         raise fence
     if refused is not None:
         raise SendRefused(f"the broker refused {refused}")
-
-
-def new_producer(cfg: KafkaConfig, partition: int) -> AIOKafkaProducer:
-    """Partition number ``partition``'s transactional producer: its id is the group's
-    plus the number, so that the partition's next owner fences this one."""
-    return AIOKafkaProducer(
-        **producer_options(
-            cfg,
-            transactional_id=f"{cfg.group_id}-{partition}",
-            client_id=f"{cfg.client_id}-{partition}",
-        )
-    )
 
 
 def describe(exc: BaseException) -> str:
