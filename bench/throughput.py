@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -135,8 +136,10 @@ async def run(
     profile: Path | None = None,
     repeat: int = 1,
 ) -> list[Run]:
-    """Load ``requests`` x 3 events, then measure each mode in turn, ``repeat`` times;
-    returns the fastest run of each mode (the least disturbed by other processes)."""
+    """Load ``requests`` x 3 events, then measure the modes in ``repeat`` rounds, each
+    mode once a round (so that a burst of other work on the machine falls on every mode
+    alike, not on the one measured then); returns the fastest run of each mode (the
+    least disturbed by other processes)."""
     name = kit.unique("tp")
     specs = {f"{name}-in": partitions, f"{name}-dlq": partitions}
     async with kit.topics(bootstrap, specs):
@@ -147,11 +150,10 @@ async def run(
             f"loaded {count:,} events ({requests:,} requests x {len(kit.MODELS)} models) "
             f"in {seconds:.1f}s: {count / seconds:,.0f} events/s (generating them included)"
         )
-        best: list[Run] = []
+        tries: dict[str, list[Run]] = {mode: [] for mode in modes}
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            for mode in modes:
-                tries: list[Run] = []
-                for i in range(repeat):
+            for i in range(repeat):
+                for mode in modes:
                     output = f"{name}-out-{mode}-{i}"
                     await kit.create_topics(bootstrap, {output: partitions})
                     try:
@@ -169,10 +171,19 @@ async def run(
                         )
                     finally:
                         await kit.delete_topics(bootstrap, [output])
-                    print(line(r, best), flush=True)
-                    tries.append(r)
-                best.append(max(tries, key=lambda r: r.events_per_s))
-    return best
+                    print(line(r, [t for runs in tries.values() for t in runs]), flush=True)
+                    tries[mode].append(r)
+    if repeat > 1 and {"at-least-once", "exactly-once"} <= set(modes):
+        ratios = [
+            e.events_per_s / a.events_per_s
+            for a, e in zip(tries["at-least-once"], tries["exactly-once"], strict=True)
+        ]
+        print(
+            "exactly-once / at-least-once, round by round: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f" (median {statistics.median(ratios):.2f})"
+        )
+    return [max(runs, key=lambda r: r.events_per_s) for runs in tries.values()]
 
 
 def baseline(runs: list[Run]) -> Run | None:

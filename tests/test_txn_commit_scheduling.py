@@ -234,3 +234,26 @@ async def test_stop_ends_a_commit_in_flight_without_committing() -> None:
     await h.delivery.stop()
     assert h.producer.committed == []
     assert h.state.committed == {}
+
+
+async def test_a_fatal_error_ends_the_other_partitions_commits_with_the_job() -> None:
+    """Partition 0's commit fails fatally while partition 1's is still committing: the
+    job ends both, so partition 1 commits nothing once the job is over, and the loop
+    gets the error itself (not wrapped in a group)."""
+    h = Harness()
+    other = FakeTxnProducer()
+    other.gate = asyncio.Event()
+    h.state.owned = {0, 1}
+    h.state.open(1)
+    h.delivery.parts[1] = TxnPartition(other, SizeLimits())
+    h.producer.error = TransactionalIdAuthorizationFailed()
+    await h.output(b"r0", 10)
+    h.state.positions[TopicPartition("predictions", 1)] = 5
+    await h.delivery.write(1, [OutRecord(OUT, b"k", b"r1")])
+    await h.delivery.commit(wait=False)
+    await h.delivery._inflight.wait()
+    other.gate.set()
+    await asyncio.sleep(0.01)
+    assert other.committed == []
+    with pytest.raises(TransactionalIdAuthorizationFailed):
+        await h.delivery.maintain()

@@ -92,6 +92,11 @@ async def read_changelog(
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        # Where an assigned partition starts: no group, so no committed offset. Set
+        # here, not by a seek after the end offsets are read: meanwhile the reader
+        # would already be resetting to its default, the end, and a seek while that is
+        # under way is overridden by it.
+        auto_offset_reset="earliest",
         client_id=f"{config.kafka.client_id}-restore",
         **client_options(config.kafka),
     )
@@ -99,10 +104,16 @@ async def read_changelog(
     states: dict[int, dict[str, State]] = {p: {} for p in numbers}
     try:
         tps = [TopicPartition(topic, p) for p in states]
+        # Paused until the end offsets are known: the fetch of an assigned partition
+        # long-polls (fetch_max_wait_ms) and the broker answers one connection's requests
+        # in order, so end_offsets waited behind it, 0.5 s at every open. Assigning
+        # first fetches the topic's metadata, which end_offsets alone waits a retry
+        # backoff for.
         reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
+        reader.pause(*tps)
         ends = await reader.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
+        reader.resume(*remaining)
         stalled = 0.0
         while remaining:
             beat()

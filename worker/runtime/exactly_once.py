@@ -238,7 +238,8 @@ class ExactlyOnce:
         (each of their round trips waits for a turn of the busy loop: one after the
         other, a round took four times as many turns). A partition whose commit fails
         keeps its backlog until the loop rewinds it (``maintain_commits``); a fatal
-        error ends the job (``InFlight.check``)."""
+        error ends the job (``InFlight.check``) and, with it, the other partitions'
+        commits: none goes on unattended after the job ended."""
 
         async def one(p: int, part: TxnPartition, capture: TxnCapture) -> None:
             if self.parts.get(p) is not part:
@@ -250,7 +251,13 @@ class ExactlyOnce:
                     raise
                 self._failures[p] = (part, exc)
 
-        await asyncio.gather(*(one(*c) for c in captures))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for c in captures:
+                    group.create_task(one(*c))
+        except BaseExceptionGroup as errors:
+            # The loop acts on the error itself (a fatal KafkaError), not on a group.
+            raise errors.exceptions[0] from None
 
     async def _commit_captured(self, part: TxnPartition, capture: TxnCapture) -> None:
         state, metrics, config = self._state, self._ctx.metrics, self._ctx.config
