@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from worker.config import build_config
+from worker.runtime import readback
 from worker.runtime.readback import Marks, ReadBack, decode_mark, encode_mark
 
 TP = TopicPartition("in", 0)
@@ -129,3 +132,28 @@ async def test_finding_where_to_read_back_beats_the_liveness_clock() -> None:
     rb._locate = slow_locate  # type: ignore[method-assign]
     await rb.assigned([TP], {0}, {}, 0)
     assert len(beats) >= 3
+
+
+def test_the_reader_retries_sooner_than_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-back's reader waits at most READER_RETRY_BACKOFF_MS between retries: its
+    first request about each topic finds no metadata and waits one backoff, and with the
+    worker's (500 ms by default) an assignment with nothing to read back took a second."""
+    made: list[dict[str, Any]] = []
+
+    class Reader:
+        def __init__(self, **options: Any) -> None:
+            made.append(options)
+
+        async def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(readback, "AIOKafkaConsumer", Reader)
+    config = build_config(
+        {
+            "kafka": {"retry_backoff_ms": 500},
+            "fusion": {"labels": ["x", "y"]},
+            "models": [{"name": "a"}],
+        }
+    )
+    asyncio.run(ReadBack(config, lambda: None)._start_reader())
+    assert made[0]["retry_backoff_ms"] == readback.READER_RETRY_BACKOFF_MS < 500

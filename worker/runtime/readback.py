@@ -57,6 +57,8 @@ MARK_VERSION = 1
 # Snapshots kept per input partition while its commit is held back (one per commit).
 MAX_SNAPSHOTS = 1000
 _POLL_MS = 200
+# The reader's retry backoff (at most the worker's): see _start_reader.
+READER_RETRY_BACKOFF_MS = 20
 # Errors that only cost a read-back (more repeats), never the worker.
 _SOFT_ERRORS = (KafkaError, TimeoutError, OSError)
 # How often a wait on the broker beats the liveness clock.
@@ -179,12 +181,19 @@ class ReadBack:
     async def _start_reader(self) -> AIOKafkaConsumer:
         if self._reader is None:
             k = self._config.kafka
+            # A short retry backoff: the first request about a topic (the end offsets of
+            # the inputs, then of the output) finds no metadata for it and waits one
+            # backoff for the refresh it triggers. With the worker's (500 ms) that held
+            # every assignment for a second, even with nothing to read back.
+            options = client_options(k) | {
+                "retry_backoff_ms": min(k.retry_backoff_ms, READER_RETRY_BACKOFF_MS)
+            }
             reader = AIOKafkaConsumer(
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 client_id=f"{k.client_id}-readback",
-                **client_options(k),
+                **options,
             )
             await reader.start()
             self._reader = reader
