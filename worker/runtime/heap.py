@@ -9,8 +9,10 @@ the heap, and a free page inside the heap goes back to the system only with
 resident memory holding nothing (docs/design-notes.md, "Memory per pending request").
 
 Fixing the threshold instead (``M_MMAP_THRESHOLD``) maps and unmaps every large block
-each time it is used: 10-20 % more CPU per event. So the loop calls ``maybe_trim`` at
-its periodic commit, and ``malloc_trim(0)`` runs at most once a second and at most
+each time it is used: 10-20 % more CPU per event. So the loop calls ``maybe_trim``
+when a fetch finds no records (a busy loop would re-fault at once the pages a trim gives
+back: at full load, trimming every second doubled the worker's minor page faults), and
+``malloc_trim(0)`` runs at most once a second and at most
 ``share`` of the CPU time (a trim walks the heap's free blocks: about a millisecond
 with a million pending requests). Elsewhere (musl, macOS) there is nothing to call and
 ``maybe_trim`` does nothing.

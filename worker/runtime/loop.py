@@ -324,6 +324,8 @@ class Loop:
         self.feedback.noted(step)
         tally_feedback(self.metrics, step)
         self._backpressure()
+        if not batch:  # idle: a busy loop would at once re-fault the pages a trim frees
+            self._heap.maybe_trim()
 
     def _backpressure(self) -> None:
         """Pause every partition at max_pending; resume below RESUME_SHARE of it.
@@ -348,11 +350,9 @@ class Loop:
 
     async def _periodic(self) -> None:
         self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
-        # Where offsets are committed (every commit_interval_ms); at-least-once finishes
-        # in the background while the loop goes on (worker/runtime/at_least_once.py).
+        # Every commit_interval_ms; finished in the background (runtime/at_least_once.py).
         await self.delivery.commit(wait=False)
         self._observe_state()
-        self._heap.maybe_trim()
 
     async def _watch_topics(self) -> None:
         """Its own task, so that it also sees a loop stuck re-sending to a deleted topic."""
