@@ -331,7 +331,7 @@ class Metrics:
 
     def set_pending(self, n: int, oldest_age_s: float) -> None:
         """Set the pending requests and the age of the oldest (0 when none is pending).
-        Call every commit interval."""
+        Call every commit interval (the loop also sets the count after every batch)."""
         self.pending.set(n)
         self.pending_oldest_age.set(oldest_age_s if n else 0.0)
 

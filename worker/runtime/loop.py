@@ -316,7 +316,6 @@ class Loop:
         # Before the delivery: a span may rename its result's traceparent.
         trace_step(step)
         self.state.record(step)
-        # Where a step's outputs leave the loop: the delivery queues them.
         await self.delivery.emit(step)
         if step.records:
             self.health.set_connected(True)
@@ -333,6 +332,7 @@ class Loop:
         consumer, state = self.state.consumer, self.state
         assert consumer is not None
         pending, limit = self.pending, self.config.join.max_pending
+        self.metrics.pending.set(pending)  # every step: the bound is watched through it
         if not state.paused and pending >= limit:
             consumer.pause(*consumer.assignment())
             state.paused = True
