@@ -129,23 +129,10 @@ async def publish(
 
 async def read_results(bootstrap: str, topic: str, idle_s: float = 1.0) -> dict[str, Any]:
     """request_id -> (record timestamp, label, status) of each result (the first one)."""
-    consumer = kit.reader(bootstrap)
-    await consumer.start()
     out: dict[str, Any] = {}
-    try:
-        tps = await kit.partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            for records in batch.values():
-                last = time.monotonic()
-                for r in records:
-                    doc = orjson.loads(r.value)
-                    out.setdefault(doc["request_id"], (r.timestamp, doc["label"], doc["status"]))
-    finally:
-        await consumer.stop()
+    async for r in kit.read_all(bootstrap, topic, idle_s):
+        doc = orjson.loads(r.value)
+        out.setdefault(doc["request_id"], (r.timestamp, doc["label"], doc["status"]))
     return out
 
 

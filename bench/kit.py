@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.murmur2 import partition_for
@@ -313,11 +313,13 @@ class Output:
     latency_ms: dict[str, int] = field(default_factory=dict)  # the result's latency_ms
 
 
-async def read_output(bootstrap: str, topic: str, idle_s: float = 1.0) -> Output:
-    """Read the whole topic (read_committed) until nothing new comes for ``idle_s``."""
-    consumer = reader(bootstrap)
+async def read_all(
+    bootstrap: str, topic: str, idle_s: float = 1.0, committed_only: bool = True
+) -> AsyncIterator[ConsumerRecord[Any, Any]]:
+    """Every record of ``topic`` from its beginning, until nothing new comes for
+    ``idle_s`` (read_committed unless ``committed_only`` is False)."""
+    consumer = reader(bootstrap, committed_only)
     await consumer.start()
-    out = Output()
     try:
         tps = await partitions(consumer, topic)
         consumer.assign(tps)
@@ -328,15 +330,22 @@ async def read_output(bootstrap: str, topic: str, idle_s: float = 1.0) -> Output
             for records in batch.values():
                 last = time.monotonic()
                 for r in records:
-                    doc = orjson.loads(r.value)
-                    rid = doc["request_id"]
-                    out.records += 1
-                    if rid in out.ids:
-                        out.duplicates += 1
-                    out.ids.add(rid)
-                    out.statuses[doc["status"]] = out.statuses.get(doc["status"], 0) + 1
-                    out.timestamps[rid] = r.timestamp
-                    out.latency_ms[rid] = doc["latency_ms"]
+                    yield r
     finally:
         await consumer.stop()
+
+
+async def read_output(bootstrap: str, topic: str, idle_s: float = 1.0) -> Output:
+    """Read the whole topic (read_committed) until nothing new comes for ``idle_s``."""
+    out = Output()
+    async for r in read_all(bootstrap, topic, idle_s):
+        doc = orjson.loads(r.value)
+        rid = doc["request_id"]
+        out.records += 1
+        if rid in out.ids:
+            out.duplicates += 1
+        out.ids.add(rid)
+        out.statuses[doc["status"]] = out.statuses.get(doc["status"], 0) + 1
+        out.timestamps[rid] = r.timestamp
+        out.latency_ms[rid] = doc["latency_ms"]
     return out

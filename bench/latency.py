@@ -176,26 +176,13 @@ async def run(
     return out
 
 
-async def last_appended(bootstrap: str, topic: str, idle_s: float = 1.0) -> dict[str, int]:
+async def last_appended(bootstrap: str, topic: str) -> dict[str, int]:
     """{request_id: the log-append time of its latest event} of the input ``topic``
     (keys are request ids)."""
-    consumer = kit.reader(bootstrap, committed_only=False)
-    await consumer.start()
     latest: dict[str, int] = {}
-    try:
-        tps = await kit.partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            for records in batch.values():
-                last = time.monotonic()
-                for r in records:
-                    rid = r.key.decode()
-                    latest[rid] = max(latest.get(rid, 0), r.timestamp)
-    finally:
-        await consumer.stop()
+    async for r in kit.read_all(bootstrap, topic, committed_only=False):
+        rid = r.key.decode()
+        latest[rid] = max(latest.get(rid, 0), r.timestamp)
     return latest
 
 
