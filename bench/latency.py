@@ -34,7 +34,7 @@ import heapq
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaProducer
 from bench import kit, procs
 from worker.murmur2 import partition_for
 
+PHASES = ("fetch", "process", "clients", "commit")
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
 TICK_S = 0.002
@@ -61,6 +62,9 @@ class Latency:
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
     steps_per_s: float = 0.0  # the worker's non-empty fetches per second while publishing
+    # Seconds per second of the worker's loop by phase while publishing
+    # (fusion_loop_seconds_total: fetch, process, clients, commit).
+    loop: dict[str, float] = field(default_factory=dict)
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -151,12 +155,14 @@ async def run(
         ):
             profiler = procs.Profiler(worker.pid, profile) if profile else None
             steps_before = procs.metric(port, "fusion_batch_size_count") or 0.0
+            loop_before = loop_seconds(port)
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             steps = (procs.metric(port, "fusion_batch_size_count") or 0.0) - steps_before
+            loop = {k: v - loop_before[k] for k, v in loop_seconds(port).items()}
             if profiler is not None:
                 profiler.stop()
             filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
@@ -173,7 +179,14 @@ async def run(
     )
     out = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     out.steps_per_s = steps_per_s
+    out.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return out
+
+
+def loop_seconds(port: int) -> dict[str, float]:
+    """The worker's fusion_loop_seconds_total by phase."""
+    name = "fusion_loop_seconds_total"
+    return {p: procs.metric(port, f'{name}{{phase="{p}"}}') or 0.0 for p in PHASES}
 
 
 async def last_appended(bootstrap: str, topic: str) -> dict[str, int]:
@@ -246,7 +259,17 @@ def show(r: Latency) -> str:
         f"  cores busy while publishing: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
         + f" (of {os.cpu_count()}); the worker's steps {r.steps_per_s:,.0f}/s"
+        + loop_split(r)
     )
+
+
+def loop_split(r: Latency) -> str:
+    """Where the worker's loop spent its time: shares, and ms per step."""
+    if not r.loop or not r.steps_per_s:
+        return ""
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in r.loop.items())
+    per_step = " / ".join(f"{1000 * v / r.steps_per_s:.2f}" for v in r.loop.values())
+    return f"\n  the worker's loop: {shares}; per step ms ({' / '.join(r.loop)}): {per_step}"
 
 
 def main() -> None:

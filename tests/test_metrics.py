@@ -15,11 +15,27 @@ from prometheus_client.metrics_core import Metric
 
 from worker._version import __version__
 from worker.events import FinishedRequest, PredictionEvent
-from worker.metrics import DLQ_REASONS, LATENCY_BUCKETS, STATUSES, UNKNOWN_MODEL, Metrics
+from worker.metrics import (
+    DLQ_REASONS,
+    LATENCY_BUCKETS,
+    LOOP_PHASES,
+    STATUSES,
+    UNKNOWN_MODEL,
+    Metrics,
+)
 
 MODELS = ("bert", "roberta", "distil")
 LABELS = ("negative", "neutral", "positive")
-ALLOWED_LABELS = {"model", "strategy", "status", "outcome", "reason", "topic", "partition"}
+ALLOWED_LABELS = {
+    "model",
+    "strategy",
+    "status",
+    "outcome",
+    "reason",
+    "topic",
+    "partition",
+    "phase",
+}
 
 
 def make_metrics() -> tuple[Metrics, CollectorRegistry]:
@@ -75,6 +91,23 @@ def test_children_known_at_start_exist_at_zero() -> None:
     for outcome in ("committed", "aborted", "fenced"):
         assert value(reg, "fusion_transactions_total", outcome=outcome) == 0
     assert value(reg, "fusion_rebalances_total") == 0
+
+
+def test_loop_phases_are_pre_initialised() -> None:
+    """Each phase of the loop has a fusion_loop_seconds_total series at 0 from the start."""
+    _, reg = make_metrics()
+    for phase in LOOP_PHASES:
+        assert value(reg, "fusion_loop_seconds_total", phase=phase) == 0
+
+
+def test_set_pending_count_leaves_the_oldest_age() -> None:
+    """set_pending_count (after every batch) sets the count and leaves the age that
+    set_pending (every commit interval) set."""
+    m, reg = make_metrics()
+    m.set_pending(5, 2.5)
+    m.set_pending_count(7)
+    assert value(reg, "fusion_pending_requests") == 7
+    assert value(reg, "fusion_pending_oldest_age_seconds") == 2.5
 
 
 def test_output_topics_are_pre_initialised() -> None:

@@ -41,6 +41,7 @@ EVENT_OUTCOMES = ("accepted", "duplicate", "late", "invalid")
 STATUSES = ("complete", "partial", "insufficient", "decided")
 COMMIT_OUTCOMES = ("ok", "failed")
 TRANSACTION_OUTCOMES = ("committed", "aborted", "fenced")
+LOOP_PHASES = ("fetch", "process", "clients", "commit")  # worker/runtime/phases.py
 # The model label of invalid events and of names outside the configuration: a model
 # name read from a broken payload is untrusted and would make the label unbounded.
 UNKNOWN_MODEL = "unknown"
@@ -176,6 +177,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.loop_seconds = Counter(
+            "fusion_loop_seconds",
+            "Wall time of the loop by phase: fetch, process, clients, commit.",
+            ["phase"],
+            registry=r,
+        )
         self.output_records = Counter(
             "fusion_output_records",
             "Records produced, by topic (results, dead letters, late events).",
@@ -223,6 +230,8 @@ class Metrics:
             self.transactions.labels(outcome)
         for topic in output_topics:
             self.output_records.labels(topic)
+        for phase in LOOP_PHASES:
+            self.loop_seconds.labels(phase)
 
     # -- once ---------------------------------------------------------------------------
 
@@ -334,6 +343,10 @@ class Metrics:
         Call every commit interval (the loop also sets the count after every batch)."""
         self.pending.set(n)
         self.pending_oldest_age.set(oldest_age_s if n else 0.0)
+
+    def set_pending_count(self, n: int) -> None:
+        """Set the pending requests alone. Call after every batch."""
+        self.pending.set(n)
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Set the consumer lag (records) of one assigned partition. Call every commit

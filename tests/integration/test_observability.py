@@ -118,6 +118,33 @@ async def test_counters_match_what_was_sent(
     assert unknown_names(rule_exprs(), exposed, known=recorded_names()) == {}
 
 
+async def test_loop_time_is_counted_by_phase(
+    pipeline: Callable[..., Any], spawn_worker: WorkerFactory
+) -> None:
+    """A worker that fused 300 requests shows time in the fetch, process and clients
+    phases of fusion_loop_seconds_total, and the phases add up to no more than the time
+    the worker has run."""
+    p: Pipeline = await pipeline(partitions=2)
+    started = time.monotonic()
+    worker = spawn_worker(p.config(), p.port)
+    worker.wait_ready()
+    events = make_events(300, seed=33, prefix="t")
+    await produce(
+        p.bootstrap, p.inputs[0], [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
+    )
+    assert len(await consume(p.bootstrap, p.output, 300, timeout_s=60)) == 300
+
+    _, text = worker.get("/metrics")
+    ran_s = time.monotonic() - started
+    phases = {
+        phase: sample(text, "fusion_loop_seconds_total", phase=phase)
+        for phase in ("fetch", "process", "clients", "commit")
+    }
+    for phase in ("fetch", "process", "clients"):
+        assert phases[phase] > 0, phases
+    assert sum(phases.values()) <= ran_s, (phases, ran_s)
+
+
 async def test_readyz_503_before_assignment_and_200_after(pipeline: Callable[..., Any]) -> None:
     """/readyz answers 503 while the worker is not yet assigned, 200 once it is; /healthz
     is 200 throughout."""

@@ -30,6 +30,7 @@ from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
+from worker.runtime.backpressure import backpressure
 from worker.runtime.connect import admin_client, client_options, close_client, probe_credentials
 from worker.runtime.cycles import CycleCollector
 from worker.runtime.delivery import Context, Delivery, DeliveryFactory
@@ -37,6 +38,7 @@ from worker.runtime.feedback import FeedbackLink, tally_feedback
 from worker.runtime.handoff import HandOff, Listener
 from worker.runtime.heap import HeapTrimmer
 from worker.runtime.partitions import Partitions
+from worker.runtime.phases import Phases
 from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal, retry_until_connected
 from worker.runtime.tally import observe_state, tally
 from worker.runtime.topics import check_topics
@@ -45,9 +47,6 @@ from worker.tracing import trace_step
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-# Resume fetching once pending requests fall below this share of max_pending, so the
-# consumer does not flap between paused and resumed on every request.
-RESUME_SHARE = 0.9
 # While outputs wait in an open batch for the previous one to be acknowledged, fetch
 # with at most this timeout, so that they are handed over soon after the acknowledgement.
 HOLD_RECHECK_MS = 2
@@ -104,6 +103,7 @@ class Loop:
         self.engine = engine
         # Free the fetch buffers aiokafka drops on pause or seek (issue #14), C heap pages.
         self._cycles, self._heap = CycleCollector(), HeapTrimmer.for_this_process()
+        self._phases = Phases(self.metrics)
         connect, beat = self._retry_until_connected, self._beat
         context = Context(config, self.metrics, self.state, beat, connect, self.feedback, clock_ms)
         self.delivery: Delivery = delivery(context)
@@ -252,6 +252,7 @@ class Loop:
         consumer = self.state.consumer
         assert consumer is not None
         backoff = Backoff(self.config.kafka.retry_backoff_ms)
+        self._phases.reset()
         while not self._stopping.is_set():
             self._beat()
             await self._iterate(consumer, backoff)
@@ -259,21 +260,27 @@ class Loop:
     async def _iterate(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
         """One batch: the delivery's own work, a fetch, the step, its outputs, and the
         commit when due. Retriable errors back off here. Rebalance work runs under the
-        lock, so only while this fetches (see worker/runtime/handoff.py)."""
+        lock, so only while this fetches (see worker/runtime/handoff.py). Each phase's
+        wall time is counted (worker/runtime/phases.py)."""
+        lap = self._phases.lap
         try:
             async with self.lock:
                 await self.delivery.maintain()
             batch = await consumer.getmany(
                 timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
             )
+            lap("fetch")
             async with self.lock:
                 await self._process(batch)
+                lap("process")
                 # getmany returns at once while records are buffered: without this the
                 # clients' own tasks (sending the outputs just queued, a few hops through
                 # the loop) would only run when the commit waits for them.
                 await asyncio.sleep(YIELD_S)
+                lap("clients")
                 if time.monotonic() >= self._next_commit:
                     await self._periodic()
+                    lap("commit")
             backoff.reset()
         except KafkaError as exc:
             if is_fatal(exc):
@@ -322,31 +329,10 @@ class Loop:
         tally(self.metrics, self.config, step)
         self.feedback.noted(step)
         tally_feedback(self.metrics, step)
-        self._backpressure()
+        limit = self.config.join.max_pending
+        backpressure(self.state, self.metrics, limit, self.delivery.held, self._cycles)
         if not batch:  # idle: a busy loop would at once re-fault the pages a trim frees
             self._heap.maybe_trim()
-
-    def _backpressure(self) -> None:
-        """Pause every partition at max_pending; resume below RESUME_SHARE of it.
-        Requests still finish by their deadlines while paused, so nothing is dropped."""
-        consumer, state = self.state.consumer, self.state
-        assert consumer is not None
-        pending, limit = self.pending, self.config.join.max_pending
-        self.metrics.pending.set(pending)  # every step: the bound is watched through it
-        if not state.paused and pending >= limit:
-            consumer.pause(*consumer.assignment())
-            state.paused = True
-            self.metrics.set_paused(True)
-            log.info("paused fetching: %d pending requests (max_pending %d)", pending, limit)
-        elif state.paused and pending < limit * RESUME_SHARE:
-            held = self.delivery.held()
-            consumer.resume(*[tp for tp in consumer.assignment() if tp.partition not in held])
-            state.paused = False
-            self.metrics.set_paused(False)
-            log.info("resumed fetching: %d pending requests", pending)
-            # The paused fetches dropped buffered records in reference cycles.
-            self._cycles.mark()
-        self._cycles.maybe_collect()
 
     async def _periodic(self) -> None:
         self._next_commit = time.monotonic() + self.config.kafka.commit_interval_ms / 1000
