@@ -177,6 +177,7 @@ def _count(
     if pool is None or n < 2:
         kernel.overlaps_kernel(codes, text_starts, group_starts, space, max_order, m, lengths, out)
         return
+    # At most n runs, so the cuts are at least one group apart: no run is empty.
     cuts = np.linspace(0, n, min(_Threads.count, n) + 1).astype(np.int64).tolist()
     runs = [
         pool.submit(
@@ -191,7 +192,6 @@ def _count(
             out[a:b],
         )
         for a, b in pairwise(cuts)
-        if b > a
     ]
     for run in runs:
         run.result()
