@@ -43,7 +43,6 @@ from aiokafka import AIOKafkaProducer
 from bench import kit, procs
 from worker.murmur2 import partition_for
 
-PHASES = ("fetch", "process", "clients", "commit")
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
 TICK_S = 0.002
@@ -155,14 +154,14 @@ async def run(
         ):
             profiler = procs.Profiler(worker.pid, profile) if profile else None
             steps_before = procs.metric(port, "fusion_batch_size_count") or 0.0
-            loop_before = loop_seconds(port)
+            loop_before = procs.loop_seconds(port)
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             steps = (procs.metric(port, "fusion_batch_size_count") or 0.0) - steps_before
-            loop = {k: v - loop_before[k] for k, v in loop_seconds(port).items()}
+            loop = {k: v - loop_before[k] for k, v in procs.loop_seconds(port).items()}
             if profiler is not None:
                 profiler.stop()
             filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
@@ -181,12 +180,6 @@ async def run(
     out.steps_per_s = steps_per_s
     out.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return out
-
-
-def loop_seconds(port: int) -> dict[str, float]:
-    """The worker's fusion_loop_seconds_total by phase."""
-    name = "fusion_loop_seconds_total"
-    return {p: procs.metric(port, f'{name}{{phase="{p}"}}') or 0.0 for p in PHASES}
 
 
 async def last_appended(bootstrap: str, topic: str) -> dict[str, int]:

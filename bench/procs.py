@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from bench.kit import LABELS, MODELS, WEIGHTS
+from worker.metrics import LOOP_PHASES
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -169,6 +170,12 @@ def metric(port: int, name: str) -> float | None:
     except OSError:
         return None
     return None
+
+
+def loop_seconds(port: int) -> dict[str, float]:
+    """The worker's fusion_loop_seconds_total by phase (fetch, process, clients, commit)."""
+    name = "fusion_loop_seconds_total"
+    return {p: metric(port, f'{name}{{phase="{p}"}}') or 0.0 for p in LOOP_PHASES}
 
 
 def ready(port: int) -> bool:

@@ -39,6 +39,7 @@ class Run:
     duplicates: int
     changelog_records: int | None = None  # exactly-once: records written to the changelog
     transactions: int | None = None  # exactly-once: transactions committed
+    loop: dict[str, float] | None = None  # the worker's loop seconds by phase
 
     @property
     def events_per_s(self) -> float:
@@ -99,6 +100,7 @@ async def measure(
         # Read once the last result is visible, i.e. after the last commit.
         changelog = procs.metric(port, "fusion_changelog_records_total")
         transactions = procs.metric(port, 'fusion_transactions_total{outcome="committed"}')
+        loop = procs.loop_seconds(port) if not mode.startswith("pass") else None
         if profiler is not None:
             profiler.stop()
         if filled.done is None or not proc.alive():
@@ -124,6 +126,7 @@ async def measure(
         duplicates=out.duplicates if out else 0,
         changelog_records=int(changelog) if changelog is not None else None,
         transactions=int(transactions) if transactions is not None else None,
+        loop=loop,
     )
 
 
@@ -202,12 +205,16 @@ def line(r: Run, before: list[Run]) -> str:
         changelog = f" | changelog {r.changelog_records:,} records = {per:.3f} per fused request"
         if r.transactions is not None:
             changelog += f", {r.transactions:,} transactions committed"
+    loop = ""
+    if r.loop and sum(r.loop.values()):
+        total = sum(r.loop.values())
+        loop = " | loop " + ", ".join(f"{k} {v / total:.0%}" for k, v in r.loop.items())
     return (
         f"{r.mode:<19} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
         f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
         f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
-        f"{r.duplicates} duplicates{check}{changelog}"
+        f"{r.duplicates} duplicates{check}{changelog}{loop}"
     )
 
 
