@@ -50,6 +50,12 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--repeat", type=int, default=3, help="throughput runs per contestant")
     p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--latency-warmup-seconds",
+        type=float,
+        default=10.0,
+        help="a latency run first, not counted: the broker's JVM warms up to that load",
+    )
     p.add_argument("--pending", type=int, default=1_000_000, help="memory: pending requests")
     p.add_argument("--traced", type=int, default=200_000, help="memory: JoinTable alone")
     p.add_argument("--quick", action="store_true", help="a smoke run: everything scaled down")
@@ -57,6 +63,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.requests, args.repeat, args.latency_seconds = 30_000, 1, 8.0
+        args.latency_warmup_seconds = 0.0
         args.pending, args.traced = 50_000, 20_000
     started = time.monotonic()
     info = procs.machine() | {"kafka": kafka_version()}
@@ -75,6 +82,12 @@ def main() -> None:
     assert base is not None
     rate = alo.events_per_s / 2
     print(f"\n== latency at half the at-least-once throughput: {rate:,.0f} events/s", flush=True)
+    if args.latency_warmup_seconds > 0:
+        warm = asyncio.run(
+            latency.run(args.bootstrap, rate, args.latency_warmup_seconds, args.partitions)
+        )
+        p99 = warm.last_to_fused.get("p99", float("nan"))
+        print(f"warm-up run of {args.latency_warmup_seconds:.0f}s, not counted: p99 {p99:.0f} ms")
     lat = asyncio.run(latency.run(args.bootstrap, rate, args.latency_seconds, args.partitions))
     print(latency.show(lat), flush=True)
     print(f"\n== memory: {args.pending:,} pending requests", flush=True)
