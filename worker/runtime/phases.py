@@ -1,7 +1,7 @@
 """Where the loop's wall time goes, by phase (``fusion_loop_seconds_total{phase}``):
 
 - ``fetch``: waiting for records and reading them (aiokafka parses the fetch responses
-  here), and the delivery's own work before the fetch;
+  here), the delivery's own work before the fetch, and the backoff after a broker error;
 - ``process``: the engine step, queueing its outputs, counting it;
 - ``clients``: the short yield after each batch, in which the Kafka clients send the
   outputs just queued and the next fetch request;
