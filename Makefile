@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-.venv: $(VENV)/.installed  ## create the virtualenv with the package and its dev extra
+.venv: $(VENV)/.installed $(VENV)/.native  ## create the virtualenv with the package and its dev extra
 venv: .venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -25,6 +25,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $@
+
+# The compiled result writer (native/, Rust through PyO3, built by maturin with the crates
+# of native/Cargo.lock from crates.io; about 30 s). NATIVE=0 skips it: the worker then
+# builds its results in Python, the same bytes at a higher CPU cost.
+NATIVE ?= 1
+$(VENV)/.native: $(VENV)/.installed native/pyproject.toml native/Cargo.toml native/Cargo.lock native/src/lib.rs
+ifeq ($(NATIVE),0)
+	@echo "NATIVE=0: the compiled result writer is not built"
+else
+	@command -v cargo >/dev/null || { echo "Rust's cargo is needed to build native/ (https://rustup.rs); or run make with NATIVE=0 to go without it"; exit 1; }
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps ./native
+	touch $@
+endif
 
 # The exact versions the suite passes with, for CPython 3.11 on Linux (the image's and
 # CI's platform): a universal lock would add versions for other Pythons that nothing ran.
@@ -126,4 +139,4 @@ bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call
 
 clean:  ## remove the virtualenv and caches (the broker's jar cache too)
 	-$(KAFKA) down
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis native/target

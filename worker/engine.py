@@ -78,6 +78,10 @@ class Engine:
     event_time : the event-time clock (offline) instead of the caller's ``now_ms``.
     encode : build the ``OutRecord``s of ``Step.outputs`` (the live worker publishes
         them; offline drivers only read ``Step.results``).
+    results : build the result dicts of ``Step.results``. False (the live worker, which
+        reads only the records and the counts): with ``encode``, where the compiled writer
+        covers a batch (``Fuser.fuse_bytes``) its records are written without the dicts
+        and ``Step.counted`` holds what the metrics count of them.
     check_keys : dead-letter a record whose key is not its request_id (``key_mismatch``).
     track_touched : report in ``Step.touched`` which requests changed (exactly-once
         writes their net change to the changelog).
@@ -95,6 +99,7 @@ class Engine:
         *,
         event_time: bool = False,
         encode: bool = True,
+        results: bool = True,
         check_keys: bool = False,
         track_touched: bool = False,
         partitions: int | None = None,
@@ -106,6 +111,12 @@ class Engine:
         self._fuser = fuser
         self.event_time = event_time
         self._encode = encode
+        # Only the one Fuser has the compiled writer; the learning one builds dicts.
+        self._bytes_fuser = (
+            fuser
+            if encode and not results and learning is None and isinstance(fuser, Fuser)
+            else None
+        )
         self._check_keys = check_keys
         self._track = track_touched
         self._partitions = partitions
@@ -354,25 +365,31 @@ class Engine:
         if not finished:
             return
         requests = [f for _, f in finished]
-        if self._learning_fuser is None:
-            results = self._fuser.fuse(requests)
+        bytes_fuser = self._bytes_fuser
+        written = None if bytes_fuser is None else bytes_fuser.fuse_bytes(requests)
+        if written is not None:  # the compiled writer's bytes, no dicts
+            values, counted = written
+            out.counted.append(counted)
         else:
-            results = self._fuse_learning(finished)
-        # Appended: on event time a step fuses once per label it reads.
-        out.results += results
+            if self._learning_fuser is None:
+                results = self._fuser.fuse(requests)
+            else:
+                results = self._fuse_learning(finished)
+            # Appended: on event time a step fuses once per label it reads.
+            out.results += results
+            values = [result_json(r) for r in results] if self._encode else []
         out.finished += requests
         out.result_partitions += [p for p, _ in finished]
         if self._encode:
             topic = self._output_topic
-            dumps = result_json
             outputs = out.outputs
             fused_records = out.fused_records
-            for (p, f), result in zip(finished, results, strict=True):
+            for (p, f), value in zip(finished, values, strict=True):
                 header = fused_traceparent(f.request_id, f.members.values())
                 rec = OutRecord(
                     topic,
                     f.request_id.encode(),
-                    dumps(result),
+                    value,
                     None if header is None else [(TRACEPARENT, header)],
                 )
                 outputs.setdefault(p, []).append(rec)

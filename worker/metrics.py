@@ -31,7 +31,10 @@ from prometheus_client import (
 from worker._version import __version__
 from worker.decode import DLQ_REASONS as DLQ_REASONS
 from worker.events import FinishedRequest
+from worker.fusion.native import Counted
 from worker.fusion.quality import Quality
+from worker.metrics_histogram import BATCH_BUCKETS as BATCH_BUCKETS
+from worker.metrics_histogram import LATENCY_BUCKETS as LATENCY_BUCKETS
 from worker.metrics_histogram import BatchHistogram as BatchHistogram
 from worker.metrics_quality import QualityMetrics
 
@@ -45,27 +48,6 @@ LOOP_PHASES = ("fetch", "process", "clients", "commit")  # worker/runtime/phases
 # The model label of invalid events and of names outside the configuration: a model
 # name read from a broken payload is untrusted and would make the label unbounded.
 UNKNOWN_MODEL = "unknown"
-
-# 1 ms .. 30 s: a complete request joins in milliseconds, a partial one at its deadline
-# (timeout_ms, 1 s by default); the top buckets catch a stalled loop.
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-# Records per fetched batch: 1 .. fetch_max_records (10 000 by default).
-BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000)
 
 
 class Metrics:
@@ -305,6 +287,20 @@ class Metrics:
             latency_ms = r.get("latency_ms")
             if latency_ms is not None:
                 latencies_ms.append(latency_ms)
+        self._count(statuses, missing, disagree, latencies_ms)
+
+    def observe_counted(self, counted: Counted) -> None:
+        """``observe_results`` for a batch the compiled writer wrote, from its counts."""
+        self._count(*counted.tallies(), counted.latencies_ms)
+
+    def _count(
+        self,
+        statuses: Mapping[tuple[str, str], int],
+        missing: Mapping[str, int],
+        disagree: Mapping[str, int],
+        latencies_ms: Sequence[float],
+    ) -> None:
+        """Add one batch's tallies to the counters and its latencies to the histogram."""
         if latencies_ms:
             seconds = np.array(latencies_ms, dtype=np.float64) / 1000.0
             self.join_latency.observe(np.maximum(seconds, 0.0))

@@ -1,6 +1,7 @@
 """``BatchHistogram``: a Prometheus histogram observed a numpy batch of values at a time,
-registered as a collector. A part of ``worker.metrics`` (which re-exports it), kept
-apart because it is a collector of its own, not a metric definition of the worker.
+registered as a collector, and the bucket bounds of the worker's histograms. A part of
+``worker.metrics`` (which re-exports them), kept apart because it is a collector of its
+own, not a metric definition of the worker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,27 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+# 1 ms .. 30 s: a complete request joins in milliseconds, a partial one at its deadline
+# (timeout_ms, 1 s by default); the top buckets catch a stalled loop.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Records per fetched batch: 1 .. fetch_max_records (10 000 by default).
+BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000)
 
 # The client's own switch for the ``_created`` series, read once as the client does, so
 # that the batched histograms follow the client's ones.

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from worker.errors import InvalidEvent
 from worker.events import FinishedRequest
 from worker.fusion.batch import FloatArray
+from worker.fusion.native import Counted
 from worker.fusion.quality import Quality
 
 Headers = list[tuple[str, bytes]]
@@ -74,7 +75,9 @@ class Step:
     same order (empty unless the engine encodes records). ``positions``: per (topic,
     partition) the offset after the last record the step consumed. ``touched``: per
     partition number, the request ids whose pending state changed (only when the engine
-    tracks them).
+    tracks them). ``counted``: what the metrics count of the results the compiled writer
+    wrote, which are in ``finished`` and ``fused_records`` but not in ``results`` (only
+    when the engine builds no result dicts).
     """
 
     outputs: dict[int, list[OutRecord]] = field(default_factory=dict)
@@ -82,6 +85,7 @@ class Step:
     finished: list[FinishedRequest] = field(default_factory=list)
     result_partitions: list[int] = field(default_factory=list)
     fused_records: list[OutRecord] = field(default_factory=list)
+    counted: list[Counted] = field(default_factory=list)
     invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     touched: dict[int, list[str]] = field(default_factory=dict)

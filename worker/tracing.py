@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from worker.engine import Step
+from worker.fusion.native import STATUSES
 from worker.tracecontext import replace_header
 
 if TYPE_CHECKING:
@@ -62,6 +63,22 @@ def _context(traceparent: str) -> Any:
     )
 
 
+def _shown(step: Step) -> list[tuple[str, str, list[str]]]:
+    """Each fused request's status, strategy and missing models, from its result dict
+    or, where the compiled writer wrote it, from the counts (a step holds one or the
+    other)."""
+    if step.results:
+        return [
+            (str(r.get("status")), str(r.get("strategy")), list(r.get("missing") or ()))
+            for r in step.results
+        ]
+    written = [(STATUSES[s], c) for c in step.counted for s in c.status_of]
+    return [
+        (status, c.strategy, [m for m in c.models if m not in req.members])
+        for req, (status, c) in zip(step.finished, written, strict=True)
+    ]
+
+
 def trace_step(step: Step, provider: TracerProvider | None = None) -> int:
     """Record one span per traced fused request of ``step`` (see the module docstring)
     with ``provider`` (default: the global one); returns how many were recorded."""
@@ -73,7 +90,9 @@ def trace_step(step: Step, provider: TracerProvider | None = None) -> int:
     tracer = configured.get_tracer(TRACER_NAME)
     records = step.fused_records
     recorded = 0
-    for i, (req, result) in enumerate(zip(step.finished, step.results, strict=True)):
+    for i, (req, (status, strategy, missing)) in enumerate(
+        zip(step.finished, _shown(step), strict=True)
+    ):
         contexts = [
             (model, ev.traceparent)
             for model, ev in req.members.items()
@@ -91,9 +110,9 @@ def trace_step(step: Step, provider: TracerProvider | None = None) -> int:
             start_time=req.opened_ms * _NS_PER_MS,
             attributes={
                 "fusion.request_id": req.request_id,
-                "fusion.status": str(result.get("status")),
-                "fusion.strategy": str(result.get("strategy")),
-                "fusion.missing": list(result.get("missing") or ()),
+                "fusion.status": status,
+                "fusion.strategy": strategy,
+                "fusion.missing": missing,
             },
         )
         # An SDK span stops recording when it ends: ask before. Not recording: the

@@ -50,10 +50,11 @@ import numpy as np
 
 from worker.errors import ConfigError
 from worker.events import FinishedRequest
-from worker.fusion import registry
+from worker.fusion import native, registry
 from worker.fusion.artefact import load_stacker, load_weights, read_calibration
 from worker.fusion.batch import Batch, FloatArray, build_batch
 from worker.fusion.calibration import apply_temperatures
+from worker.fusion.native import Counted
 from worker.fusion.result import Fused, classification_results, regression_results, text_results
 from worker.fusion.similarity import prepare as prepare_similarity
 from worker.fusion.text import TextOptions, text_normalisation
@@ -179,6 +180,31 @@ class Fuser:
         if not finished:
             return []
         return self.fuse_arrays(finished)[0]
+
+    def fuse_bytes(self, finished: Sequence[FinishedRequest]) -> tuple[list[bytes], Counted] | None:
+        """``fuse``'s results as their JSON bytes (``result_json``'s), with what the
+        metrics count of them, written by the compiled writer without the dicts
+        (``worker.fusion.native``). None where it does not cover this fuser or this batch
+        (not installed, a task other than classification, labels some model does not
+        report, a string that is not UTF-8): ``fuse`` then."""
+        if not native.available() or self._text or self._n_labels == 0 or not finished:
+            return None
+        if self._vocab is not None and not self._vocab.full_cover:
+            return None
+        batch = build_batch(finished, self.models, self._n_labels, self._vocab)
+        scored = self.calibrate(batch)
+        return native.classification_bytes(
+            finished,
+            self.models,
+            self.labels,
+            self.strategy,
+            self.compute(scored),
+            batch.probs,
+            batch.member_labels,
+            self.fallback,
+            scored.probs,
+            self.calibration,
+        )
 
     def fuse_arrays(
         self, finished: Sequence[FinishedRequest]

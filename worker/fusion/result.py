@@ -110,6 +110,31 @@ def _trace_id(events: Mapping[str, PredictionEvent]) -> str | None:
     return None
 
 
+def member_columns(
+    fused: Fused,
+    member_probs: FloatArray,
+    member_labels: IntArray,
+    strategy: str,
+    scored_probs: FloatArray | None,
+) -> tuple[FloatArray, FloatArray]:
+    """Each request's ``agreement`` (n,), the weight share of the members that chose the
+    fused label, and each member's ``contribution`` (n, m) to the fused label's score
+    (see ``classification_results``)."""
+    assert fused.labels is not None
+    chosen = member_labels == fused.labels[:, None]
+    # Renormalised weights can sum to 1 + 1 ulp; a share is at most 1.
+    agreement: FloatArray = np.minimum((fused.weights * chosen).sum(axis=1), 1.0)
+    if strategy == "hard_vote":
+        share = chosen.astype(np.float64)
+    else:
+        scored = member_probs if scored_probs is None else scored_probs
+        # Each member's probability of its request's fused label: one gather
+        # (take_along_axis gives the same, through several Python-level numpy calls).
+        share = scored[np.arange(len(fused.labels)), :, fused.labels]
+    contribution: FloatArray = fused.weights * share
+    return agreement, contribution
+
+
 def classification_results(
     finished: Sequence[FinishedRequest],
     models: Sequence[str],
@@ -146,20 +171,14 @@ def classification_results(
     winner = fused.labels.tolist()
     confidence = fused.probs.max(axis=1).tolist()
     weights = fused.weights.tolist()
-    chosen = member_labels == fused.labels[:, None]
-    # Renormalised weights can sum to 1 + 1 ulp; a share is at most 1.
-    agreement = np.minimum((fused.weights * chosen).sum(axis=1), 1.0).tolist()
+    agreement_a, contribution_a = member_columns(
+        fused, member_probs, member_labels, strategy, scored_probs
+    )
+    agreement = agreement_a.tolist()
     answered = fused.answered.tolist()
     by_fallback = fused.fallback.tolist() if fused.fallback is not None else [False] * len(answered)
     m_probs = member_probs.tolist()
-    if strategy == "hard_vote":
-        share = chosen.astype(np.float64)
-    else:
-        scored = member_probs if scored_probs is None else scored_probs
-        # Each member's probability of its request's fused label: one gather
-        # (take_along_axis gives the same, through several Python-level numpy calls).
-        share = scored[np.arange(len(fused.labels)), :, fused.labels]
-    contribution = (fused.weights * share).tolist()
+    contribution = contribution_a.tolist()
     uncovered = (
         [[k for k, c in enumerate(row) if not c] for row in cover.tolist()]
         if cover is not None

@@ -95,6 +95,7 @@ class Loop:
         engine = Engine(
             config,
             fuser,
+            results=False,  # the loop reads the records and counts, not the result dicts
             check_keys=k.check_keys,
             track_touched=delivery.tracks_touched,
             learning=self.feedback.learning,

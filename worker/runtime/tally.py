@@ -12,9 +12,12 @@ from worker.runtime.partitions import Partitions
 def tally(metrics: Metrics, config: Config, step: Step) -> None:
     """Count what one engine step did (once per batch, not per record)."""
     k = config.kafka
-    if step.results:
-        metrics.output(k.output_topic, len(step.results))
-        metrics.observe_results(step.results)
+    if step.finished:
+        metrics.output(k.output_topic, len(step.finished))
+        if step.results:
+            metrics.observe_results(step.results)
+        for counted in step.counted:
+            metrics.observe_counted(counted)
         metrics.observe_arrivals(step.finished)
     if step.dead_letters:
         metrics.output(k.dlq_topic, step.dead_letters.total())

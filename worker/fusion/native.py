@@ -1,0 +1,129 @@
+"""Classification results straight to their JSON bytes, through the compiled writer.
+
+``fusion_native`` is an optional extension written in Rust (``native/`` in the
+repository; ``make`` builds it into the virtualenv, the container image installs it).
+Where the live worker needs only the bytes of its results and what the metrics count of
+them, ``classification_bytes`` writes both without the dict per request and per member
+that ``classification_results`` builds (those dicts and their encoding were a quarter
+of the worker's CPU at full load). The bytes are those of ``result_json`` over
+``classification_results`` for the same batch: tests compare them on random batches and
+through the engine.
+
+Without the extension, with ``FUSION_NATIVE=0`` in the environment, for a batch the
+writer does not cover (labels some model does not report, a string that is not UTF-8)
+``classification_bytes`` returns None and the caller builds the dicts as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worker.events import FinishedRequest
+from worker.fusion.batch import FloatArray, IntArray
+from worker.fusion.result import Fused, member_columns
+
+_write: Callable[..., Any] | None
+try:
+    import fusion_native
+
+    _write = fusion_native.classification_json
+except ImportError:  # not built: the Python builder
+    _write = None
+
+if os.environ.get("FUSION_NATIVE", "1") == "0":
+    _write = None
+
+# The order of the extension's status counts and codes.
+STATUSES = ("complete", "partial", "decided", "insufficient")
+
+
+def available() -> bool:
+    """Whether the compiled writer is installed and not switched off."""
+    return _write is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What the metrics count of a batch written by the compiled writer, which builds no
+    result dicts: results per status (in ``STATUSES`` order), per configured model how
+    often it was missing (not counting ``decided`` results) and how often its label was
+    not the fused one, each result's latency in ms and its status (an index of
+    ``STATUSES``), in order."""
+
+    strategy: str
+    models: Sequence[str]
+    statuses: list[int]
+    missing: list[int]
+    disagree: list[int]
+    latencies_ms: list[int]
+    status_of: list[int]
+
+    def tallies(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
+        """The counts as ``Metrics`` tallies them, zeros left out: results by (strategy,
+        status), missing and disagreeing members by model."""
+        strategy = self.strategy
+        statuses = {(strategy, s): n for s, n in zip(STATUSES, self.statuses, strict=True) if n}
+        missing = {m: n for m, n in zip(self.models, self.missing, strict=True) if n}
+        disagree = {m: n for m, n in zip(self.models, self.disagree, strict=True) if n}
+        return statuses, missing, disagree
+
+
+def classification_bytes(
+    finished: Sequence[FinishedRequest],
+    models: Sequence[str],
+    labels: Sequence[str],
+    strategy: str,
+    fused: Fused,
+    member_probs: FloatArray,
+    member_labels: IntArray,
+    fallback: str | None,
+    scored_probs: FloatArray | None,
+    calibration: str | None,
+) -> tuple[list[bytes], Counted] | None:
+    """The JSON bytes of each request's result, in order, and what the metrics count of
+    them; None where the compiled writer is not there or does not cover the batch. The
+    arguments are ``classification_results``' (every model covering every label)."""
+    if _write is None:
+        return None
+    assert fused.probs is not None
+    assert fused.labels is not None
+    agreement, contribution = member_columns(
+        fused, member_probs, member_labels, strategy, scored_probs
+    )
+    answered = fused.answered
+    by_fallback = fused.fallback if fused.fallback is not None else np.zeros_like(answered)
+    written = _write(
+        finished if isinstance(finished, list) else list(finished),
+        models,
+        list(labels),
+        strategy,
+        fallback,
+        calibration,
+        _raw(fused.probs, np.float64),
+        _raw(fused.labels, np.int64),
+        _raw(fused.probs.max(axis=1), np.float64),
+        _raw(agreement, np.float64),
+        _raw(fused.weights, np.float64),
+        _raw(answered, np.bool_),
+        _raw(by_fallback, np.bool_),
+        _raw(member_probs, np.float64),
+        _raw(member_labels, np.int64),
+        _raw(contribution, np.float64),
+    )
+    if written is None:
+        return None
+    out, (statuses, missing, disagree, latencies, status_of) = written
+    return out, Counted(strategy, models, statuses, missing, disagree, latencies, status_of)
+
+
+def _raw(values: Any, dtype: Any) -> bytes:
+    """An array's values as the extension reads them: C order, native byte order."""
+    raw: bytes = np.ascontiguousarray(values, dtype=dtype).tobytes()
+    return raw
