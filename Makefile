@@ -35,7 +35,7 @@ ifeq ($(NATIVE),0)
 	@echo "NATIVE=0: the compiled result writer is not built"
 else
 	@command -v cargo >/dev/null || { echo "Rust's cargo is needed to build native/ (https://rustup.rs); or run make with NATIVE=0 to go without it"; exit 1; }
-	$(BIN)/python -m pip install -q --force-reinstall --no-deps ./native
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps -c constraints.txt ./native
 	touch $@
 endif
 

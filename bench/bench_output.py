@@ -17,6 +17,10 @@ best of ``--repeat`` runs, with the garbage collector tuned as the worker tunes 
 - tally:   what the loop then counts of the fused batches (``Metrics.observe_results``
            and ``observe_arrivals``: statuses, missing models, disagreement, latencies).
 
+Then the engine and tally figures again as the live worker runs them, without result
+dicts (``Engine(..., results=False)``): the compiled writer's bytes and counts where it
+is installed (``native/``) and covers the batch, the figures above where not.
+
 Run: ``.venv/bin/python bench/bench_output.py [--requests N] [--repeat R]
 [--strategy NAME] [--profile FILE]``; ``--profile`` writes a cProfile of the engine
 figure's runs and prints its top functions. Prints, asserts nothing. To compare two
@@ -163,10 +167,34 @@ def main() -> None:
             # The step's fusion and encoding, without decoding and joining.
             engine._fuse(t, Step())
 
+    # The live worker's engine: no result dicts where the compiled writer covers a batch.
+    try:
+        bare = Engine(config, fuser, results=False)
+    except TypeError:  # a tree from before it
+        bare = engine
+    steps = [Step() for _ in tagged]
+    for t, step in zip(tagged, steps, strict=True):
+        bare._fuse(t, step)
+
+    def bare_runs() -> None:
+        for t in tagged:
+            bare._fuse(t, Step())
+
+    def bare_tally_runs() -> None:
+        for b, step in zip(batches, steps, strict=True):
+            if step.results:
+                metrics.observe_results(step.results)
+            for c in getattr(step, "counted", ()):
+                metrics.observe_counted(c)
+            metrics.observe_arrivals(b)
+
     fused = n / best_seconds(fuse_only, args.repeat)
     encoded = n / best_seconds(encode_only, args.repeat)
     whole = n / best_seconds(engine_runs, args.repeat)
     counted = n / best_seconds(tally_runs, args.repeat)
+    live = n / best_seconds(bare_runs, args.repeat)
+    live_counted = n / best_seconds(bare_tally_runs, args.repeat)
+    written = sum(len(c.status_of) for s in steps for c in getattr(s, "counted", ()))
     print(
         f"{n:,} requests ({args.strategy}, {args.partial:.0%} partial, {args.traced:.0%} "
         f"traced), batches of {args.batch}, best of {args.repeat}, requests per CPU second "
@@ -176,6 +204,9 @@ def main() -> None:
     print(f"encode  {encoded:>12,.0f}")
     print(f"engine  {whole:>12,.0f}")
     print(f"tally   {counted:>12,.0f}")
+    print(f"without result dicts ({written:,} of {n:,} results by the compiled writer):")
+    print(f"engine  {live:>12,.0f}")
+    print(f"tally   {live_counted:>12,.0f}")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(engine_runs)

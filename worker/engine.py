@@ -78,10 +78,8 @@ class Engine:
     event_time : the event-time clock (offline) instead of the caller's ``now_ms``.
     encode : build the ``OutRecord``s of ``Step.outputs`` (the live worker publishes
         them; offline drivers only read ``Step.results``).
-    results : build the result dicts of ``Step.results``. False (the live worker, which
-        reads only the records and the counts): with ``encode``, where the compiled writer
-        covers a batch (``Fuser.fuse_bytes``) its records are written without the dicts
-        and ``Step.counted`` holds what the metrics count of them.
+    results : build the result dicts of ``Step.results``; False (the live worker), with
+        ``encode``: where ``Fuser.fuse_bytes`` covers a batch, only its records and counts.
     check_keys : dead-letter a record whose key is not its request_id (``key_mismatch``).
     track_touched : report in ``Step.touched`` which requests changed (exactly-once
         writes their net change to the changelog).
