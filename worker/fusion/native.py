@@ -1,11 +1,10 @@
 """Classification results straight to their JSON bytes, through the compiled writer.
 
-``fusion_native`` is an optional extension written in Rust (``native/`` in the
-repository; ``make`` builds it into the virtualenv, the container image installs it).
-Where the live worker needs only the bytes of its results and what the metrics count of
-them, ``classification_bytes`` writes both without the dict per request and per member
-that ``classification_results`` builds (those dicts and their encoding were a quarter
-of the worker's CPU at full load). The bytes are those of ``result_json`` over
+The writer is a part of the optional compiled extension (``worker.native``). Where the
+live worker needs only the bytes of its results and what the metrics count of them,
+``classification_bytes`` writes both without the dict per request and per member that
+``classification_results`` builds (those dicts and their encoding were a quarter of the
+worker's CPU at full load). The bytes are those of ``result_json`` over
 ``classification_results`` for the same batch: tests compare them on random batches and
 through the engine.
 
@@ -16,8 +15,7 @@ writer does not cover (labels some model does not report, a string that is not U
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +24,7 @@ import numpy as np
 from worker.events import FinishedRequest
 from worker.fusion.batch import FloatArray, IntArray
 from worker.fusion.result import Fused, member_columns
-
-_write: Callable[..., Any] | None
-try:
-    import fusion_native
-
-    _write = fusion_native.classification_json
-except ImportError:  # not built: the Python builder
-    _write = None
-
-if os.environ.get("FUSION_NATIVE", "1") == "0":
-    _write = None
+from worker.native import classification_json
 
 # The order of the extension's status counts and codes.
 STATUSES = ("complete", "partial", "decided", "insufficient")
@@ -44,7 +32,7 @@ STATUSES = ("complete", "partial", "decided", "insufficient")
 
 def available() -> bool:
     """Whether the compiled writer is installed and not switched off."""
-    return _write is not None
+    return classification_json is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +78,7 @@ def classification_bytes(
     """The JSON bytes of each request's result, in order, and what the metrics count of
     them; None where the compiled writer is not there or does not cover the batch. The
     arguments are ``classification_results``' (every model covering every label)."""
-    if _write is None:
+    if classification_json is None:
         return None
     assert fused.probs is not None
     assert fused.labels is not None
@@ -99,7 +87,7 @@ def classification_bytes(
     )
     answered = fused.answered
     by_fallback = fused.fallback if fused.fallback is not None else np.zeros_like(answered)
-    written = _write(
+    written = classification_json(
         finished if isinstance(finished, list) else list(finished),
         models,
         list(labels),

@@ -1,0 +1,25 @@
+"""The compiled hot path, when it is there: the only module importing ``fusion_native``,
+an optional extension written in Rust (``native/`` in the repository; ``make`` builds
+it into the virtualenv, the container image installs it). It holds the result writer
+(used by ``worker.fusion.native``), which gives what the Python builder gives; the
+Python builder stays for everything it does not cover.
+
+Without the extension, or with ``FUSION_NATIVE=0`` in the environment, the name is
+None and the worker runs on Python alone (the same output, more CPU per event).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+classification_json: Callable[..., Any] | None = None
+
+if os.environ.get("FUSION_NATIVE", "1") != "0":
+    try:
+        import fusion_native
+
+        classification_json = fusion_native.classification_json
+    except ImportError:  # not built: Python alone
+        pass
