@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # of native/Cargo.lock from crates.io; about 30 s). NATIVE=0 skips it: the worker then
 # builds its results in Python, the same bytes at a higher CPU cost.
 NATIVE ?= 1
+# rustup installs cargo into ~/.cargo/bin, which a non-login shell (CI's) may lack on PATH.
+export PATH := $(PATH):$(HOME)/.cargo/bin
 $(VENV)/.native: $(VENV)/.installed native/pyproject.toml native/Cargo.toml native/Cargo.lock native/src/lib.rs
 ifeq ($(NATIVE),0)
 	@echo "NATIVE=0: the compiled result writer is not built"
@@ -61,9 +63,12 @@ kafka-down:  ## stop the local Kafka broker
 kafka-status:
 	$(KAFKA) status
 
-lint: .venv  ## ruff (lint and format check)
+lint: .venv  ## ruff (lint and format check); rustfmt and clippy on native/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+ifneq ($(NATIVE),0)
+	cd native && cargo fmt --check && cargo clippy --release --locked -q -- -D warnings
+endif
 
 types: .venv  ## mypy, strict on worker/
 	$(BIN)/mypy
