@@ -82,33 +82,27 @@ fn write_floats(out: &mut Vec<u8>, xs: &[f64]) {
     out.push(b']');
 }
 
-/// A float64 array's native-order bytes (`ndarray.tobytes()`), checked for its length.
-fn floats(name: &str, raw: &[u8], len: usize) -> PyResult<Vec<f64>> {
+/// An array of 8-byte numbers from its native-order bytes (`ndarray.tobytes()`),
+/// checked for its length.
+fn words<T>(name: &str, raw: &[u8], len: usize, from: fn([u8; 8]) -> T) -> PyResult<Vec<T>> {
     if raw.len() != len * 8 {
         return Err(PyValueError::new_err(format!(
-            "{name}: {} bytes, expected {} float64",
-            raw.len(),
-            len
+            "{name}: {} bytes, expected {len} 8-byte numbers",
+            raw.len()
         )));
     }
     Ok(raw
         .chunks_exact(8)
-        .map(|c| f64::from_ne_bytes(c.try_into().unwrap()))
+        .map(|c| from(c.try_into().unwrap()))
         .collect())
 }
 
+fn floats(name: &str, raw: &[u8], len: usize) -> PyResult<Vec<f64>> {
+    words(name, raw, len, f64::from_ne_bytes)
+}
+
 fn ints(name: &str, raw: &[u8], len: usize) -> PyResult<Vec<i64>> {
-    if raw.len() != len * 8 {
-        return Err(PyValueError::new_err(format!(
-            "{name}: {} bytes, expected {} int64",
-            raw.len(),
-            len
-        )));
-    }
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
-        .collect())
+    words(name, raw, len, i64::from_ne_bytes)
 }
 
 fn flags(name: &str, raw: &[u8], len: usize) -> PyResult<()> {
