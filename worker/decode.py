@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -78,7 +80,11 @@ from worker.decode_wire import WireEvent, checked_wire, wire_decoder
 from worker.errors import InvalidEvent
 from worker.events import LabelEvent, PredictionEvent, ProbsEvent, ScoreEvent, TextEvent
 from worker.fusion.text import text_normalisation
+from worker.native import FastDecoder
 from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_config
+
+if TYPE_CHECKING:  # only a type: worker.records imports the fusion, which imports config
+    from worker.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +126,7 @@ class Decoder:
     """
 
     __slots__ = (
+        "_fast",
         "_label_index",
         "_labels",
         "_max_bytes",
@@ -159,6 +166,37 @@ class Decoder:
             else None
         )
         self._parse = wire_decoder().decode
+        # The compiled decoder (worker.native) of a classification task's common event,
+        # from the models that report in the fused labels; None: Python alone.
+        self._fast = (
+            FastDecoder(
+                {m: m for m in self._models if m not in self._vocab},
+                self._label_index,
+                self._n_labels,
+                self._tolerance,
+                self._max_bytes,
+                ProbsEvent,
+                LabelEvent,
+            )
+            if FastDecoder is not None and self._n_labels and self._text is None
+            else None
+        )
+
+    def decode_many(
+        self, records: Sequence[Record], check_keys: bool, skip_topic: str | None = None
+    ) -> list[PredictionEvent | None] | None:
+        """The compiled decoder over a batch of records (one call): each record's event,
+        or None where ``decode`` (and, with ``check_keys``, ``check_key``) must decide;
+        a record of ``skip_topic`` gets None. None where the compiled decoder is not
+        installed or not for this configuration. It takes a classification task's
+        common event (a probs vector in the configured label order, or a configured
+        label, from a model that reports in the fused labels), and gives what ``decode``
+        gives for it; the rest, with every reason code, stays Python's."""
+        if self._fast is None:
+            return None
+        batch = records if isinstance(records, list) else list(records)
+        events: list[PredictionEvent | None] = self._fast.decode_many(batch, check_keys, skip_topic)
+        return events
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:
         """Parse and validate one record value. Raises InvalidEvent (see the module doc).

@@ -210,6 +210,8 @@ class Engine:
     def _join_live(self, records: Sequence[Record], now_ms: int, out: Step) -> None:
         decode = self._decoder.decode
         check = check_key if self._check_keys else None
+        # The compiled decoder's events (None where Python decides), or None without it.
+        fast = self._decoder.decode_many(records, self._check_keys, self._labels_topic)
         tables = self.tables
         track = self._track
         accepted: dict[str, int] = {}
@@ -221,7 +223,7 @@ class Engine:
         last = -1
         n = 0
         bad_traceparents = 0
-        for r in records:
+        for i, r in enumerate(records):
             topic, partition, offset = r.topic, r.partition, r.offset
             if tp is None or tp[1] != partition or tp[0] != topic:
                 if tp is not None and table is not None:
@@ -235,13 +237,15 @@ class Engine:
             if topic == self._labels_topic:
                 self._label(r, partition, now_ms, out)
                 continue
-            try:
-                ev = decode(r.value, r.timestamp)
-                if check is not None:
-                    check(r.key, ev)
-            except InvalidEvent as exc:
-                self._dead(r, exc, out)
-                continue
+            ev = None if fast is None else fast[i]
+            if ev is None:
+                try:
+                    ev = decode(r.value, r.timestamp)
+                    if check is not None:
+                        check(r.key, ev)
+                except InvalidEvent as exc:
+                    self._dead(r, exc, out)
+                    continue
             if r.headers:
                 traceparent, bad = read_traceparent(r.headers)
                 if traceparent is not None:
@@ -369,19 +373,15 @@ class Engine:
             values, counted = written
             out.counted.append(counted)
         else:
-            if self._learning_fuser is None:
-                results = self._fuser.fuse(requests)
-            else:
-                results = self._fuse_learning(finished)
+            learning = self._learning_fuser is not None
+            results = self._fuse_learning(finished) if learning else self._fuser.fuse(requests)
             # Appended: on event time a step fuses once per label it reads.
             out.results += results
             values = [result_json(r) for r in results] if self._encode else []
         out.finished += requests
         out.result_partitions += [p for p, _ in finished]
         if self._encode:
-            topic = self._output_topic
-            outputs = out.outputs
-            fused_records = out.fused_records
+            topic, outputs, fused_records = self._output_topic, out.outputs, out.fused_records
             for (p, f), value in zip(finished, values, strict=True):
                 header = fused_traceparent(f.request_id, f.members.values())
                 rec = OutRecord(

@@ -1,10 +1,11 @@
 """The compiled hot path, when it is there: the only module importing ``fusion_native``,
 an optional extension written in Rust (``native/`` in the repository; ``make`` builds
 it into the virtualenv, the container image installs it). It holds the result writer
-(used by ``worker.fusion.native``), which gives what the Python builder gives; the
-Python builder stays for everything it does not cover.
+(used by ``worker.fusion.native``) and the decoder of the common event (used by
+``worker.decode``); each gives what the Python code gives, which stays for everything
+they do not cover.
 
-Without the extension, or with ``FUSION_NATIVE=0`` in the environment, the name is
+Without the extension, or with ``FUSION_NATIVE=0`` in the environment, both names are
 None and the worker runs on Python alone (the same output, more CPU per event).
 """
 
@@ -15,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 classification_json: Callable[..., Any] | None = None
+FastDecoder: Callable[..., Any] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
         import fusion_native
 
         classification_json = fusion_native.classification_json
+        FastDecoder = fusion_native.FastDecoder
     except ImportError:  # not built: Python alone
         pass

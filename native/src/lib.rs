@@ -8,6 +8,8 @@
 //! strings with the same escapes. A batch this does not cover (a string that is not
 //! valid UTF-8, a time that is not an i64) returns None and Python builds it instead.
 
+mod decode;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -444,6 +446,7 @@ fn write_batch<'py>(
 #[pymodule]
 fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classification_json, m)?)?;
+    m.add_class::<decode::FastDecoder>()?;
     m.add("STATUSES", STATUSES.to_vec())?;
     Ok(())
 }
