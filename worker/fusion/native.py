@@ -40,8 +40,8 @@ class Counted:
     """What the metrics count of a batch written by the compiled writer, which builds no
     result dicts: results per status (in ``STATUSES`` order), per configured model how
     often it was missing (not counting ``decided`` results) and how often its label was
-    not the fused one, each result's latency in ms and its status (an index of
-    ``STATUSES``), in order."""
+    not the fused one, each result's latency in ms and its status (one byte per result,
+    an index of ``STATUSES``), in order."""
 
     strategy: str
     models: Sequence[str]
@@ -49,7 +49,7 @@ class Counted:
     missing: list[int]
     disagree: list[int]
     latencies_ms: list[int]
-    status_of: list[int]
+    status_of: bytes
 
     def tallies(
         self,
