@@ -101,25 +101,11 @@ impl FastDecoder {
         })
     }
 
-    /// The event of one record value, or None where the Python decoder must decide.
-    /// `record_ts` is the record timestamp (None or < 0: none).
-    fn decode<'py>(
-        &self,
-        py: Python<'py>,
-        value: &Bound<'py, PyAny>,
-        record_ts: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Ok(value) = value.downcast::<PyBytes>() else {
-            return Ok(None); // None (a tombstone), or not bytes
-        };
-        self.event(py, value.as_bytes(), record_ts.extract().ok(), None)
-    }
-
-    /// ``decode`` of each record of ``records`` (objects with ``value``, ``timestamp``,
-    /// ``key`` and ``topic``, as ``engine.Record``), in one call: a list with the event
-    /// or None of each. With ``check_keys`` an event whose record key is not its
-    /// request id is None (Python then raises ``key_mismatch``); a record of
-    /// ``skip_topic`` (the labels topic) is None.
+    /// Each record of `records` (objects with `value`, `timestamp`, `key` and `topic`,
+    /// as `engine.Record`) decoded in one call: a list with the event of each, or None
+    /// where the Python decoder must decide (a value that is not bytes included). With
+    /// `check_keys` an event whose record key is not its request id is None (Python then
+    /// raises `key_mismatch`); a record of `skip_topic` (the labels topic) is None.
     #[pyo3(signature = (records, check_keys, skip_topic=None))]
     fn decode_many<'py>(
         &self,
@@ -166,6 +152,8 @@ impl FastDecoder {
 }
 
 impl FastDecoder {
+    /// The event of one record value, or None; `record_ts` is the record timestamp
+    /// (None or < 0: none), `key` the record key to check against the request id.
     fn event<'py>(
         &self,
         py: Python<'py>,
