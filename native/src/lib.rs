@@ -15,10 +15,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-/// What the metrics count of a batch: statuses in the order complete, partial,
-/// decided, insufficient; per model, how often it was missing (but in a decided
-/// result) and how often its label was not the fused one; each result's latency (ms).
-type Summary = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<i64>, Vec<u8>);
+/// What the metrics count of a batch: per model, how often it was missing (not counting
+/// decided results) and how often its label was not the fused one; each result's
+/// latency (ms) and status (an index of `STATUSES`).
+type Summary = (Vec<u64>, Vec<u64>, Vec<i64>, Vec<u8>);
 
 const STATUSES: [&str; 4] = ["complete", "partial", "decided", "insufficient"];
 const COMPLETE: u8 = 0;
@@ -276,7 +276,6 @@ fn write_batch<'py>(
     }
 
     let out = PyList::empty(py);
-    let mut statuses = vec![0u64; 4];
     let mut missing_counts = vec![0u64; m];
     let mut disagree = vec![0u64; m];
     let mut latencies = Vec::with_capacity(n);
@@ -433,14 +432,10 @@ fn write_batch<'py>(
         buf.push(b'}');
 
         out.append(PyBytes::new(py, &buf))?;
-        statuses[status as usize] += 1;
         latencies.push(latency);
         status_of.push(status);
     }
-    Ok((
-        out,
-        (statuses, missing_counts, disagree, latencies, status_of),
-    ))
+    Ok((out, (missing_counts, disagree, latencies, status_of)))
 }
 
 #[pymodule]

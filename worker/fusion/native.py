@@ -15,6 +15,7 @@ writer does not cover (labels some model does not report, a string that is not U
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from worker.fusion.batch import FloatArray, IntArray
 from worker.fusion.result import Fused, member_columns
 from worker.native import classification_json
 
-# The order of the extension's status counts and codes.
+# The extension's status codes, by index.
 STATUSES = ("complete", "partial", "decided", "insufficient")
 
 
@@ -38,14 +39,13 @@ def available() -> bool:
 @dataclass(frozen=True, slots=True)
 class Counted:
     """What the metrics count of a batch written by the compiled writer, which builds no
-    result dicts: results per status (in ``STATUSES`` order), per configured model how
-    often it was missing (not counting ``decided`` results) and how often its label was
-    not the fused one, each result's latency in ms and its status (one byte per result,
-    an index of ``STATUSES``), in order."""
+    result dicts: per configured model how often it was missing (not counting
+    ``decided`` results) and how often its label was not the fused one, each result's
+    latency in ms and its status (one byte per result, an index of ``STATUSES``), in
+    order."""
 
     strategy: str
     models: Sequence[str]
-    statuses: list[int]
     missing: list[int]
     disagree: list[int]
     latencies_ms: list[int]
@@ -57,7 +57,7 @@ class Counted:
         """The counts as ``Metrics`` tallies them, zeros left out: results by (strategy,
         status), missing and disagreeing members by model."""
         strategy = self.strategy
-        statuses = {(strategy, s): n for s, n in zip(STATUSES, self.statuses, strict=True) if n}
+        statuses = {(strategy, STATUSES[s]): n for s, n in Counter(self.status_of).items()}
         missing = {m: n for m, n in zip(self.models, self.missing, strict=True) if n}
         disagree = {m: n for m, n in zip(self.models, self.disagree, strict=True) if n}
         return statuses, missing, disagree
@@ -107,8 +107,8 @@ def classification_bytes(
     )
     if written is None:
         return None
-    out, (statuses, missing, disagree, latencies, status_of) = written
-    return out, Counted(strategy, models, statuses, missing, disagree, latencies, status_of)
+    out, (missing, disagree, latencies, status_of) = written
+    return out, Counted(strategy, models, missing, disagree, latencies, status_of)
 
 
 def _raw(values: Any, dtype: Any) -> bytes:
