@@ -26,15 +26,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $@
 
-# The compiled result writer (native/, Rust through PyO3, built by maturin with the crates
-# of native/Cargo.lock from crates.io; about 30 s). NATIVE=0 skips it: the worker then
-# builds its results in Python, the same bytes at a higher CPU cost.
+# The compiled hot path, result writer and decoder (native/, Rust through PyO3, built by
+# maturin with the crates of native/Cargo.lock from crates.io; about 30 s). NATIVE=0
+# skips it: the worker then runs on Python alone, the same output at a higher CPU cost.
 NATIVE ?= 1
 # rustup installs cargo into ~/.cargo/bin, which a non-login shell (CI's) may lack on PATH.
 export PATH := $(PATH):$(HOME)/.cargo/bin
-$(VENV)/.native: $(VENV)/.installed native/pyproject.toml native/Cargo.toml native/Cargo.lock native/src/lib.rs
+$(VENV)/.native: $(VENV)/.installed native/pyproject.toml native/Cargo.toml native/Cargo.lock \
+		$(wildcard native/src/*.rs)
 ifeq ($(NATIVE),0)
-	@echo "NATIVE=0: the compiled result writer is not built"
+	@echo "NATIVE=0: the compiled hot path (native/) is not built"
 else
 	@command -v cargo >/dev/null || { echo "Rust's cargo is needed to build native/ (https://rustup.rs); or run make with NATIVE=0 to go without it"; exit 1; }
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps -c constraints.txt ./native
