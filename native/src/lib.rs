@@ -442,6 +442,5 @@ fn write_batch<'py>(
 fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classification_json, m)?)?;
     m.add_class::<decode::FastDecoder>()?;
-    m.add("STATUSES", STATUSES.to_vec())?;
     Ok(())
 }
