@@ -186,7 +186,8 @@ def main() -> None:
                 metrics.observe_results(step.results)
             for c in getattr(step, "counted", ()):
                 metrics.observe_counted(c)
-            metrics.observe_arrivals(b)
+            # The arrivals of what the writer did not count (all of it, before it did).
+            metrics.observe_arrivals(getattr(step, "uncounted", b))
 
     fused = n / best_seconds(fuse_only, args.repeat)
     encoded = n / best_seconds(encode_only, args.repeat)

@@ -377,19 +377,17 @@ class Engine:
             results = self._fuse_learning(finished) if learning else self._fuser.fuse(requests)
             # Appended: on event time a step fuses once per label it reads.
             out.results += results
+            out.uncounted += requests
             values = [result_json(r) for r in results] if self._encode else []
         out.finished += requests
         out.result_partitions += [p for p, _ in finished]
+        traced = written is None or written[1].traced  # else no member has a traceparent
         if self._encode:
             topic, outputs, fused_records = self._output_topic, out.outputs, out.fused_records
             for (p, f), value in zip(finished, values, strict=True):
-                header = fused_traceparent(f.request_id, f.members.values())
-                rec = OutRecord(
-                    topic,
-                    f.request_id.encode(),
-                    value,
-                    None if header is None else [(TRACEPARENT, header)],
-                )
+                header = fused_traceparent(f.request_id, f.members.values()) if traced else None
+                headers = None if header is None else [(TRACEPARENT, header)]
+                rec = OutRecord(topic, f.request_id.encode(), value, headers)
                 outputs.setdefault(p, []).append(rec)
                 fused_records.append(rec)
         if self._track:

@@ -290,8 +290,12 @@ class Metrics:
         self._count(statuses, missing, disagree, latencies_ms)
 
     def observe_counted(self, counted: Counted) -> None:
-        """``observe_results`` for a batch the compiled writer wrote, from its counts."""
+        """``observe_results`` and ``observe_arrivals`` of a batch the writer counted."""
         self._count(*counted.tallies(), counted.latencies_ms)
+        for model, raw in zip(counted.models, counted.arrivals, strict=True):
+            if raw:
+                ms = np.maximum(np.frombuffer(raw, dtype=np.int64), 0)
+                self.arrival_delay.observe(ms / 1000.0, self._model(model))
 
     def _count(
         self,

@@ -77,7 +77,8 @@ class Step:
     partition number, the request ids whose pending state changed (only when the engine
     tracks them). ``counted``: what the metrics count of the results the compiled writer
     wrote, which are in ``finished`` and ``fused_records`` but not in ``results`` (only
-    when the engine builds no result dicts).
+    when the engine builds no result dicts); ``uncounted``: the requests of ``finished``
+    that are in no ``counted`` batch.
     """
 
     outputs: dict[int, list[OutRecord]] = field(default_factory=dict)
@@ -86,6 +87,7 @@ class Step:
     result_partitions: list[int] = field(default_factory=list)
     fused_records: list[OutRecord] = field(default_factory=list)
     counted: list[Counted] = field(default_factory=list)
+    uncounted: list[FinishedRequest] = field(default_factory=list)
     invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     touched: dict[int, list[str]] = field(default_factory=dict)

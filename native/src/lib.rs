@@ -17,8 +17,10 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 /// What the metrics count of a batch: per model, how often it was missing (not counting
 /// decided results) and how often its label was not the fused one; each result's
-/// latency (ms) and status (an index of `STATUSES`).
-type Summary = (Vec<u64>, Vec<u64>, Vec<i64>, Vec<u8>);
+/// latency (ms) and status (an index of `STATUSES`); per model, the arrival delay (its
+/// event's `ts` minus the request's `first_ts`, ms) of each member it sent, in request
+/// order, as native-order i64 bytes; whether any member has a `traceparent`.
+type Summary = (Vec<u64>, Vec<u64>, Vec<i64>, Vec<u8>, Vec<Vec<u8>>, bool);
 
 const STATUSES: [&str; 4] = ["complete", "partial", "decided", "insufficient"];
 const COMPLETE: u8 = 0;
@@ -280,6 +282,8 @@ fn write_batch<'py>(
     let mut disagree = vec![0u64; m];
     let mut latencies = Vec::with_capacity(n);
     let mut status_of = Vec::with_capacity(n);
+    let mut arrivals: Vec<Vec<u8>> = vec![Vec::with_capacity(n * 8); m];
+    let mut traced = false;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut present: Vec<Option<Bound<'py, PyAny>>> = Vec::with_capacity(m);
     for (i, req) in finished.iter().enumerate() {
@@ -363,8 +367,14 @@ fn write_batch<'py>(
                 buf.extend_from_slice(b",\"contribution\":");
                 write_f64(&mut buf, a.contribution[ij]);
             }
+            let ts: i64 = ev.getattr(intern!(py, "ts"))?.extract()?;
+            let delay = ts
+                .checked_sub(first_ts)
+                .ok_or_else(|| PyValueError::new_err("delay beyond i64"))?;
+            arrivals[j].extend_from_slice(&delay.to_ne_bytes());
             let traceparent = ev.getattr(intern!(py, "traceparent"))?;
             if let Some(tp) = opt_str(&traceparent)? {
+                traced = true;
                 let id = tp
                     .get(3..35)
                     .ok_or_else(|| PyValueError::new_err("short traceparent"))?;
@@ -435,7 +445,10 @@ fn write_batch<'py>(
         latencies.push(latency);
         status_of.push(status);
     }
-    Ok((out, (missing_counts, disagree, latencies, status_of)))
+    Ok((
+        out,
+        (missing_counts, disagree, latencies, status_of, arrivals, traced),
+    ))
 }
 
 #[pymodule]

@@ -23,6 +23,7 @@ from worker.events import FinishedRequest, PredictionEvent
 from worker.fusion import Fuser, native
 from worker.fusion.result import result_json
 from worker.metrics import Metrics
+from worker.runtime.tally import tally
 from worker.tracing import _shown
 
 __all__ = ["stacker"]  # the module fixture, shared
@@ -48,10 +49,7 @@ def _metrics(config: Config, steps: list[Step]) -> bytes:
         models=config.model_names, strategy=config.fusion.strategy, process_metrics=False
     )
     for step in steps:
-        if step.results:
-            metrics.observe_results(step.results)
-        for counted in step.counted:
-            metrics.observe_counted(counted)
+        tally(metrics, config, step)  # the loop's own count of a step
     # The ``_created`` series hold each registry's own creation time; a series first
     # counted by a batch is listed where it was first counted.
     lines = generate_latest(metrics.registry).splitlines()

@@ -42,7 +42,9 @@ class Counted:
     result dicts: per configured model how often it was missing (not counting
     ``decided`` results) and how often its label was not the fused one, each result's
     latency in ms and its status (one byte per result, an index of ``STATUSES``), in
-    order."""
+    order; per configured model the arrival delays of its members (``ts`` minus the
+    request's ``first_ts``, ms; native-order int64 bytes, in request order); whether any
+    member has a ``traceparent`` (when none has, no fused record gets the header)."""
 
     strategy: str
     models: Sequence[str]
@@ -50,6 +52,8 @@ class Counted:
     disagree: list[int]
     latencies_ms: list[int]
     status_of: bytes
+    arrivals: list[bytes]
+    traced: bool
 
     def tallies(
         self,
@@ -107,8 +111,8 @@ def classification_bytes(
     )
     if written is None:
         return None
-    out, (missing, disagree, latencies, status_of) = written
-    return out, Counted(strategy, models, missing, disagree, latencies, status_of)
+    out, (missing, disagree, latencies, status_of, arrivals, traced) = written
+    return out, Counted(strategy, models, missing, disagree, latencies, status_of, arrivals, traced)
 
 
 def _raw(values: Any, dtype: Any) -> bytes:

@@ -18,7 +18,8 @@ def tally(metrics: Metrics, config: Config, step: Step) -> None:
             metrics.observe_results(step.results)
         for counted in step.counted:
             metrics.observe_counted(counted)
-        metrics.observe_arrivals(step.finished)
+        if step.uncounted:
+            metrics.observe_arrivals(step.uncounted)
     if step.dead_letters:
         metrics.output(k.dlq_topic, step.dead_letters.total())
     if step.late and k.late_topic:
