@@ -113,10 +113,16 @@ class AtLeastOnce:
         """Keep the fused requests' offset spans, queue the outputs, hand them over."""
         assert self._sink is not None
         spans = self._spans
+        # A step's requests come partition by partition: the list of the last (topic,
+        # partition) is looked up once per run of them, not once per request.
+        last: tuple[str, int] | None = None
+        kept: list[tuple[int, int]] = []
         for done, p in zip(step.finished, step.result_partitions, strict=True):
             if done.spans is not None:
                 for topic, span in done.spans.items():
-                    kept = spans.setdefault(TopicPartition(topic, p), [])
+                    if last is None or last[1] != p or last[0] != topic:
+                        last = (topic, p)
+                        kept = spans.setdefault(TopicPartition(topic, p), [])
                     # Requests interleave: most spans overlap the last one kept and
                     # extend it (merge_spans), so a commit has a handful to sort.
                     if kept and kept[-1][0] <= span[0] <= kept[-1][1]:
