@@ -170,6 +170,24 @@ def test_final_base_is_slim_python_of_the_supported_version(
     assert project["requires-python"] == f">={m.group(1)}"
 
 
+def test_every_stage_is_on_the_same_named_debian_release(
+    instructions: list[Instruction], final: list[Instruction]
+) -> None:
+    """Every stage starts from one image tag that names its Debian release: the compiled
+    extension links against the builder's glibc, and Debian's cargo there must build
+    native/Cargo.lock (trixie's does, bookworm's is too old), so an image tag that moves
+    to another release must not change either unseen."""
+    args = arg_defaults(instructions)
+    bases = {expand(i.args.split()[0], args) for i in instructions if i.name == "FROM"}
+    assert len(bases) == 1, f"stages on different images: {sorted(bases)}"
+    (base,) = bases
+    m = re.fullmatch(r"python:\d+\.\d+-slim-([a-z]+)", base)
+    assert m, f"{base!r} does not name its Debian release"
+    assert m.group(1) not in {"bullseye", "bookworm"}, f"{base!r}: its cargo is too old"
+    labels = " ".join(i.args for i in final if i.name == "LABEL")
+    assert f'base.name="docker.io/library/{base}"' in labels
+
+
 def test_final_user_is_a_fixed_non_root_uid(final: list[Instruction]) -> None:
     """The runtime runs as a numeric, non-zero uid (Kubernetes can verify runAsNonRoot)."""
     users = [i for i in final if i.name == "USER"]
