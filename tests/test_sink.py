@@ -1,27 +1,57 @@
-"""The sink's vectorised partitioner agrees with Kafka's default partitioner."""
+"""The sink's batch partitioners agree with Kafka's default partitioner, compiled or
+numpy (Kafka's Java client checks worker.murmur2 itself: tests/integration/test_broker.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker import native
 from worker.murmur2 import partition_for
-from worker.runtime.partitioner import partitions_for
+from worker.runtime.partitioner import numpy_partitions_for, partitions_for
 
 keys = st.lists(st.binary(min_size=0, max_size=40), min_size=0, max_size=200)
+Partitioner = Callable[[list[bytes], int], list[int]]
+IMPLEMENTATIONS = pytest.mark.parametrize(
+    "impl",
+    [
+        pytest.param(native.partitions_for, id="compiled"),
+        pytest.param(numpy_partitions_for, id="numpy"),
+        pytest.param(partitions_for, id="either"),
+    ],
+)
 
 
-@given(keys=keys, partitions=st.integers(min_value=1, max_value=1000))
-def test_partitions_for_equals_the_one_key_murmur2(keys: list[bytes], partitions: int) -> None:
-    """Every key gets the partition worker.murmur2 gives it, whether it is hashed alone
-    or with numpy among many keys of its length."""
-    assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+def _usable(impl: Partitioner | None) -> Partitioner:
+    if impl is None:  # FUSION_NATIVE=0 or not built: make test always builds it
+        pytest.skip("the compiled extension is not there")
+    return impl
 
 
-@given(length=st.integers(min_value=0, max_value=13), partitions=st.integers(1, 64))
-def test_many_keys_of_one_length_take_the_numpy_path_and_agree(
-    length: int, partitions: int
+@IMPLEMENTATIONS
+@given(keys=keys, partitions=st.integers(min_value=1, max_value=2**31 - 1))
+def test_partitions_for_equals_the_one_key_murmur2(
+    impl: Partitioner | None, keys: list[bytes], partitions: int
 ) -> None:
-    """Hundreds of keys of one length (the numpy path, every tail length 0-3) agree."""
+    """Every key gets the partition worker.murmur2 gives it, whether it is hashed alone
+    or among many keys of its length."""
+    assert _usable(impl)(keys, partitions) == [partition_for(k, partitions) for k in keys]
+
+
+@IMPLEMENTATIONS
+@given(length=st.integers(min_value=0, max_value=13), partitions=st.integers(1, 64))
+def test_many_keys_of_one_length_agree(
+    impl: Partitioner | None, length: int, partitions: int
+) -> None:
+    """Hundreds of keys of one length (numpy's vector path, every tail length 0-3) agree."""
     keys = [bytes((i * 31 + j) % 256 for j in range(length)) for i in range(300)]
-    assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+    assert _usable(impl)(keys, partitions) == [partition_for(k, partitions) for k in keys]
+
+
+def test_no_partitions_is_refused() -> None:
+    """Zero partitions is a ValueError, as for one key, not a division by zero."""
+    with pytest.raises(ValueError, match="partitions must be >= 1, got 0"):
+        partitions_for([b"a"], 0)

@@ -1,11 +1,12 @@
 """The compiled hot path, when it is there: the only module importing ``fusion_native``,
 an optional extension written in Rust (``native/`` in the repository; ``make`` builds
 it into the virtualenv, the container image installs it). It holds the result writer
-(used by ``worker.fusion.native``) and the decoder of the common event (used by
-``worker.decode``); each gives what the Python code gives, which stays for everything
-they do not cover.
+(used by ``worker.fusion.native``), the decoder of the common event (used by
+``worker.decode``) and Kafka's default partitioner for a batch of keys (used by
+``worker.runtime.partitioner``); each gives what the Python code gives, which stays
+for everything they do not cover.
 
-Without the extension, or with ``FUSION_NATIVE=0`` in the environment, both names are
+Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
 None and the worker runs on Python alone (the same output, more CPU per event).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 classification_json: Callable[..., Any] | None = None
 FastDecoder: Callable[..., Any] | None = None
+partitions_for: Callable[[list[bytes], int], list[int]] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -24,5 +26,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
 
         classification_json = fusion_native.classification_json
         FastDecoder = fusion_native.FastDecoder
+        partitions_for = fusion_native.partitions_for
     except ImportError:  # not built: Python alone
         pass

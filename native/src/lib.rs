@@ -1,5 +1,6 @@
 //! fusion-worker's compiled hot path: a fused batch of classification results written
-//! straight to their JSON bytes, with the counts the metrics take from them.
+//! straight to their JSON bytes, with the counts the metrics take from them (here), the
+//! common event decoded (`decode.rs`), output keys partitioned (`partition.rs`).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
@@ -9,6 +10,7 @@
 //! valid UTF-8, a time that is not an i64) returns None and Python builds it instead.
 
 mod decode;
+mod partition;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -447,7 +449,14 @@ fn write_batch<'py>(
     }
     Ok((
         out,
-        (missing_counts, disagree, latencies, status_of, arrivals, traced),
+        (
+            missing_counts,
+            disagree,
+            latencies,
+            status_of,
+            arrivals,
+            traced,
+        ),
     ))
 }
 
@@ -455,5 +464,6 @@ fn write_batch<'py>(
 fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classification_json, m)?)?;
     m.add_class::<decode::FastDecoder>()?;
+    m.add_function(wrap_pyfunction!(partition::partitions_for, m)?)?;
     Ok(())
 }
