@@ -176,10 +176,10 @@ async def run(
     cores = dict(
         zip(("worker", "load generator", "machine"), (u / wall for u in used), strict=True)
     )
-    out = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
-    out.steps_per_s = steps_per_s
-    out.loop = {phase: seconds / wall for phase, seconds in loop.items()}
-    return out
+    lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
+    lat.steps_per_s = steps_per_s
+    lat.loop = {phase: seconds / wall for phase, seconds in loop.items()}
+    return lat
 
 
 async def last_appended(bootstrap: str, topic: str) -> dict[str, int]:
