@@ -2,9 +2,10 @@
 an optional extension written in Rust (``native/`` in the repository; ``make`` builds
 it into the virtualenv, the container image installs it). It holds the result writer
 (used by ``worker.fusion.native``), the decoder of the common event (used by
-``worker.decode``) and Kafka's default partitioner for a batch of keys (used by
-``worker.runtime.partitioner``); each gives what the Python code gives, which stays
-for everything they do not cover.
+``worker.decode``), Kafka's default partitioner for a batch of keys (used by
+``worker.runtime.partitioner``) and the producer's record batches (used by
+``worker.runtime.record_batch``); each gives what the Python code (or aiokafka's)
+gives, which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
 None and the worker runs on Python alone (the same output, more CPU per event).
@@ -19,6 +20,7 @@ from typing import Any
 classification_json: Callable[..., Any] | None = None
 FastDecoder: Callable[..., Any] | None = None
 partitions_for: Callable[[list[bytes], int], list[int]] | None = None
+RecordBatch: Callable[[int, bool], Any] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -27,5 +29,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         classification_json = fusion_native.classification_json
         FastDecoder = fusion_native.FastDecoder
         partitions_for = fusion_native.partitions_for
+        RecordBatch = fusion_native.RecordBatch
     except ImportError:  # not built: Python alone
         pass

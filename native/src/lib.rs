@@ -1,6 +1,7 @@
 //! fusion-worker's compiled hot path: a fused batch of classification results written
 //! straight to their JSON bytes, with the counts the metrics take from them (here), the
-//! common event decoded (`decode.rs`), output keys partitioned (`partition.rs`).
+//! common event decoded (`decode.rs`), output keys partitioned (`partition.rs`), output
+//! record batches filled (`batch.rs`).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
@@ -9,6 +10,7 @@
 //! strings with the same escapes. A batch this does not cover (a string that is not
 //! valid UTF-8, a time that is not an i64) returns None and Python builds it instead.
 
+mod batch;
 mod decode;
 mod partition;
 
@@ -465,5 +467,6 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classification_json, m)?)?;
     m.add_class::<decode::FastDecoder>()?;
     m.add_function(wrap_pyfunction!(partition::partitions_for, m)?)?;
+    m.add_class::<batch::RecordBatch>()?;
     Ok(())
 }

@@ -1,15 +1,15 @@
 """Batches of records per topic partition, handed to one producer.
 
-Records go into one batch per topic partition (aiokafka's ``create_batch`` /
-``send_batch``), partitioned as Kafka's default partitioner does (murmur2 of the key,
-for a whole batch of keys at once), so queueing a record costs no coroutine and no
-future of its own. A batch is handed to the producer when it is full, or by ``submit``
-once the previous batch of its partition is acknowledged (``submit(force=True)``: at
-once). A record too big to share a batch (a dead letter of a huge event) goes alone
-through ``producer.send``, which also checks it against the producer's size limit.
-A batch the broker refuses as too large (over the topic's ``max.message.bytes``) makes
-its topic one record per batch; a record refused alone goes without its value
-(``too_large_alone``).
+Records go into one batch per topic partition (``send_batch``, the batches made by
+worker/runtime/record_batch.py), partitioned as Kafka's default partitioner does
+(murmur2 of the key, for a whole batch of keys at once), so queueing a record costs no
+coroutine and no future of its own. A batch is handed to the producer when it is full,
+or by ``submit`` once the previous batch of its partition is acknowledged
+(``submit(force=True)``: at once). A record too big to share a batch (a dead letter of
+a huge event) goes alone through ``producer.send``, which also checks it against the
+producer's size limit. A batch the broker refuses as too large (over the topic's
+``max.message.bytes``) makes its topic one record per batch; a record refused alone
+goes without its value (``too_large_alone``).
 
 ``BatchWriter`` is what both delivery modes send through: the at-least-once ``Sink``
 (worker/runtime/sink.py) wraps it with re-sends; exactly-once uses it alone, since a
@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from worker.engine import OutRecord
 from worker.murmur2 import murmur2
 from worker.runtime.partitioner import partitions_for
+from worker.runtime.record_batch import batch_factory
 from worker.runtime.retry import Backoff, is_fatal
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class BatchWriter:
         divert: Divert | None = None,
     ) -> None:
         self._producer = producer
+        self._new_batch = batch_factory(producer)
         self._divert = divert
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
@@ -247,7 +249,7 @@ class BatchWriter:
         ):
             batch.records.append(rec)
             return None
-        new = self._open[tp] = _Open(self._producer.create_batch())
+        new = self._open[tp] = _Open(self._new_batch())
         # An empty batch takes any record.
         new.builder.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers)
         new.records.append(rec)
@@ -267,6 +269,7 @@ class BatchWriter:
         """Send through ``producer`` from now on (nothing of ours may be in flight)."""
         assert not self._open, "batches still open"
         self._producer = producer
+        self._new_batch = batch_factory(producer)
         self._last.clear()
 
     def forget_partition_counts(self) -> None:
