@@ -100,3 +100,62 @@ def test_changelog_state_holds_probs_as_json_floats_and_restores_them(
     fresh.close_all(1)
     [done] = fresh.drain()
     assert done.members["a"].probs == pack_probs(probs)
+
+
+def _member(request_id: str, model: str, kind: int, values: list[float]) -> PredictionEvent:
+    """An event of ``kind``: 0 probs, 1 a label (values[0] picks it, -1 abstains), 2
+    probs of another length than the labels'."""
+    if kind == 0:
+        return PredictionEvent(request_id, model, 1, probs=values[: len(LABELS)])
+    if kind == 1:
+        return PredictionEvent(request_id, model, 1, label=int(values[0] * 4) - 1)
+    return PredictionEvent(request_id, model, 1, probs=values[: len(LABELS) - 1])
+
+
+members = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # 3: the model is missing
+        st.integers(0, 2),
+        st.lists(st.floats(0, 0.999), min_size=len(LABELS), max_size=len(LABELS)),
+    ),
+    min_size=len(MODELS),
+    max_size=len(MODELS),
+)
+
+
+def _build(requests: list[FinishedRequest], compiled: bool) -> object:
+    """build_batch's arrays, or the error it raises, with or without the compiled
+    packing."""
+    from worker import native
+
+    saved = native.pack_members
+    assert saved is not None, "build native/ (make .venv) or unset FUSION_NATIVE=0"
+    native.pack_members = saved if compiled else None
+    try:
+        batch = build_batch(requests, MODELS, len(LABELS))
+    except FusionError as exc:
+        return str(exc)
+    finally:
+        native.pack_members = saved
+    assert batch.probs.flags.writeable
+    assert batch.present.flags.writeable
+    return batch.probs.tolist(), batch.present.tolist()
+
+
+@given(st.lists(members, max_size=12), st.booleans())
+def test_the_compiled_packing_builds_what_python_builds(
+    requests: list[list[tuple[int, int, list[float]]]], odd_lengths: bool
+) -> None:
+    """The compiled packing gives build_batch's arrays (probs, one-hot labels, an
+    abstaining -1, missing models) or leaves the batch to Python, which names a member
+    with the wrong number of probabilities."""
+    finished = []
+    for i, drawn in enumerate(requests):
+        rid = f"r{i}"
+        events = {
+            model: _member(rid, model, kind if odd_lengths else min(kind, 1), values)
+            for model, (missing, kind, values) in zip(MODELS, drawn, strict=True)
+            if missing != 3
+        }
+        finished.append(FinishedRequest(rid, events, 1, 0, 0, False))
+    assert _build(finished, compiled=True) == _build(finished, compiled=False)

@@ -1,7 +1,8 @@
 """The compiled hot path, when it is there: the only module importing ``fusion_native``,
 an optional extension written in Rust (``native/`` in the repository; ``make`` builds
 it into the virtualenv, the container image installs it). It holds the result writer
-(used by ``worker.fusion.native``), the decoder of the common event (used by
+(used by ``worker.fusion.native``), the packing of a batch's members (used by
+``worker.fusion.batch``), the decoder of the common event (used by
 ``worker.decode``), Kafka's default partitioner for a batch of keys (used by
 ``worker.runtime.partitioner``) and the producer's record batches (used by
 ``worker.runtime.record_batch``); each gives what the Python code (or aiokafka's)
@@ -21,6 +22,7 @@ classification_json: Callable[..., Any] | None = None
 FastDecoder: Callable[..., Any] | None = None
 partitions_for: Callable[[list[bytes], int], list[int]] | None = None
 RecordBatch: Callable[[int, bool], Any] | None = None
+pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -30,5 +32,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         FastDecoder = fusion_native.FastDecoder
         partitions_for = fusion_native.partitions_for
         RecordBatch = fusion_native.RecordBatch
+        pack_members = fusion_native.pack_members
     except ImportError:  # not built: Python alone
         pass

@@ -1,8 +1,10 @@
 """The batch form of the fusion: n finished requests as arrays, built once per batch.
 
 Every strategy works on these arrays, never on one request at a time. Building them
-is the only per-member Python loop of the fusion; it fills flat Python lists (the
-members' packed probabilities, for classification) and hands them to numpy in one call.
+is the only per-member loop of the fusion: for classification, the compiled extension
+packs the members' probabilities into one buffer (``worker.native.pack_members``) where
+it is installed and sure of the batch; else a Python loop fills flat lists (the members'
+packed probabilities) and hands them to numpy in one call.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from worker import native
 from worker.errors import FusionError
 from worker.events import FinishedRequest, pack_probs
 
@@ -112,6 +115,13 @@ def build_batch(
             np.array(present, dtype=np.bool_).reshape(n, m),
         )
 
+    pack = native.pack_members
+    packed = None if pack is None else pack(finished, models, n_labels)
+    if packed is not None:
+        rows_bytes, present_bytes = packed
+        probs = np.frombuffer(rows_bytes, dtype=np.float64).reshape(n, m, n_labels)
+        reported = np.frombuffer(present_bytes, dtype=np.bool_).reshape(n, m)
+        return _with_vocab(probs, reported, vocab)
     # Every row packed as the events hold their probs, so that one join makes the array.
     row_bytes = _FLOAT_BYTES * n_labels
     zeros = bytes(row_bytes)
@@ -143,6 +153,13 @@ def build_batch(
     flat = np.frombuffer(bytearray().join(rows), dtype=np.float64)
     probs = flat.reshape(n, m, n_labels)
     reported = np.array(present, dtype=np.bool_).reshape(n, m)
+    return _with_vocab(probs, reported, vocab)
+
+
+def _with_vocab(probs: FloatArray, reported: BoolArray, vocab: Vocabularies | None) -> Batch:
+    """A classification batch of ``probs`` and ``reported`` (writable arrays), with the
+    abstentions and coverage of ``vocab``."""
+    n = len(probs)
     if vocab is None or vocab.full:
         return Batch(probs, np.empty((n, 0)), reported)
     if vocab.may_abstain:
