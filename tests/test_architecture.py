@@ -19,6 +19,7 @@ CORE = [
     WORKER / "join.py",
     WORKER / "join_pending.py",
     WORKER / "join_deadlines.py",
+    WORKER / "join_fused.py",
     WORKER / "join_offsets.py",
     WORKER / "join_state.py",
     WORKER / "engine.py",

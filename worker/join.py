@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join_deadlines import Deadlines
-from worker.join_fused import FusedIds
+from worker.join_fused import fused_ids
 from worker.join_offsets import OffsetTracker
 from worker.join_pending import UNMARKED, _Pending, _share, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
@@ -122,10 +122,9 @@ class JoinTable:
         # Per model position, the model_version string of its latest accepted event:
         # an equal later one is replaced by it, one copy per version instead of per event.
         self._versions: list[str | None] = [None] * len(self.models)
-        # The ids closed lately; its dict and deque read directly on the hot path.
-        self._memory = FusedIds(fused_memory_count)
-        self._fused, self._fused_order = self._memory.ids, self._memory.order
-        self._forget = self._memory.forget
+        # The ids closed lately (worker/join_fused.py).
+        self._memory = fused_ids(fused_memory_count)
+        self._late = self._memory.late
         self._closed: list[FinishedRequest] = []
         # Requests opened at the same base time share one deadline int object.
         self._base = -1
@@ -156,15 +155,8 @@ class JoinTable:
                 f"model {event.model!r} is not one of the join's models {list(self.models)}"
             ) from None
         if p is None:
-            fused = self._fused
-            if fused:
-                if self._fused_order[0][0] <= now_ms:
-                    self._forget(now_ms)
-                # Event-time close times are not monotone (expired requests close at
-                # their deadline), so an entry behind the front may be past its time.
-                remembered = fused.get(rid)
-                if remembered is not None and remembered[0] > now_ms:
-                    return "late"
+            if self._late(rid, now_ms):
+                return "late"
             p = _Pending(self._empty)
             p.arrival = i + 1
             p[self._last] = now_ms  # type: ignore[call-overload]  # its opening time
@@ -210,8 +202,7 @@ class JoinTable:
         """Close (``expired=True``) every pending request whose deadline <= ``now_ms``,
         earliest deadline first (equal deadlines by request_id)."""
         self._expire(now_ms, now_ms)
-        if self._fused_order and self._fused_order[0][0] <= now_ms:
-            self._forget(now_ms)
+        self._memory.forget(now_ms)
 
     def close_all(self, now_ms: int) -> None:
         """End of input: close everything pending (``expired=True``), in deadline order;

@@ -2,10 +2,10 @@
 an optional extension written in Rust (``native/`` in the repository; ``make`` builds
 it into the virtualenv, the container image installs it). It holds the result writer
 (used by ``worker.fusion.native``), the packing of a batch's members (used by
-``worker.fusion.batch``), the decoder of the common event (used by
-``worker.decode``), Kafka's default partitioner for a batch of keys (used by
-``worker.runtime.partitioner``) and the producer's record batches (used by
-``worker.runtime.record_batch``); each gives what the Python code (or aiokafka's)
+``worker.fusion.batch``), the join's memory of fused ids (used by ``worker.join_fused``),
+the decoder of the common event (used by ``worker.decode``), Kafka's default partitioner
+for a batch of keys (used by ``worker.runtime.partitioner``) and the producer's record
+batches (used by ``worker.runtime.record_batch``); each gives what the Python code (or aiokafka's)
 gives, which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
@@ -23,6 +23,7 @@ FastDecoder: Callable[..., Any] | None = None
 partitions_for: Callable[[list[bytes], int], list[int]] | None = None
 RecordBatch: Callable[[int, bool], Any] | None = None
 pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
+FusedIds: Callable[[int], Any] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -33,5 +34,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         partitions_for = fusion_native.partitions_for
         RecordBatch = fusion_native.RecordBatch
         pack_members = fusion_native.pack_members
+        FusedIds = fusion_native.FusedIds
     except ImportError:  # not built: Python alone
         pass

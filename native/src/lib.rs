@@ -1,7 +1,8 @@
 //! fusion-worker's compiled hot path: a fused batch of classification results written
 //! straight to their JSON bytes, with the counts the metrics take from them (here), the
-//! common event decoded (`decode.rs`), the members packed for the fusion (`pack.rs`),
-//! output keys partitioned (`partition.rs`), output record batches filled (`batch.rs`).
+//! common event decoded (`decode.rs`), the join's memory of fused ids (`fused.rs`), the
+//! members packed for the fusion (`pack.rs`), output keys partitioned (`partition.rs`),
+//! output record batches filled (`batch.rs`).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
@@ -12,6 +13,7 @@
 
 mod batch;
 mod decode;
+mod fused;
 mod pack;
 mod partition;
 
@@ -470,5 +472,6 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(partition::partitions_for, m)?)?;
     m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(pack::pack_members, m)?)?;
+    m.add_class::<fused::FusedIds>()?;
     Ok(())
 }
