@@ -123,8 +123,18 @@ class OffsetTracker:
         """Per source, the (first, last) offset of the events of ``p``, which closes (its
         marks become stale, as in ``closed``), widened by the event at ``offset`` of
         ``source`` (the one that completed it; -1: none)."""
-        out: dict[str, tuple[int, int]] = {}
         low = p.low
+        if not self.more and p.gap != UNMARKED and (offset < 0 or source == self.primary):
+            # The common case, without the general merge below: one source marked the
+            # request, and closed it (or nothing did: its deadline).
+            self.tracked -= 1
+            high = low + p.gap
+            if offset > high:
+                high = offset
+            elif 0 <= offset < low:
+                low = offset
+            return {self.primary: (low, high)}  # type: ignore[dict-item]  # set by the mark
+        out: dict[str, tuple[int, int]] = {}
         if p.gap != UNMARKED:
             self.tracked -= 1
             out[self.primary] = (low, low + p.gap)  # type: ignore[index]  # set by that mark
