@@ -26,10 +26,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $@
 
-# The compiled hot path: result writer, decoder, partitioner, record batches (native/, Rust
-# through PyO3, built by maturin with the crates of native/Cargo.lock from crates.io; about
-# 30 s). NATIVE=0 skips it: the worker then runs on Python alone, the same output at a
-# higher CPU cost.
+# The compiled hot path: result writer, decoder, member packing, fused-id memory,
+# partitioner, record batches (native/, Rust through PyO3, built by maturin with the crates
+# of native/Cargo.lock from crates.io; about 30 s). NATIVE=0 skips it: the worker then runs
+# on Python alone, the same output at a higher CPU cost.
 NATIVE ?= 1
 # rustup installs cargo into ~/.cargo/bin, which a non-login shell (CI's) may lack on PATH.
 export PATH := $(PATH):$(HOME)/.cargo/bin
