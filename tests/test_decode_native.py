@@ -96,16 +96,6 @@ def test_the_parsers_edge_cases_decode_as_python_decodes_them(value: bytes | Non
         assert event == python(value, 42)
 
 
-def test_a_record_of_the_skipped_topic_is_left_to_python() -> None:
-    """The labels topic's records are Python's (they are label events, not predictions)."""
-    value = orjson.dumps({"request_id": "r", "model": "roberta", "ts": 1, "label": "neutral"})
-    records = [InRecord("labels", 0, 0, b"r", value), InRecord("in", 0, 1, b"r", value)]
-    events = DECODER.decode_many(records, check_keys=True, skip_topic="labels")
-    assert events is not None
-    assert events[0] is None
-    assert events[1] == python(value, None)
-
-
 COMMON: list[dict[str, Any]] = [
     {"probs": [0.2, 0.3, 0.5], "ts": 5},
     {"probs": [0, 1, 0], "ts": 0},

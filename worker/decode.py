@@ -84,7 +84,7 @@ from worker.native import FastDecoder
 from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_config
 
 if TYPE_CHECKING:  # only a type: worker.records imports the fusion, which imports config
-    from worker.records import Record
+    from worker.records import RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -183,19 +183,19 @@ class Decoder:
         )
 
     def decode_many(
-        self, records: Sequence[Record], check_keys: bool, skip_topic: str | None = None
+        self, records: Sequence[RawRecord], check_keys: bool
     ) -> list[PredictionEvent | None] | None:
         """The compiled decoder over a batch of records (one call): each record's event,
-        or None where ``decode`` (and, with ``check_keys``, ``check_key``) must decide;
-        a record of ``skip_topic`` gets None. None where the compiled decoder is not
-        installed or not for this configuration. It takes a classification task's
-        common event (a probs vector in the configured label order, or a configured
-        label, from a model that reports in the fused labels), and gives what ``decode``
-        gives for it; the rest, with every reason code, stays Python's."""
+        or None where ``decode`` (and, with ``check_keys``, ``check_key``) must decide.
+        None where the compiled decoder is not installed or not for this configuration.
+        It takes a classification task's common event (a probs vector in the configured
+        label order, or a configured label, from a model that reports in the fused
+        labels), and gives what ``decode`` gives for it; the rest, with every reason code,
+        stays Python's."""
         if self._fast is None:
             return None
         batch = records if isinstance(records, list) else list(records)
-        events: list[PredictionEvent | None] = self._fast.decode_many(batch, check_keys, skip_topic)
+        events: list[PredictionEvent | None] = self._fast.decode_many(batch, check_keys)
         return events
 
     def decode(self, value: bytes | None, record_ts_ms: int | None) -> PredictionEvent:

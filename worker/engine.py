@@ -40,7 +40,7 @@ label comes; with adaptive weights each partition number fuses with its own weig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from worker.config import Config
@@ -61,6 +61,7 @@ from worker.records import Headers as Headers
 from worker.records import InRecord as InRecord
 from worker.records import OutRecord as OutRecord
 from worker.records import Record as Record
+from worker.records import Run, runs_of, with_place
 from worker.records import Step as Step
 from worker.records import dead_letter as dead_letter
 from worker.state_deps import describe
@@ -184,15 +185,25 @@ class Engine:
 
     def step(self, records: Sequence[Record], now_ms: int = 0) -> Step:
         """Join ``records`` (in order), close what is due, fuse everything that closed."""
+        if not self.event_time:
+            return self.step_runs(runs_of(records), now_ms)
         out = Step()
         finished: list[tuple[int, FinishedRequest]] = []
+        self._join_event_time(records, out, finished)
+        self._fuse(finished, out)
+        return self.learned(out)
+
+    def step_runs(self, runs: Iterable[Run], now_ms: int) -> Step:
+        """Live ``step`` of records that come in runs of one topic partition each, as
+        ``getmany`` returns them: a record then needs no topic or partition of its own."""
         if self.event_time:
-            self._join_event_time(records, out, finished)
-        else:
-            self._join_live(records, now_ms, out)
-            for p, table in self.tables.items():
-                table.expire(now_ms)
-                finished += [(p, f) for f in table.drain()]
+            raise ValueError("step_runs is the live step; event time takes step(records)")
+        out = Step()
+        self._join_live(runs, now_ms, out)
+        finished: list[tuple[int, FinishedRequest]] = []
+        for p, table in self.tables.items():
+            table.expire(now_ms)
+            finished += [(p, f) for f in table.drain()]
         self._fuse(finished, out)
         return self.learned(out)
 
@@ -207,59 +218,50 @@ class Engine:
         self._fuse(finished, out)
         return self.learned(out)
 
-    def _join_live(self, records: Sequence[Record], now_ms: int, out: Step) -> None:
+    def _join_live(self, runs: Iterable[Run], now_ms: int, out: Step) -> None:
         decode = self._decoder.decode
+        decode_many = self._decoder.decode_many
         check = check_key if self._check_keys else None
-        # The compiled decoder's events (None where Python decides), or None without it.
-        fast = self._decoder.decode_many(records, self._check_keys, self._labels_topic)
         tables = self.tables
         track = self._track
         accepted: dict[str, int] = {}
         positions = out.positions
-        # Records come grouped by topic partition (a fetch is): look the table up and
-        # note the position once per group, not once per record.
-        table: JoinTable | None = None
-        tp: tuple[str, int] | None = None
-        last = -1
         n = 0
         bad_traceparents = 0
-        for i, r in enumerate(records):
-            topic, partition, offset = r.topic, r.partition, r.offset
-            if tp is None or tp[1] != partition or tp[0] != topic:
-                if tp is not None and table is not None:
-                    positions[tp] = last + 1
-                tp = (topic, partition)
-                table = tables.get(partition)
-            if table is None:
+        for (topic, partition), records in runs:
+            table = tables.get(partition)
+            if table is None or not records:
                 continue  # not (or no longer) ours
-            n += 1
-            last = offset
+            n += len(records)
+            positions[topic, partition] = records[-1].offset + 1
             if topic == self._labels_topic:
-                self._label(r, partition, now_ms, out)
+                for r in records:
+                    self._label(with_place(topic, partition, r), partition, now_ms, out)
                 continue
-            ev = None if fast is None else fast[i]
-            if ev is None:
-                try:
-                    ev = decode(r.value, r.timestamp)
-                    if check is not None:
-                        check(r.key, ev)
-                except InvalidEvent as exc:
-                    self._dead(r, exc, out)
-                    continue
-            if r.headers:
-                traceparent, bad = read_traceparent(r.headers)
-                if traceparent is not None:
-                    ev = ev.traced(traceparent)
-                bad_traceparents += bad
-            outcome = table.add(ev, now_ms, topic, offset)
-            if outcome == "accepted":
-                accepted[ev.model] = accepted.get(ev.model, 0) + 1
-                if track:
-                    out.touched.setdefault(partition, []).append(ev.request_id)
-            else:
-                self._not_joined(r, ev.model, outcome, out)
-        if tp is not None and table is not None:
-            positions[tp] = last + 1
+            # The compiled decoder's events (None where Python decides), or None without it.
+            fast = decode_many(records, self._check_keys)
+            for i, r in enumerate(records):
+                ev = None if fast is None else fast[i]
+                if ev is None:
+                    try:
+                        ev = decode(r.value, r.timestamp)
+                        if check is not None:
+                            check(r.key, ev)
+                    except InvalidEvent as exc:
+                        self._dead(with_place(topic, partition, r), exc, out)
+                        continue
+                if r.headers:
+                    traceparent, bad = read_traceparent(r.headers)
+                    if traceparent is not None:
+                        ev = ev.traced(traceparent)
+                    bad_traceparents += bad
+                outcome = table.add(ev, now_ms, topic, r.offset)
+                if outcome == "accepted":
+                    accepted[ev.model] = accepted.get(ev.model, 0) + 1
+                    if track:
+                        out.touched.setdefault(partition, []).append(ev.request_id)
+                else:
+                    self._not_joined(with_place(topic, partition, r), ev.model, outcome, out)
         out.records += n
         out.accepted.update(accepted)
         out.bad_traceparents += bad_traceparents

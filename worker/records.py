@@ -21,15 +21,12 @@ from worker.fusion.quality import Quality
 Headers = list[tuple[str, bytes]]
 
 
-class Record(Protocol):
-    """What the engine reads of an input record. aiokafka's ``ConsumerRecord`` has these
-    attributes (so the loop hands its records over as they are); offline sources use
-    ``InRecord``. ``timestamp`` is the record timestamp in ms (None or < 0: none)."""
+class RawRecord(Protocol):
+    """What the live engine step reads of an input record whose topic and partition it is
+    told (``Engine.step_runs``): aiokafka's parsed record (worker/runtime/raw_records.py)
+    and its ``ConsumerRecord`` both have these. ``timestamp`` is the record timestamp in
+    ms (None or < 0: none)."""
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
     @property
@@ -40,6 +37,37 @@ class Record(Protocol):
     def timestamp(self) -> int | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class Record(RawRecord, Protocol):
+    """What the engine reads of an input record. aiokafka's ``ConsumerRecord`` has these
+    attributes; offline sources use ``InRecord``."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+
+
+# Records of one topic partition, in order, with it: what ``getmany`` returns per key.
+Run = tuple[tuple[str, int], Sequence[RawRecord]]
+
+
+def runs_of(records: Sequence[Record]) -> list[Run]:
+    """``records`` cut where the topic partition changes, each run with its own."""
+    runs: list[tuple[tuple[str, int], list[RawRecord]]] = []
+    for r in records:
+        tp = (r.topic, r.partition)
+        if runs and runs[-1][0] == tp:
+            runs[-1][1].append(r)
+        else:
+            runs.append((tp, [r]))
+    return list(runs)
+
+
+def with_place(topic: str, partition: int, r: RawRecord) -> Record:
+    """``r`` with its topic and partition (for a dead letter, a late record, a label)."""
+    return InRecord(topic, partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers))
 
 
 @dataclass(frozen=True, slots=True)

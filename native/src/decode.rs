@@ -101,28 +101,19 @@ impl FastDecoder {
         })
     }
 
-    /// Each record of `records` (objects with `value`, `timestamp`, `key` and `topic`,
-    /// as `engine.Record`) decoded in one call: a list with the event of each, or None
+    /// Each record of `records` (objects with `value`, `timestamp` and `key`, as
+    /// `records.RawRecord`) decoded in one call: a list with the event of each, or None
     /// where the Python decoder must decide (a value that is not bytes included). With
     /// `check_keys` an event whose record key is not its request id is None (Python then
-    /// raises `key_mismatch`); a record of `skip_topic` (the labels topic) is None.
-    #[pyo3(signature = (records, check_keys, skip_topic=None))]
+    /// raises `key_mismatch`).
     fn decode_many<'py>(
         &self,
         py: Python<'py>,
         records: &Bound<'py, PyList>,
         check_keys: bool,
-        skip_topic: Option<&str>,
     ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for r in records.iter() {
-            if let Some(skip) = skip_topic {
-                let topic = r.getattr(intern!(py, "topic"))?;
-                if topic.downcast::<PyString>()?.to_str()? == skip {
-                    out.append(py.None())?;
-                    continue;
-                }
-            }
             let value = r.getattr(intern!(py, "value"))?;
             let Ok(value) = value.downcast::<PyBytes>() else {
                 out.append(py.None())?;

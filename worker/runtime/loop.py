@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,7 @@ from worker.fusion import Fuser
 from worker.health import Health, HealthServer
 from worker.join import JoinTable
 from worker.metrics import Metrics
+from worker.records import RawRecord
 from worker.runtime.backpressure import backpressure
 from worker.runtime.connect import admin_client, client_options, close_client, probe_credentials
 from worker.runtime.cycles import CycleCollector
@@ -316,11 +317,11 @@ class Loop:
         """The engine's join tables, by partition number."""
         return self.engine.tables
 
-    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def _process(self, batch: dict[TopicPartition, list[RawRecord]]) -> None:
         """Run the engine step over a fetched batch, emit its outputs, tally it."""
         now = int(self._clock_ms())
-        # ConsumerRecords have what the engine reads (engine.Record): no conversion.
-        step = self.engine.step([r for records in batch.values() for r in records], now)
+        # ConsumerRecords have what the engine reads (records.RawRecord), per topic partition.
+        step = self.engine.step_runs(batch.items(), now)
         # Before the delivery: a span may rename its result's traceparent.
         trace_step(step)
         self.state.record(step)

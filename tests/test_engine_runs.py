@@ -1,0 +1,122 @@
+"""The live step over runs of one topic partition (``Engine.step_runs``), as the worker
+loop hands over what ``getmany`` returned: records with no topic or partition of their
+own (worker/runtime/raw_records.py) give what ``step`` gives for the same records."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_engine import config, events, pred
+from worker.engine import Engine, InRecord
+from worker.fusion import Fuser
+from worker.records import runs_of
+
+
+@dataclass(frozen=True)
+class Bare:
+    """What aiokafka's parsed record has: no topic, no partition."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None
+    headers: list[tuple[str, bytes]]
+
+
+def bare(r: InRecord) -> Bare:
+    return Bare(r.offset, r.key, r.value, r.timestamp, list(r.headers))
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2)), max_size=20))
+def test_runs_cut_the_records_where_the_topic_partition_changes(
+    places: list[tuple[str, int]],
+) -> None:
+    """The runs, joined, are the records in order; each run is of one topic partition
+    and the next run's differs."""
+    records = [InRecord(t, p, i, None, None) for i, (t, p) in enumerate(places)]
+    runs = runs_of(records)
+    assert [r for _, run in runs for r in run] == records
+    assert all(r.topic == t and r.partition == p for (t, p), run in runs for r in run)
+    assert all(a[0] != b[0] for a, b in itertools.pairwise(runs))
+
+
+def outputs(step: Any) -> tuple[Any, ...]:
+    return (
+        step.outputs,
+        step.positions,
+        step.accepted,
+        step.dead_letters,
+        step.other,
+        step.late,
+        step.records,
+        [(r.topic, r.partition, r.offset) for r, _ in step.invalid],
+    )
+
+
+def live_engine() -> Engine:
+    engine = Engine(config(), Fuser(config()), results=False, check_keys=False)
+    for p in (0, 1):  # partition 2 of the records is not ours
+        engine.open(p)
+    return engine
+
+
+RECORDS = [
+    *events(300, seed=5, partitions=3),
+    InRecord("in", 0, 10_000, b"x", b"{broken", None, (("h", b"1"),)),
+    InRecord("in", 1, 10_001, b"req-1", pred("req-1", "roberta", 1)),  # late
+]
+
+
+def in_runs(engine: Engine, size: int) -> list[Any]:
+    """The live steps over RECORDS, ``size`` at a time, as bare records in runs."""
+    steps = []
+    for n, start in enumerate(range(0, len(RECORDS), size)):
+        runs = runs_of(RECORDS[start : start + size])
+        steps.append(engine.step_runs([(tp, [bare(r) for r in run]) for tp, run in runs], n))
+    return steps
+
+
+@pytest.mark.parametrize("size", [1, 7, 50])
+def test_bare_records_in_runs_give_what_full_records_give(size: int) -> None:
+    """Fused results, dead letters, late records, counts and positions are the same,
+    step after step, with duplicates, invalid records and a partition that is not ours
+    among them."""
+    full = live_engine()
+    for n, ours in enumerate(in_runs(live_engine(), size)):
+        assert outputs(ours) == outputs(full.step(RECORDS[n * size : (n + 1) * size], n))
+
+
+def test_a_bare_record_gets_its_topic_partition_back() -> None:
+    """A dead letter names the topic, partition and offset of its bare record, and a
+    step's position per topic partition is past its last record there."""
+    ours = {0, 1}
+    broken = {(r.topic, r.partition, r.offset) for r in RECORDS if r.value == b"{broken"}
+    named = set()
+    for n, step in enumerate(in_runs(live_engine(), 50)):
+        for records in step.outputs.values():
+            for out in records:
+                if out.topic == "fusion-dlq":
+                    h = {k: v.decode() for k, v in out.headers}
+                    named.add(
+                        (h["source_topic"], int(h["source_partition"]), int(h["source_offset"]))
+                    )
+        chunk = RECORDS[n * 50 : (n + 1) * 50]
+        assert step.positions == {
+            (r.topic, r.partition): r.offset + 1 for r in chunk if r.partition in ours
+        }
+    assert named == {b for b in broken if b[1] in ours}
+    assert len(named) > 10
+
+
+def test_step_runs_is_the_live_step_only() -> None:
+    """On event time the runs would lose the records' order across partitions: refused."""
+    engine = Engine(config(), Fuser(config()), event_time=True)
+    with pytest.raises(ValueError, match="live"):
+        engine.step_runs([], 0)
