@@ -40,6 +40,7 @@ from worker.runtime.handoff import HandOff, Listener
 from worker.runtime.heap import HeapTrimmer
 from worker.runtime.partitions import Partitions
 from worker.runtime.phases import Phases
+from worker.runtime.raw_records import install as install_raw_records
 from worker.runtime.retry import Backoff, TopicWatch, fatal_message, is_fatal, retry_until_connected
 from worker.runtime.tally import observe_state, tally
 from worker.runtime.topics import check_topics
@@ -142,6 +143,7 @@ class Loop:
         )
         await self.delivery.start()
         await self._retry_until_connected(consumer.start)
+        install_raw_records(consumer)  # getmany then hands over aiokafka's parsed records
         listener = Listener(self.on_revoked, self.on_assigned)
         # Labels share the consumer: their partition p joins the inputs' partition p.
         consumer.subscribe([*cfg.input_topics, *self.feedback.topics()], listener=listener)
@@ -320,7 +322,7 @@ class Loop:
     async def _process(self, batch: dict[TopicPartition, list[RawRecord]]) -> None:
         """Run the engine step over a fetched batch, emit its outputs, tally it."""
         now = int(self._clock_ms())
-        # ConsumerRecords have what the engine reads (records.RawRecord), per topic partition.
+        # Parsed records (raw_records.py) or ConsumerRecords, per topic partition.
         step = self.engine.step_runs(batch.items(), now)
         # Before the delivery: a span may rename its result's traceparent.
         trace_step(step)
