@@ -1,8 +1,9 @@
 """The engine step: raw input records in; fused results, dead letters, late records and
 tallies out. Pure: no Kafka, no clock, no I/O.
 
-``run`` (live topics), ``replay``, ``fuse`` and ``backtest`` all drive ``Engine.step``,
-so a backtest computes what production computes. The engine owns one ``JoinTable`` per
+``run`` (live topics), ``replay``, ``fuse`` and ``backtest`` all drive ``Engine.step``
+(the live loop through ``step_runs``, the same step over ``getmany``'s runs), so a
+backtest computes what production computes. The engine owns one ``JoinTable`` per
 input partition number; whoever owns the engine (the worker loop, or the offline driver)
 owns that state.
 

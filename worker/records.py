@@ -1,7 +1,7 @@
-"""The records of the engine step: what it reads of an input record (``Record``, and
-``InRecord`` for sources that are not a Kafka consumer), what it asks to publish
-(``OutRecord``, a dead letter built by ``dead_letter``) and what one step produced
-(``Step``). Pure data: no Kafka, no clock."""
+"""The records of the engine step: what it reads of an input record (``Record``; live,
+``RawRecord`` in runs of one topic partition; ``InRecord`` for sources that are not a
+Kafka consumer), what it asks to publish (``OutRecord``, a dead letter built by
+``dead_letter``) and what one step produced (``Step``). Pure data: no Kafka, no clock."""
 
 from __future__ import annotations
 
