@@ -55,14 +55,15 @@ Run = tuple[tuple[str, int], Sequence[RawRecord]]
 
 def runs_of(records: Sequence[Record]) -> list[Run]:
     """``records`` cut where the topic partition changes, each run with its own."""
-    runs: list[tuple[tuple[str, int], list[RawRecord]]] = []
+    runs: list[Run] = []
+    run: list[RawRecord] = []
     for r in records:
         tp = (r.topic, r.partition)
-        if runs and runs[-1][0] == tp:
-            runs[-1][1].append(r)
-        else:
-            runs.append((tp, [r]))
-    return list(runs)
+        if not runs or runs[-1][0] != tp:
+            run = []
+            runs.append((tp, run))
+        run.append(r)
+    return runs
 
 
 def with_place(topic: str, partition: int, r: RawRecord) -> Record:
