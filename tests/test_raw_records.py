@@ -1,7 +1,8 @@
 """The input consumer's parsed records (worker/runtime/raw_records.py) are the records
 aiokafka's own iterator hands over, with the same fetch positions: transactions aborted
 or committed, control batches, a fetch position inside a batch, either isolation level,
-and the class changed part way through. ``tests/integration/test_raw_records.py`` reads
+a batch whole (the class changed before the iteration) or record by record (part way
+through), a corrupt batch. ``tests/integration/test_raw_records.py`` reads
 a real broker's topic through it."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import FetchError, FetchResult, PartitionRecords
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
@@ -19,7 +22,12 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.runtime.raw_records import RawPartitionRecords, install, raw
+from worker.runtime.raw_records import (
+    BatchPartitionRecords,
+    RawPartitionRecords,
+    install,
+    raw,
+)
 
 TP = TopicPartition("in", 0)
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
@@ -78,10 +86,11 @@ pieces = st.lists(
 
 def log(drawn: list[tuple[str, list[list[Row]], bool]]) -> tuple[bytes, list[tuple[int, int]]]:
     """A partition's log from the drawn pieces, and its aborted transactions (producer id,
-    first offset) as a fetch response lists them."""
+    first offset) as a fetch response lists them. Two producers take turns, so a
+    producer's transaction may follow one of its own that was aborted."""
     data, aborted, offset = b"", [], 0
     for n, (kind, batches, commit) in enumerate(drawn):
-        producer_id = 100 + n if kind == "txn" else -1
+        producer_id = 100 + n % 2 if kind == "txn" else -1
         first = offset
         for rows_ in batches:
             data += batch(offset, rows_, producer_id)
@@ -103,17 +112,20 @@ def read(
 ) -> tuple[list[tuple[tuple[Any, ...], int]], int, list[str]]:
     """Every record a partition's iterator hands over, with the fetch position after each
     and at the end, and the class name of each; the iterator's class is changed to the
-    raw one after ``swap_at`` records (never when negative)."""
+    raw one after ``swap_at`` records (never when negative): before the first, the
+    batch-wise one, later the record-by-record one."""
     records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, isolation)
     result = FetchResult(TP, assignment=None, partition_records=records, backoff=0)
     out, kinds = [], []
     if swap_at == 0:
         raw(result)
+        assert type(records) is BatchPartitionRecords
     for n, record in enumerate(records):
         out.append((fields(record), records.next_fetch_offset))
         kinds.append(type(record).__name__)
         if n + 1 == swap_at:
             raw(result)
+            assert type(records) is RawPartitionRecords
     return out, records.next_fetch_offset, kinds
 
 
@@ -199,6 +211,39 @@ def test_a_raw_record_is_aiokafkas_parsed_one() -> None:
     assert fields(record) == (0, 5, b"k", b"v", (("h", b"1"),))
 
 
+@pytest.mark.parametrize("batch_wise", [True, False])
+def test_a_corrupt_batch_raises_after_the_records_before_it(batch_wise: bool) -> None:
+    """A batch whose CRC does not match raises ``CorruptRecordException`` after the
+    records of the batches before it, at their position, as aiokafka's iterator does;
+    then the iterator is finished."""
+    bad = bytearray(batch(2, [(7, b"k", b"v2", []), (8, b"k", b"v3", [])]))
+    bad[-1] ^= 0xFF  # in the last record's value, which the CRC covers
+    data = batch(0, [(5, b"k", b"v0", []), (6, b"k", b"v1", [])]) + bytes(bad)
+
+    def read_until_error(swap: bool) -> tuple[list[Any], int]:
+        records = PartitionRecords(TP, MemoryRecords(data), [], 0, None, None, True, 0)
+        result = FetchResult(TP, assignment=None, partition_records=records, backoff=0)
+        if swap and batch_wise:
+            raw(result)
+        got = []
+
+        def take_all() -> None:
+            for record in records:
+                got.append(fields(record))
+                if swap and not batch_wise and type(records) is PartitionRecords:
+                    raw(result)  # the record-by-record class, after the first record
+
+        with pytest.raises(CorruptRecordException):
+            take_all()
+        assert list(records) == []
+        return got, records.next_fetch_offset
+
+    ours, theirs = read_until_error(True), read_until_error(False)
+    assert ours == theirs
+    assert [f[3] for f in ours[0]] == [b"v0", b"v1"]
+    assert ours[1] == 2
+
+
 def test_an_error_result_is_left_alone() -> None:
     """A fetch error in the buffer is stored as it is."""
     error = FetchError(error=RuntimeError("x"), backoff=0)
@@ -257,4 +302,4 @@ def test_install_converts_what_was_already_fetched() -> None:
     other = TopicPartition("in", 1)
     buffered[other] = fetched()
     for tp in (TP, other):
-        assert type(buffered[tp]._partition_records) is RawPartitionRecords
+        assert type(buffered[tp]._partition_records) is BatchPartitionRecords
