@@ -170,6 +170,22 @@ def test_every_other_value_is_left_to_python(value: bytes | None) -> None:
     assert fast(value, 42) is None
 
 
+@pytest.mark.parametrize("text", [b"a\xff", b"\xed\xa0\x80", b"\xc3", b"a\xc3\xa9"])
+def test_a_value_with_bytes_that_are_not_utf8_is_left_to_python(text: bytes) -> None:
+    """A string that is not UTF-8 (a stray byte, a surrogate, a cut sequence) is None,
+    and Python names the reason; a valid multi-byte one is decoded as Python does."""
+    value = (
+        b'{"request_id":"r1","model":"bert-base","ts":5,"probs":[0.5,0.25,0.25],'
+        b'"trace_id":"' + text + b'"}'
+    )
+    expected = python(value, 5)
+    if isinstance(expected, tuple):
+        assert fast(value, 5) is None
+        assert expected[0] == "json"
+    else:
+        assert fast(value, 5) == expected
+
+
 # Probabilities written as a producer might: many significant digits, exponents.
 digits = st.integers(1, 10**30)
 scale = st.integers(1, 40)

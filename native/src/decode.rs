@@ -113,6 +113,8 @@ impl FastDecoder {
         check_keys: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
+        // Once per call, not per event.
+        let mut versions = self.versions.lock().unwrap();
         for r in records.iter() {
             let value = r.getattr(intern!(py, "value"))?;
             let Ok(value) = value.downcast::<PyBytes>() else {
@@ -133,7 +135,7 @@ impl FastDecoder {
             } else {
                 None
             };
-            match self.event(py, value.as_bytes(), ts, key)? {
+            match self.event(py, value.as_bytes(), ts, key, &mut versions)? {
                 Some(event) => out.append(event)?,
                 None => out.append(py.None())?,
             }
@@ -151,11 +153,17 @@ impl FastDecoder {
         value: &[u8],
         record_ts: Option<i64>,
         key: Option<&[u8]>,
+        versions: &mut HashMap<String, Py<PyString>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if value.is_empty() || value.len() > self.max_bytes {
             return Ok(None);
         }
-        let Ok(wire) = serde_json::from_slice::<Wire>(value) else {
+        // The whole value checked as UTF-8 at once: parsed from a str, serde_json then
+        // does not check each string again (invalid UTF-8 fails either way).
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Ok(None);
+        };
+        let Ok(wire) = serde_json::from_str::<Wire>(text) else {
             return Ok(None);
         };
         if key.is_some_and(|k| k != wire.request_id.as_bytes()) {
@@ -177,7 +185,7 @@ impl FastDecoder {
         let model = model.clone_ref(py);
         let version = match &wire.model_version {
             None => py.None().into_bound(py),
-            Some(v) => self.version(py, v)?,
+            Some(v) => version(py, v, versions),
         };
         let trace_id = match &wire.trace_id {
             None => py.None().into_bound(py),
@@ -229,17 +237,18 @@ impl FastDecoder {
     }
 }
 
-impl FastDecoder {
-    /// The shared string object of a model version (the Python decoder's `_version`).
-    fn version<'py>(&self, py: Python<'py>, value: &str) -> PyResult<Bound<'py, PyAny>> {
-        let mut versions = self.versions.lock().unwrap();
-        if let Some(known) = versions.get(value) {
-            return Ok(known.bind(py).clone().into_any());
-        }
-        let key = PyString::new(py, value);
-        if versions.len() < VERSION_CACHE_MAX {
-            versions.insert(value.to_owned(), key.clone().unbind());
-        }
-        Ok(key.into_any())
+/// The shared string object of a model version (the Python decoder's `_version`).
+fn version<'py>(
+    py: Python<'py>,
+    value: &str,
+    versions: &mut HashMap<String, Py<PyString>>,
+) -> Bound<'py, PyAny> {
+    if let Some(known) = versions.get(value) {
+        return known.bind(py).clone().into_any();
     }
+    let key = PyString::new(py, value);
+    if versions.len() < VERSION_CACHE_MAX {
+        versions.insert(value.to_owned(), key.clone().unbind());
+    }
+    key.into_any()
 }
