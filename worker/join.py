@@ -143,9 +143,10 @@ class JoinTable:
         """Add one decoded event. ``source``/``offset`` say where it came from (for
         ``oldest_offsets``; an offset below 0 is not tracked).
 
-        The table owns an event it accepts: a later member of a request is slimmed to
-        share what the earlier ones hold (see ``_share``), and a model_version equal to
-        the one its model sent before becomes that string object."""
+        The table owns an event it accepts: a later member of a request that stays
+        pending is slimmed to share what the earlier ones hold (see ``_share``; the last
+        member closes it at once, so slimming it would save no memory), and a
+        model_version equal to the one its model sent before becomes that string object."""
         rid = event.request_id
         p = self._pending.get(rid)
         try:
@@ -165,8 +166,10 @@ class JoinTable:
         else:
             if p[i] is not None:
                 return "duplicate"
-            _share(event, p, self._base_digits)
-            p.arrival = p.arrival * self._base_digits + i + 1
+            arrival = p.arrival * self._base_digits + i + 1
+            if arrival < self._complete:  # it stays pending (the last member does not)
+                _share(event, p, self._base_digits)
+            p.arrival = arrival
         version = event.model_version
         if version is not None:
             if version == (known := self._versions[i]):
