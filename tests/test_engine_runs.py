@@ -120,3 +120,30 @@ def test_step_runs_is_the_live_step_only() -> None:
     engine = Engine(config(), Fuser(config()), event_time=True)
     with pytest.raises(ValueError, match="live"):
         engine.step_runs([], 0)
+
+
+def test_touched_lists_what_each_step_changed_per_partition() -> None:
+    """With ``track_touched`` (exactly-once's changelog), a step lists per partition the
+    request of every event it accepted and of every result it fused; a duplicate, a
+    late event and a dead letter change nothing. Without it, nothing is listed."""
+    records = [
+        InRecord("in", 0, 0, b"a", pred("a", "bert-base", 1)),
+        InRecord("in", 1, 0, b"b", pred("b", "bert-base", 1)),
+        InRecord("in", 0, 1, b"a", pred("a", "roberta", 2)),
+        InRecord("in", 0, 2, b"a", pred("a", "roberta", 2)),  # duplicate
+        InRecord("in", 1, 1, b"x", b"{broken"),  # dead letter
+        InRecord("in", 0, 3, b"a", pred("a", "distil", 3)),  # completes a
+        InRecord("in", 0, 4, b"a", pred("a", "distil", 3)),  # late now
+    ]
+    engine = Engine(config(), Fuser(config()), results=False, track_touched=True)
+    for p in (0, 1):
+        engine.open(p)
+    step = engine.step_runs(runs_of(records), 1_000)
+    assert {p: sorted(ids) for p, ids in step.touched.items()} == {
+        0: ["a", "a", "a", "a"],  # three accepted events, one fused result
+        1: ["b"],
+    }
+    untracked = Engine(config(), Fuser(config()), results=False)
+    for p in (0, 1):
+        untracked.open(p)
+    assert untracked.step_runs(runs_of(records), 1_000).touched == {}

@@ -227,8 +227,7 @@ class Engine:
         track = self._track
         accepted: dict[str, int] = {}
         positions = out.positions
-        n = 0
-        bad_traceparents = 0
+        n = bad_traceparents = 0
         for (topic, partition), records in runs:
             table = tables.get(partition)
             if table is None or not records:
@@ -241,6 +240,7 @@ class Engine:
                 continue
             # The compiled decoder's events (None where Python decides), or None without it.
             fast = decode_many(records, self._check_keys)
+            touched = out.touched.setdefault(partition, []) if track else None  # per run
             for i, r in enumerate(records):
                 ev = None if fast is None else fast[i]
                 if ev is None:
@@ -259,8 +259,8 @@ class Engine:
                 outcome = table.add(ev, now_ms, topic, r.offset)
                 if outcome == "accepted":
                     accepted[ev.model] = accepted.get(ev.model, 0) + 1
-                    if track:
-                        out.touched.setdefault(partition, []).append(ev.request_id)
+                    if touched is not None:
+                        touched.append(ev.request_id)
                 else:
                     self._not_joined(with_place(topic, partition, r), ev.model, outcome, out)
         out.records += n
