@@ -244,6 +244,17 @@ def test_a_corrupt_batch_raises_after_the_records_before_it(batch_wise: bool) ->
     assert ours[1] == 2
 
 
+def test_an_iterator_without_its_position_attribute_keeps_the_generator() -> None:
+    """An iterator whose fetch position is not the instance attribute aiokafka 0.14
+    keeps is left to its own generator (the record-by-record class), not replaced."""
+    records = PartitionRecords(
+        TP, MemoryRecords(batch(0, [(5, b"k", b"v", [])])), [], 0, None, None, True, 0
+    )
+    del records.__dict__["next_fetch_offset"]
+    raw(FetchResult(TP, assignment=None, partition_records=records, backoff=0))
+    assert type(records) is RawPartitionRecords
+
+
 def test_an_error_result_is_left_alone() -> None:
     """A fetch error in the buffer is stored as it is."""
     error = FetchError(error=RuntimeError("x"), backoff=0)

@@ -113,8 +113,6 @@ impl FastDecoder {
         check_keys: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        // Once per call, not per event.
-        let mut versions = self.versions.lock().unwrap();
         for r in records.iter() {
             let value = r.getattr(intern!(py, "value"))?;
             let Ok(value) = value.downcast::<PyBytes>() else {
@@ -135,7 +133,7 @@ impl FastDecoder {
             } else {
                 None
             };
-            match self.event(py, value.as_bytes(), ts, key, &mut versions)? {
+            match self.event(py, value.as_bytes(), ts, key)? {
                 Some(event) => out.append(event)?,
                 None => out.append(py.None())?,
             }
@@ -153,7 +151,6 @@ impl FastDecoder {
         value: &[u8],
         record_ts: Option<i64>,
         key: Option<&[u8]>,
-        versions: &mut HashMap<String, Py<PyString>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if value.is_empty() || value.len() > self.max_bytes {
             return Ok(None);
@@ -185,7 +182,7 @@ impl FastDecoder {
         let model = model.clone_ref(py);
         let version = match &wire.model_version {
             None => py.None().into_bound(py),
-            Some(v) => version(py, v, versions),
+            Some(v) => self.version(py, v),
         };
         let trace_id = match &wire.trace_id {
             None => py.None().into_bound(py),
@@ -237,18 +234,18 @@ impl FastDecoder {
     }
 }
 
-/// The shared string object of a model version (the Python decoder's `_version`).
-fn version<'py>(
-    py: Python<'py>,
-    value: &str,
-    versions: &mut HashMap<String, Py<PyString>>,
-) -> Bound<'py, PyAny> {
-    if let Some(known) = versions.get(value) {
-        return known.bind(py).clone().into_any();
+impl FastDecoder {
+    /// The shared string object of a model version (the Python decoder's `_version`).
+    /// The lock is held for the lookup alone: no Python code runs under it.
+    fn version<'py>(&self, py: Python<'py>, value: &str) -> Bound<'py, PyAny> {
+        let mut versions = self.versions.lock().unwrap();
+        if let Some(known) = versions.get(value) {
+            return known.bind(py).clone().into_any();
+        }
+        let key = PyString::new(py, value);
+        if versions.len() < VERSION_CACHE_MAX {
+            versions.insert(value.to_owned(), key.clone().unbind());
+        }
+        key.into_any()
     }
-    let key = PyString::new(py, value);
-    if versions.len() < VERSION_CACHE_MAX {
-        versions.insert(value.to_owned(), key.clone().unbind());
-    }
-    key.into_any()
 }

@@ -143,7 +143,11 @@ def raw(result: Any) -> None:
     if type(records) is not PartitionRecords:
         return
     generator = records._records_iterator
-    if generator is None or inspect.getgeneratorstate(generator) != inspect.GEN_CREATED:
+    if (
+        generator is None
+        or inspect.getgeneratorstate(generator) != inspect.GEN_CREATED
+        or "next_fetch_offset" not in records.__dict__  # the position is not as expected
+    ):
         records.__class__ = RawPartitionRecords
         return
     position = records.__dict__.pop("next_fetch_offset")
