@@ -200,6 +200,34 @@ def test_getall_takes_the_same_records_and_positions(
     )
 
 
+def take_one_by_one(
+    data: bytes, aborted: list[tuple[int, int]], start: int, raw_: bool
+) -> list[tuple[tuple[Any, ...] | None, int]]:
+    """What ``getone`` takes of one fetched partition until it has no more: each record
+    (None at the end) and the position after it."""
+    records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, 1)
+    assignment = _Assignment(start)
+    result = FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
+    if raw_:
+        raw(result)
+    calls = []
+    while result.has_more():
+        got = result.getone()
+        calls.append((None if got is None else fields(got), assignment.state.position))
+    return calls
+
+
+@settings(max_examples=60)
+@given(pieces, st.integers(0, 30))
+def test_getone_takes_the_same_records_and_positions(drawn: Any, start: int) -> None:
+    """Taken one record at a time (``getone``, read_committed), the batch-wise iterator
+    hands over aiokafka's records and leaves the partition at the same positions."""
+    log_, aborted = log(drawn)
+    assert take_one_by_one(log_, aborted, start, True) == take_one_by_one(
+        log_, aborted, start, False
+    )
+
+
 def test_a_raw_record_is_aiokafkas_parsed_one() -> None:
     """After ``raw`` the iterator yields aiokafka's parsed record objects, not
     ``ConsumerRecord``s (what saves the work)."""
