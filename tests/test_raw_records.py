@@ -172,18 +172,23 @@ class _Assignment:
 
 def drain(
     data: bytes, aborted: list[tuple[int, int]], start: int, max_records: int, raw_: bool
-) -> list[tuple[list[tuple[Any, ...]], int]]:
+) -> list[tuple[Any, int]]:
     """What ``getmany`` takes of one fetched partition: ``getall(max_records)`` until it
-    has no more, each call's records and the position after it."""
+    has no more, each call's records and the position after it; with ``max_records`` 0,
+    what ``getone`` takes, each record (None at the end) and the position after it."""
     records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, 1)
     assignment = _Assignment(start)
     result = FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
     if raw_:
         raw(result)
-    calls = []
+    calls: list[tuple[Any, int]] = []
     while result.has_more():
-        got = result.getall(max_records)
-        calls.append(([fields(r) for r in got], assignment.state.position))
+        if max_records:
+            got = [fields(r) for r in result.getall(max_records)]
+        else:
+            one = result.getone()
+            got = None if one is None else fields(one)
+        calls.append((got, assignment.state.position))
     return calls
 
 
@@ -200,32 +205,13 @@ def test_getall_takes_the_same_records_and_positions(
     )
 
 
-def take_one_by_one(
-    data: bytes, aborted: list[tuple[int, int]], start: int, raw_: bool
-) -> list[tuple[tuple[Any, ...] | None, int]]:
-    """What ``getone`` takes of one fetched partition until it has no more: each record
-    (None at the end) and the position after it."""
-    records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, 1)
-    assignment = _Assignment(start)
-    result = FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
-    if raw_:
-        raw(result)
-    calls = []
-    while result.has_more():
-        got = result.getone()
-        calls.append((None if got is None else fields(got), assignment.state.position))
-    return calls
-
-
 @settings(max_examples=60)
 @given(pieces, st.integers(0, 30))
 def test_getone_takes_the_same_records_and_positions(drawn: Any, start: int) -> None:
     """Taken one record at a time (``getone``, read_committed), the batch-wise iterator
     hands over aiokafka's records and leaves the partition at the same positions."""
     log_, aborted = log(drawn)
-    assert take_one_by_one(log_, aborted, start, True) == take_one_by_one(
-        log_, aborted, start, False
-    )
+    assert drain(log_, aborted, start, 0, True) == drain(log_, aborted, start, 0, False)
 
 
 def test_a_raw_record_is_aiokafkas_parsed_one() -> None:
