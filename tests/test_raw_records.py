@@ -183,6 +183,7 @@ def drain(
         raw(result)
     calls: list[tuple[Any, int]] = []
     while result.has_more():
+        got: Any
         if max_records:
             got = [fields(r) for r in result.getall(max_records)]
         else:
