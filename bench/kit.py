@@ -166,6 +166,15 @@ class BatchWriter:
         self._futures: list[asyncio.Future[Any]] = []
         self.count = 0
 
+    def append(self, p: int, key: bytes, value: bytes, timestamp_ms: int | None = None) -> bool:
+        """``add_to`` without a coroutine where the partition's open batch has room;
+        False (nothing added) where it is full and ``add_to`` must send it."""
+        builder = self._builders.get(p)
+        if builder is None or builder.append(key=key, value=value, timestamp=timestamp_ms) is None:
+            return False
+        self.count += 1
+        return True
+
     async def add(self, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
         await self.add_to(partition_for(key, self.partitions), key, value, timestamp_ms)
 

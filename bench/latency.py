@@ -4,7 +4,9 @@ the record timestamps of its request's events.
 
 Each request's three model events are published at random delays after the request
 starts (0-10 ms, 5-40 ms, 0-20 ms: models answer at different speeds), every event
-with the wall-clock time it is handed to the producer as its record timestamp. Two
+with the wall-clock time it is handed to the producer as its record timestamp (and its
+``ts``). The schedule, ids and partitions are drawn before the start, so that per event
+this process, which shares the cores with the worker, only stamps and writes it. Two
 figures per request, after a warm-up:
 
 - last member -> fused: the fused record's timestamp (set by the worker's producer
@@ -30,7 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import heapq
+import bisect
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -38,14 +41,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench import kit, procs
-from worker.murmur2 import partition_for
+from worker.runtime.partitioner import partitions_for
 
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
 TICK_S = 0.002
+EVENT = (
+    b'{"request_id":"%s","model":"%s","ts":%d,"probs":%s,'
+    b'"model_version":"%s-2025.06","trace_id":"%s"}'
+)
+
+
+def event_bytes(key: bytes, model: bytes, ts: int, probs: bytes) -> bytes:
+    """``kit.event_value`` for request id ``key``, by one format: ``probs`` as orjson
+    writes them."""
+    return EVENT % (key, model, ts, probs, model, key[-16:] * 2)
 
 
 @dataclass
@@ -78,6 +92,24 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def schedule(
+    request_rate: float, seconds: float, rng: np.random.Generator
+) -> tuple[list[float], list[int]]:
+    """Every event of a run, in the order it is due: (due time in seconds after the
+    start, request index * models + model index). Request ``i`` starts at
+    ``i / request_rate``; its models answer after delays drawn from DELAYS_MS."""
+    per_request = len(DELAYS_MS)
+    n = math.ceil(request_rate * seconds)
+    lows = np.array([lo for lo, _ in DELAYS_MS]) / 1000
+    highs = np.array([hi for _, hi in DELAYS_MS]) / 1000
+    starts = np.arange(n, dtype=np.float64) / request_rate
+    due = (starts[:, None] + rng.uniform(lows, highs, size=(n, per_request))).ravel()
+    order = np.argsort(due, kind="stable")
+    due_list: list[float] = due[order].tolist()
+    order_list: list[int] = order.tolist()
+    return due_list, order_list
+
+
 async def publish(
     bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, run: str
 ) -> tuple[dict[str, tuple[int, int]], float, float]:
@@ -85,54 +117,57 @@ async def publish(
     {request_id: (first, last) record timestamp ms}, events/s achieved, start time (s)."""
     rng = np.random.default_rng(11)
     pool = kit.random_probs(rng, 10_007)
+    per_request = len(kit.MODELS)
+    # This process shares the cores with the worker and the broker, so everything that
+    # does not depend on the clock is drawn before the start: the schedule, the ids, the
+    # keys and their partitions. Per event the loop takes the time and writes the record.
+    due, order = schedule(rate / per_request, seconds, rng)
+    n = len(order) // per_request
+    rids = [kit.request_id(run, i) for i in range(n)]
+    keys = [rid.encode() for rid in rids]
+    parts = partitions_for(keys, partitions)
+    probs = [orjson.dumps(p) for p in pool]
+    models = [m.encode() for m in kit.MODELS]
+    sent = [0] * len(order)  # each event's record timestamp, by its place in ``order``
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=0, max_batch_size=256 * 1024
     )
     await producer.start()
     writer = kit.BatchWriter(producer, topic, partitions)
-    per_request = len(kit.MODELS)
-    request_rate = rate / per_request
-    # (time, seq, model index, request id, its key, its partition)
-    due: list[tuple[float, int, int, str, bytes, int]] = []
-    stamps: dict[str, tuple[int, int]] = {}
-    # This process shares the cores with the worker and the broker, so it does per
-    # request what it can (the partition, the delays, drawn for many requests at once).
-    lows = np.array([lo for lo, _ in DELAYS_MS])
-    highs = np.array([hi for _, hi in DELAYS_MS])
-    delays_s: list[list[float]] = []
     started = time.time()
-    i = seq = 0
+    k = 0
     try:
-        while True:
-            now = time.time()
-            # open the requests whose start time has come
-            while i < request_rate * min(now - started, seconds):
-                if not delays_s:
-                    drawn = rng.uniform(lows, highs, size=(4096, per_request)) / 1000
-                    delays_s = drawn.tolist()
-                start = started + i / request_rate
-                rid = kit.request_id(run, i)
-                key = rid.encode()
-                p = partition_for(key, partitions)
-                for m, delay_s in enumerate(delays_s.pop()):
-                    seq += 1
-                    heapq.heappush(due, (start + delay_s, seq, m, rid, key, p))
-                i += 1
-            while due and due[0][0] <= now:
-                _, k, m, rid, key, p = heapq.heappop(due)
+        while k < len(order):
+            until = bisect.bisect_right(due, time.time() - started, lo=k)
+            for j in range(k, until):
+                r, m = divmod(order[j], per_request)
                 ts = int(time.time() * 1000)
-                value = kit.event_value(rid, kit.MODELS[m], ts, pool[k % len(pool)])
-                await writer.add_to(p, key, value, timestamp_ms=ts)
-                first, last = stamps.get(rid, (ts, ts))
-                stamps[rid] = (min(first, ts), max(last, ts))
+                key = keys[r]
+                value = event_bytes(key, models[m], ts, probs[j % len(probs)])
+                if not writer.append(parts[r], key, value, ts):
+                    await writer.add_to(parts[r], key, value, ts)
+                sent[j] = ts
+            k = until
             await writer.send_pending()
-            if now - started >= seconds and not due:
-                break
             await asyncio.sleep(TICK_S)
         await writer.flush()
+        achieved = writer.count / (time.time() - started)
     finally:
         await producer.stop()
-    return stamps, writer.count / (time.time() - started), started
+    return stamps(rids, order, sent), achieved, started
+
+
+def stamps(
+    rids: Sequence[str], order: Sequence[int], sent: Sequence[int]
+) -> dict[str, tuple[int, int]]:
+    """{request_id: (first, last) record timestamp} from each event's timestamp
+    ``sent[k]``, event ``k`` being request ``order[k] // models``'s."""
+    by_event = np.empty(len(order), dtype=np.int64)
+    by_event[np.asarray(order, dtype=np.int64)] = sent
+    per_request = by_event.reshape(len(rids), -1)
+    firsts: list[int] = per_request.min(axis=1).tolist()
+    lasts: list[int] = per_request.max(axis=1).tolist()
+    return dict(zip(rids, zip(firsts, lasts, strict=True), strict=True))
 
 
 async def run(
