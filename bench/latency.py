@@ -23,6 +23,11 @@ last member published -> appended (this producer's queue and the broker) and las
 member appended -> fused (the worker's fetching, decoding, joining and fusing, and the
 wait for a core).
 
+How the tail is made: the share of the requests whose last member took over SLOW_MS
+(the goal) to be fused, and the stretches of fused time they fall in. A few long
+stretches are the worker catching up after a stall; a tail spread over the whole run
+is the cost of every step.
+
 Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S] [--profile FILE]``
 (``--profile``: py-spy samples the worker while the load runs; summarise the file with
 ``python -m bench.profile_report FILE``).
@@ -50,6 +55,10 @@ from worker.runtime.partitioner import partitions_for
 # Per model: the range (ms) of its delay after the request starts.
 DELAYS_MS = ((0.0, 10.0), (5.0, 40.0), (0.0, 20.0))
 TICK_S = 0.002
+# The goal for last member -> fused (docs/benchmarks.md, "Goals"), and how close together
+# the results over it must be fused to count as one stretch of the tail.
+SLOW_MS = 20.0
+STRETCH_GAP_MS = 100
 EVENT = (
     b'{"request_id":"%s","model":"%s","ts":%d,"probs":%s,'
     b'"model_version":"%s-2025.06","trace_id":"%s"}'
@@ -78,6 +87,9 @@ class Latency:
     # Seconds per second of the worker's loop by phase while publishing
     # (fusion_loop_seconds_total: fetch, process, clients, commit).
     loop: dict[str, float] = field(default_factory=dict)
+    # The results over SLOW_MS (last member -> fused) by when they were fused: (first,
+    # last fused time in ms, how many) of each stretch (see ``stretches``).
+    slow: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -242,6 +254,7 @@ def figures(
     measured = [rid for rid, (first, _) in stamps.items() if first >= since_ms]
     last_to_fused, first_to_fused, result_latency = [], [], []
     to_appended, appended_to_fused = [], []
+    slow_at: list[int] = []
     appended = appended or {}
     missing = 0
     for rid in measured:
@@ -251,6 +264,8 @@ def figures(
             continue
         first, last = stamps[rid]
         last_to_fused.append(fused - last)
+        if fused - last > SLOW_MS:
+            slow_at.append(fused)
         first_to_fused.append(fused - first)
         result_latency.append(output.latency_ms[rid])
         at = appended.get(rid)
@@ -268,7 +283,23 @@ def figures(
         last_to_appended=percentiles(to_appended),
         appended_to_fused=percentiles(appended_to_fused),
         missing=missing,
+        slow=stretches(slow_at),
     )
+
+
+def stretches(fused_ms: Sequence[int], gap_ms: int = STRETCH_GAP_MS) -> list[tuple[int, int, int]]:
+    """The fused times ``fused_ms`` (any order) cut where two neighbours are more than
+    ``gap_ms`` apart: (first, last, how many) of each stretch, in time order. A tail
+    made of a few long stretches is the worker catching up after a stall; one spread
+    over the run is the cost of every step."""
+    out: list[tuple[int, int, int]] = []
+    for t in sorted(fused_ms):
+        if out and t - out[-1][1] <= gap_ms:
+            first, _, count = out[-1]
+            out[-1] = (first, t, count + 1)
+        else:
+            out.append((t, t, 1))
+    return out
 
 
 def show(r: Latency) -> str:
@@ -288,6 +319,23 @@ def show(r: Latency) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
         + f" (of {os.cpu_count()}); the worker's steps {r.steps_per_s:,.0f}/s"
         + loop_split(r)
+        + slow_split(r)
+    )
+
+
+def slow_split(r: Latency) -> str:
+    """How many requests took over SLOW_MS, and in how many stretches of fused time."""
+    measured = r.requests - r.missing
+    if not measured:
+        return ""
+    slow = sum(count for _, _, count in r.slow)
+    line = f"\n  last member -> fused over {SLOW_MS:.0f} ms: {slow / measured:.2%} of the requests"
+    if not r.slow:
+        return line
+    first, last, count = max(r.slow, key=lambda s: s[1] - s[0])
+    return line + (
+        f", in {len(r.slow)} stretches of fused time (the longest "
+        f"{(last - first) / 1000:.2f} s, with {count / slow:.0%} of them)"
     )
 
 

@@ -1,8 +1,10 @@
-"""The latency benchmark's load generator (bench/latency.py): its schedule, the event
-bytes it writes and the timestamps it reports are what the benchmark claims; no
-broker."""
+"""The latency benchmark (bench/latency.py): its load generator's schedule, the event
+bytes it writes and the timestamps it reports are what the benchmark claims, and so is
+how it reports the tail; no broker."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import orjson
@@ -76,3 +78,40 @@ def test_append_adds_only_to_an_open_batch_with_room() -> None:
     assert not writer.append(1, b"k", b"v", 1)  # another partition: none open
     assert writer.count == 1
     assert writer._builders[0].record_count() == 1
+
+
+def test_stretches_cut_where_results_are_far_apart() -> None:
+    """Fused times more than the gap apart start a new stretch; the order they come in
+    does not matter."""
+    assert latency.stretches([400, 0, 120, 50, 390], gap_ms=100) == [(0, 120, 3), (390, 400, 2)]
+    assert latency.stretches([], gap_ms=100) == []
+
+
+@given(times=st.lists(st.integers(0, 10_000), max_size=60), gap=st.integers(0, 500))
+@settings(max_examples=200, deadline=None)
+def test_stretches_hold_every_time_once(times: list[int], gap: int) -> None:
+    """Every fused time is in one stretch; within a stretch neighbours are at most the
+    gap apart, and between stretches more than it."""
+    out = latency.stretches(times, gap_ms=gap)
+    assert sum(count for _, _, count in out) == len(times)
+    for first, last, count in out:
+        inside = sorted(t for t in times if first <= t <= last)
+        assert len(inside) == count
+        assert all(b - a <= gap for a, b in itertools.pairwise(inside))
+    for (_, last, _), (first, _, _) in itertools.pairwise(out):
+        assert first - last > gap
+
+
+def test_figures_count_the_requests_over_the_goal_by_stretch() -> None:
+    """The requests whose last member took over SLOW_MS to be fused are counted in
+    stretches of their fused times; those before the warm-up are left out."""
+    stamps = {"warm": (0, 5), "a": (100, 110), "b": (100, 120), "c": (100, 130), "d": (900, 910)}
+    output = kit.Output(
+        # last member -> fused: warm 100 (left out), a 5, b 40, c 50, d 60
+        timestamps={"warm": 105, "a": 115, "b": 160, "c": 180, "d": 970},
+        latency_ms=dict.fromkeys(stamps, 0),
+    )
+    lat = latency.figures(1.0, 1.0, stamps, output, since_ms=100)
+    assert lat.requests == 4
+    assert lat.slow == [(160, 180, 2), (970, 970, 1)]
+    assert "over 20 ms: 75.00% of the requests, in 2 stretches" in latency.show(lat)
