@@ -16,7 +16,6 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -294,8 +293,7 @@ class Metrics:
         self._count(*counted.tallies(), counted.latencies_ms)
         for model, raw in zip(counted.models, counted.arrivals, strict=True):
             if raw:
-                ms = np.maximum(np.frombuffer(raw, dtype=np.int64), 0)
-                self.arrival_delay.observe(ms / 1000.0, self._model(model))
+                self.arrival_delay.observe_ms(raw, self._model(model))
 
     def _count(
         self,
@@ -305,9 +303,7 @@ class Metrics:
         latencies_ms: Sequence[float],
     ) -> None:
         """Add one batch's tallies to the counters and its latencies to the histogram."""
-        if latencies_ms:
-            seconds = np.array(latencies_ms, dtype=np.float64) / 1000.0
-            self.join_latency.observe(np.maximum(seconds, 0.0))
+        self.join_latency.observe_ms(latencies_ms)
         for (strategy, status), n in statuses.items():
             self.results.labels(strategy, status).inc(n)
         for model, n in missing.items():
@@ -333,8 +329,7 @@ class Metrics:
                     delays = by_model[model] = by_series.setdefault(self._model(model), [])
                 delays.append(event.ts - first)
         for series, delays in by_series.items():
-            ms = np.maximum(np.array(delays, dtype=np.int64), 0)
-            self.arrival_delay.observe(ms / 1000.0, series)
+            self.arrival_delay.observe_ms(delays, series)
 
     # -- periodic (every commit interval) -------------------------------------------------
 

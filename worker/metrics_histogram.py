@@ -20,6 +20,8 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from worker import native
+
 # 1 ms .. 30 s: a complete request joins in milliseconds, a partial one at its deadline
 # (timeout_ms, 1 s by default); the top buckets catch a stalled loop.
 LATENCY_BUCKETS = (
@@ -50,14 +52,41 @@ _go_float = cast("Callable[[float], str]", floatToGoString)
 
 
 class _Series:
-    """One label set of a BatchHistogram."""
+    """One label set of a BatchHistogram: its bucket counts (per bucket, not cumulative)
+    and the sum of its values, in the compiled ``Buckets`` when the extension is there,
+    else in numpy."""
 
-    __slots__ = ("counts", "created", "total")
+    __slots__ = ("buckets", "counts", "created", "total")
 
-    def __init__(self, n_buckets: int) -> None:
-        self.counts = np.zeros(n_buckets, dtype=np.int64)  # per bucket, not cumulative
+    def __init__(self, bounds: npt.NDArray[np.float64]) -> None:
+        self.buckets = None if native.Buckets is None else native.Buckets(bounds.tolist())
+        self.counts = np.zeros(len(bounds), dtype=np.int64)
         self.total = 0.0
         self.created = time.time()
+
+    def observe_ms(self, values: bytes | Sequence[float], bounds: npt.NDArray[np.float64]) -> None:
+        if self.buckets is not None:
+            self.buckets.observe_ms(values)
+            return
+        ms = (
+            np.frombuffer(values, dtype=np.int64)
+            if isinstance(values, bytes)
+            else np.array(values, dtype=np.float64)
+        )
+        seconds = np.maximum(ms / 1000.0, 0.0)
+        n = len(bounds)
+        # A value v belongs to the first bucket whose bound is >= v, as the client's
+        # `v <= bound` scan finds; NaN (sorted past +Inf) is in none, as there.
+        self.counts += np.bincount(np.searchsorted(bounds, seconds), minlength=n + 1)[:n]
+        # cumsum adds one value after the other, as the client's running sum does;
+        # a plain sum() would add pairwise and could differ in the last bits.
+        self.total = float(np.cumsum(np.concatenate(([self.total], seconds)))[-1])
+
+    def snapshot(self) -> tuple[npt.NDArray[np.int64], float]:
+        if self.buckets is not None:
+            counts, total = self.buckets.snapshot()
+            return np.array(counts, dtype=np.int64), total
+        return self.counts.copy(), self.total
 
 
 class BatchHistogram:
@@ -97,31 +126,25 @@ class BatchHistogram:
         """Create the series of ``labelvalues`` at 0 if it does not exist yet."""
         with self._lock:
             if labelvalues not in self._series:
-                self._series[labelvalues] = _Series(len(self._bounds))
+                self._series[labelvalues] = _Series(self._bounds)
 
-    def observe(self, values: npt.NDArray[np.float64], *labelvalues: str) -> None:
-        """Observe every value of ``values`` in the series of ``labelvalues``."""
+    def observe_ms(self, values: bytes | Sequence[float], *labelvalues: str) -> None:
+        """Observe each of ``values``, milliseconds (the bytes of native-endian int64s, or
+        numbers), as seconds clamped at 0, in the series of ``labelvalues``."""
         if not len(values):
             return
-        n = len(self._bounds)
-        # A value v belongs to the first bucket whose bound is >= v, as the client's
-        # `v <= bound` scan finds; NaN (sorted past +Inf) is in none, as there.
-        counts = np.bincount(np.searchsorted(self._bounds, values), minlength=n + 1)[:n]
         with self._lock:
             s = self._series.get(labelvalues)
             if s is None:
-                s = self._series[labelvalues] = _Series(n)
-            s.counts += counts
-            # cumsum adds one value after the other, as the client's running sum does;
-            # a plain sum() would add pairwise and could differ in the last bits.
-            s.total = float(np.cumsum(np.concatenate(([s.total], values)))[-1])
+                s = self._series[labelvalues] = _Series(self._bounds)
+            s.observe_ms(values, self._bounds)
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
     def collect(self) -> list[Metric]:
         with self._lock:
-            snapshot = [(k, s.counts.copy(), s.total, s.created) for k, s in self._series.items()]
+            snapshot = [(k, *s.snapshot(), s.created) for k, s in self._series.items()]
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labelvalues, counts, total, created in snapshot:
             # floats, as the client's bucket values are

@@ -4,8 +4,9 @@ it into the virtualenv, the container image installs it). It holds the result wr
 (used by ``worker.fusion.native``), the packing of a batch's members (used by
 ``worker.fusion.batch``), the join's memory of fused ids (used by ``worker.join_fused``),
 the decoder of the common event (used by ``worker.decode``), Kafka's default partitioner
-for a batch of keys (used by ``worker.runtime.partitioner``) and the producer's record
-batches (used by ``worker.runtime.record_batch``); each gives what the Python code (or aiokafka's)
+for a batch of keys (used by ``worker.runtime.partitioner``), the producer's record
+batches (used by ``worker.runtime.record_batch``) and the batched histograms' bucket
+counts (used by ``worker.metrics_histogram``); each gives what the Python code (or aiokafka's)
 gives, which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
@@ -24,6 +25,7 @@ partitions_for: Callable[[list[bytes], int], list[int]] | None = None
 RecordBatch: Callable[[int, bool], Any] | None = None
 pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
 FusedIds: Callable[[int], Any] | None = None
+Buckets: Callable[[list[float]], Any] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -35,5 +37,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         RecordBatch = fusion_native.RecordBatch
         pack_members = fusion_native.pack_members
         FusedIds = fusion_native.FusedIds
+        Buckets = fusion_native.Buckets
     except ImportError:  # not built: Python alone
         pass

@@ -14,6 +14,7 @@
 mod batch;
 mod decode;
 mod fused;
+mod histogram;
 mod pack;
 mod partition;
 
@@ -473,5 +474,6 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(pack::pack_members, m)?)?;
     m.add_class::<fused::FusedIds>()?;
+    m.add_class::<histogram::Buckets>()?;
     Ok(())
 }
