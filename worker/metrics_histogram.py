@@ -1,7 +1,12 @@
-"""``BatchHistogram``: a Prometheus histogram observed a numpy batch of values at a time,
+"""``BatchHistogram``: a Prometheus histogram observed a batch of values at a time,
 registered as a collector, and the bucket bounds of the worker's histograms. A part of
 ``worker.metrics`` (which re-exports them), kept apart because it is a collector of its
 own, not a metric definition of the worker.
+
+A series' counts have two implementations with one interface (``observe_ms``,
+``snapshot``): this module's ``Buckets`` (numpy) and the compiled extension's
+(``native/src/histogram.rs``); ``bucket_counts`` gives the compiled one where it is
+installed.
 """
 
 from __future__ import annotations
@@ -11,10 +16,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Protocol, cast
 
 import numpy as np
-import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -51,42 +55,66 @@ _CREATED = _CREATED_OFF not in ("true", "1", "t")
 _go_float = cast("Callable[[float], str]", floatToGoString)
 
 
-class _Series:
-    """One label set of a BatchHistogram: its bucket counts (per bucket, not cumulative)
-    and the sum of its values, in the compiled ``Buckets`` when the extension is there,
-    else in numpy."""
+class Counts(Protocol):
+    """A series' bucket counts and sum (see Buckets)."""
 
-    __slots__ = ("buckets", "counts", "created", "total")
+    def observe_ms(self, values: bytes | Sequence[float]) -> None: ...
+    def snapshot(self) -> tuple[list[int], float]: ...
 
-    def __init__(self, bounds: npt.NDArray[np.float64]) -> None:
-        self.buckets = None if native.Buckets is None else native.Buckets(bounds.tolist())
-        self.counts = np.zeros(len(bounds), dtype=np.int64)
-        self.total = 0.0
-        self.created = time.time()
 
-    def observe_ms(self, values: bytes | Sequence[float], bounds: npt.NDArray[np.float64]) -> None:
-        if self.buckets is not None:
-            self.buckets.observe_ms(values)
-            return
+def bucket_counts(bounds: Sequence[float]) -> Counts:
+    """Empty counts for ``bounds``: the compiled ones where the extension is there."""
+    if native.Buckets is None:
+        return Buckets(bounds)
+    return cast("Counts", native.Buckets(list(bounds)))
+
+
+class Buckets:
+    """A series' count per bucket (not cumulative) and the sum of its values, observed a
+    batch of milliseconds at a time. The compiled extension's ``Buckets``
+    (``native/src/histogram.rs``) does the same in one call, where these are half a
+    dozen numpy calls on a few dozen values; tests/test_metrics_buckets.py compares them.
+
+    ``bounds``: the buckets' upper bounds in seconds, ascending (+Inf last)."""
+
+    __slots__ = ("_bounds", "_counts", "_total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = np.array(bounds, dtype=np.float64)
+        self._counts = np.zeros(len(bounds), dtype=np.int64)
+        self._total = 0.0
+
+    def observe_ms(self, values: bytes | Sequence[float]) -> None:
+        """Observe each value, in order, as seconds clamped at 0: ``values`` the bytes of
+        native-endian int64 milliseconds (the result writer's arrival delays) or numbers
+        (ms)."""
         ms = (
             np.frombuffer(values, dtype=np.int64)
             if isinstance(values, bytes)
             else np.array(values, dtype=np.float64)
         )
         seconds = np.maximum(ms / 1000.0, 0.0)
-        n = len(bounds)
+        n = len(self._bounds)
         # A value v belongs to the first bucket whose bound is >= v, as the client's
         # `v <= bound` scan finds; NaN (sorted past +Inf) is in none, as there.
-        self.counts += np.bincount(np.searchsorted(bounds, seconds), minlength=n + 1)[:n]
+        self._counts += np.bincount(np.searchsorted(self._bounds, seconds), minlength=n + 1)[:n]
         # cumsum adds one value after the other, as the client's running sum does;
         # a plain sum() would add pairwise and could differ in the last bits.
-        self.total = float(np.cumsum(np.concatenate(([self.total], seconds)))[-1])
+        self._total = float(np.cumsum(np.concatenate(([self._total], seconds)))[-1])
 
-    def snapshot(self) -> tuple[npt.NDArray[np.int64], float]:
-        if self.buckets is not None:
-            counts, total = self.buckets.snapshot()
-            return np.array(counts, dtype=np.int64), total
-        return self.counts.copy(), self.total
+    def snapshot(self) -> tuple[list[int], float]:
+        """(count per bucket, the sum of the values)."""
+        return self._counts.tolist(), self._total
+
+
+class _Series:
+    """One label set of a BatchHistogram."""
+
+    __slots__ = ("counts", "created")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.counts = bucket_counts(bounds)
+        self.created = time.time()
 
 
 class BatchHistogram:
@@ -94,11 +122,11 @@ class BatchHistogram:
 
     The client's ``Histogram.observe`` takes one value per call (a label lookup, a lock
     and a scan of the buckets each), and the worker observes one value per result and per
-    member: several per event. This keeps the bucket counts per label values in numpy
-    and exposes them as a histogram family, with the samples the client's ``Histogram``
-    of the same name, labels and buckets gives for the same values observed one by one,
-    in the same order: cumulative ``_bucket`` per ``le``, ``_count``, ``_sum`` (summed in
-    observation order, so equal to the last bit) and ``_created``.
+    member: several per event. This keeps the bucket counts per label values
+    (``bucket_counts``) and exposes them as a histogram family, with the samples the
+    client's ``Histogram`` of the same name, labels and buckets gives for the same values
+    observed one by one, in the same order: cumulative ``_bucket`` per ``le``, ``_count``,
+    ``_sum`` (summed in observation order, so equal to the last bit) and ``_created``.
     """
 
     def __init__(
@@ -115,7 +143,7 @@ class BatchHistogram:
         bounds = [float(b) for b in buckets]
         if bounds[-1] != math.inf:
             bounds.append(math.inf)
-        self._bounds = np.array(bounds)
+        self._bounds = bounds
         self._le = [_go_float(b) for b in bounds]
         self._series: dict[tuple[str, ...], _Series] = {}
         # Observations come from the event loop, scrapes from the health server's thread.
@@ -137,14 +165,14 @@ class BatchHistogram:
             s = self._series.get(labelvalues)
             if s is None:
                 s = self._series[labelvalues] = _Series(self._bounds)
-            s.observe_ms(values, self._bounds)
+            s.counts.observe_ms(values)
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
     def collect(self) -> list[Metric]:
         with self._lock:
-            snapshot = [(k, *s.snapshot(), s.created) for k, s in self._series.items()]
+            snapshot = [(k, *s.counts.snapshot(), s.created) for k, s in self._series.items()]
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labelvalues, counts, total, created in snapshot:
             # floats, as the client's bucket values are
