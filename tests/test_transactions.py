@@ -11,7 +11,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, ProducerFenced
 
 from worker.engine import OutRecord
-from worker.runtime.batches import Sent, SizeLimits
+from worker.runtime.batches import Sent
+from worker.runtime.too_large import SizeLimits
 from worker.runtime.transactions import SendRefused, acknowledged
 
 

@@ -23,11 +23,11 @@ from worker.config import build_config
 from worker.engine import Engine, OutRecord
 from worker.fusion import Fuser
 from worker.metrics import Metrics
-from worker.runtime.batches import SizeLimits
 from worker.runtime.delivery import Context
 from worker.runtime.exactly_once import ExactlyOnce
 from worker.runtime.feedback import FeedbackLink
 from worker.runtime.partitions import Partitions
+from worker.runtime.too_large import SizeLimits
 from worker.runtime.transactions import TxnPartition
 
 TP = TopicPartition("predictions", 0)

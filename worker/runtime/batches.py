@@ -9,7 +9,7 @@ or by ``submit`` once the previous batch of its partition is acknowledged
 a huge event) goes alone through ``producer.send``, which also checks it against the
 producer's size limit. A batch the broker refuses as too large (over the topic's
 ``max.message.bytes``) makes its topic one record per batch; a record refused alone
-goes without its value (``too_large_alone``).
+goes without its value (worker/runtime/too_large.py).
 
 ``BatchWriter`` is what both delivery modes send through: the at-least-once ``Sink``
 (worker/runtime/sink.py) wraps it with re-sends; exactly-once uses it alone, since a
@@ -32,6 +32,7 @@ from worker.murmur2 import murmur2
 from worker.runtime.partitioner import partitions_for
 from worker.runtime.record_batch import batch_factory
 from worker.runtime.retry import Backoff, is_fatal
+from worker.runtime.too_large import Divert, SizeLimits, shrunk
 
 log = logging.getLogger(__name__)
 
@@ -51,61 +52,6 @@ class Sent:
     topic: str
     records: list[OutRecord]
     future: asyncio.Future[Any]
-
-
-class SizeLimits:
-    """What the broker refused as too large, per output topic, learnt from its refusals
-    so that a re-send (at-least-once) or a rewound transaction (exactly-once) passes.
-
-    A topic's first refusal makes it one record per batch: its ``max.message.bytes`` is
-    below our batches (a big record that went through ``producer.send`` may also have
-    shared the producer's batch). A record then refused alone is itself over the limit:
-    the topic's value limit drops below it, and the writer sends it without its value
-    (``_shrunk``). So a topic converges in at most two refusals.
-    """
-
-    def __init__(self) -> None:
-        self.single_topics: set[str] = set()
-        self.value_limits: dict[str, int] = {}
-
-    def learn(self, refused: Sequence[Sent]) -> None:
-        """Learn from the sends of one round that the broker refused as too large."""
-        single_before = set(self.single_topics)
-        for item in refused:
-            if item.topic in single_before and len(item.records) == 1:
-                size = len(item.records[0].value or b"")
-                self.value_limits[item.topic] = min(
-                    self.value_limits.get(item.topic, size), size - 1
-                )
-            else:
-                self.single_topics.add(item.topic)
-
-
-class Divert:
-    """Turns a fused result the output topic refuses as too large into a dead letter
-    (reason ``too_large``, keyed by request_id, the result as value), and counts it."""
-
-    def __init__(
-        self, output_topic: str, dlq_topic: str, on_divert: Callable[[], None] | None = None
-    ) -> None:
-        self.output_topic = output_topic
-        self.dlq_topic = dlq_topic
-        self._on_divert = on_divert
-
-    def __call__(self, rec: OutRecord) -> OutRecord:
-        size = len(rec.value or b"")
-        log.warning(
-            "fused result of %d bytes too large for %s; sent to %s", size, rec.topic, self.dlq_topic
-        )
-        if self._on_divert is not None:
-            self._on_divert()
-        headers = [
-            *(rec.headers or []),
-            ("error", b"too_large"),
-            ("error_detail", f"fused result of {size} bytes refused by {rec.topic}".encode()),
-            ("output_topic", rec.topic.encode()),
-        ]
-        return OutRecord(self.dlq_topic, rec.key, rec.value or b"", headers)
 
 
 class _Open:
@@ -331,7 +277,7 @@ class BatchWriter:
         dead letter goes without its value."""
         if self._divert is not None and rec.topic == self._divert.output_topic:
             return self._divert(rec)
-        return _shrunk(rec)
+        return shrunk(rec)
 
     async def _partition_count(self, topic: str) -> int:
         partitions = await self._retrying(
@@ -372,19 +318,3 @@ async def settled(
         _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
         if pending and on_wait is not None:
             on_wait()
-
-
-def _shrunk(rec: OutRecord) -> OutRecord:
-    """A dead letter whose original value the broker refuses (over its size limit) is
-    sent without the value; the source headers still point at the original record."""
-    if rec.value is None:
-        raise MessageSizeTooLargeError(f"record for {rec.topic} too large even without a value")
-    size = len(rec.value)
-    headers = [
-        *(rec.headers or []),
-        ("value_omitted", f"too large for the broker: {size} bytes".encode()),
-    ]
-    log.warning(
-        "record of %d bytes for %s too large for the broker; sent without value", size, rec.topic
-    )
-    return OutRecord(rec.topic, rec.key, None if rec.key is not None else b"", headers)

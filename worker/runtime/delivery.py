@@ -23,9 +23,9 @@ from aiokafka import TopicPartition
 from worker.config import Config
 from worker.engine import Step
 from worker.metrics import Metrics
-from worker.runtime.batches import Divert
 from worker.runtime.feedback import FeedbackLink
 from worker.runtime.partitions import Partitions
+from worker.runtime.too_large import Divert
 
 Connect = Callable[[Callable[[], Awaitable[Any]]], Awaitable[None]]
 

@@ -47,13 +47,13 @@ from typing import Any, ClassVar
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from worker.engine import OutRecord, Step
-from worker.runtime.batches import SizeLimits
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
 from worker.runtime.connect import admin_client, close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.feedback import weights_topic
 from worker.runtime.inflight import InFlight
 from worker.runtime.retry import Backoff, is_fatal
+from worker.runtime.too_large import SizeLimits
 from worker.runtime.transactions import (
     FENCED,
     PRODUCER_STOP_S,

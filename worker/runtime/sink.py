@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
 from worker.engine import OutRecord
-from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settled
+from worker.runtime.batches import BatchWriter, Sent, settled
 from worker.runtime.retry import Backoff, is_fatal
+from worker.runtime.too_large import Divert, SizeLimits
 
 log = logging.getLogger(__name__)
 

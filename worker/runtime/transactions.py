@@ -20,8 +20,9 @@ from aiokafka.errors import (
 )
 
 from worker.records import OutRecord
-from worker.runtime.batches import BatchWriter, Divert, Sent, SizeLimits, settled
+from worker.runtime.batches import BatchWriter, Sent, settled
 from worker.runtime.connect import close_client
+from worker.runtime.too_large import Divert, SizeLimits
 
 # What a transactional producer raises when a transaction cannot go on. Besides
 # KafkaError, aiokafka raises IllegalOperation (a send after the transaction manager
