@@ -134,3 +134,46 @@ def test_a_producer_of_another_kind_makes_its_own_batches() -> None:
             return "its own"
 
     assert batch_factory(Fake())() == "its own"
+
+
+@settings(max_examples=300)
+@given(
+    recs=records,
+    batch_size=st.sampled_from([64, 1_000, 16_384]),
+    start=st.integers(0, 45),
+    listed=st.booleans(),
+)
+def test_a_run_appended_at_once_is_the_records_appended_one_by_one(
+    recs: list[Record], batch_size: int, start: int, listed: bool
+) -> None:
+    """``append_many`` from ``start`` takes the records that ``append`` takes one by one
+    with the same timestamp, stops at the first that does not fit (the batch closes),
+    and writes the same bytes; without a header list every record has none."""
+    ts = 1_764_000_000_000
+    headers = [h for _, _, _, h in recs] if listed else None
+    one_by_one = _compiled()(batch_size, False)
+    went = 0
+    for _, key, value, h in recs[start:]:
+        if one_by_one.append(timestamp=ts, key=key, value=value, headers=h if listed else None):
+            went += 1
+        else:
+            break
+    at_once = _compiled()(batch_size, False)
+    keys = [k for _, k, _, _ in recs]
+    values = [v for _, _, v, _ in recs]
+    stop = at_once.append_many(keys, values, start, ts, headers)
+    assert stop == min(start, len(recs)) + went
+    assert (at_once.record_count(), at_once.closed()) == (went, one_by_one.closed())
+    assert at_once._build() == one_by_one._build()
+
+
+def test_a_closed_batch_takes_no_run_and_lists_must_match() -> None:
+    """A closed batch appends nothing (the run stops where it starts); keys, values and
+    headers of different lengths are refused."""
+    batch = _compiled()(16_384, False)
+    batch.close()
+    assert batch.append_many([b"k", b"l"], [b"v", b"w"], 1) == 1
+    with pytest.raises(ValueError, match="same length"):
+        _compiled()(16_384, False).append_many([b"k"], [b"v", b"w"])
+    with pytest.raises(ValueError, match="same length"):
+        _compiled()(16_384, False).append_many([b"k"], [b"v"], 0, None, [None, None])

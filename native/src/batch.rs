@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
@@ -87,6 +87,15 @@ fn read_headers<'py>(headers: Option<&Bound<'py, PyList>>) -> PyResult<Vec<Heade
         .collect()
 }
 
+/// A key or value: bytes, or None.
+fn optional_bytes<'a>(item: &'a Bound<'_, PyAny>) -> PyResult<Option<&'a [u8]>> {
+    if item.is_none() {
+        Ok(None)
+    } else {
+        Ok(Some(item.downcast::<PyBytes>()?.as_bytes()))
+    }
+}
+
 /// An uncompressed record batch being filled (see the module doc). `batch_size` is the
 /// producer's `max_batch_size`; `is_transactional` marks the batch as a transaction's.
 #[pyclass(module = "fusion_native")]
@@ -148,6 +157,60 @@ impl RecordBatch {
             self.closed = true;
             Ok(None)
         }
+    }
+
+    /// Append the records `keys[start:]` and `values[start:]` (each bytes or None;
+    /// `headers`: None for none, or a list with each record's header list or None), all
+    /// with `timestamp` (None: now, read once for the call), while they fit. Returns the
+    /// index of the first record not appended: `len(keys)` when all went in. A record
+    /// that does not fit closes the batch, as `append` does; so the caller submits it
+    /// and goes on from the returned index in a new batch (which takes at least one).
+    #[pyo3(signature = (keys, values, start=0, timestamp=None, headers=None))]
+    fn append_many(
+        &mut self,
+        keys: &Bound<'_, PyList>,
+        values: &Bound<'_, PyList>,
+        start: usize,
+        timestamp: Option<i64>,
+        headers: Option<&Bound<'_, PyList>>,
+    ) -> PyResult<usize> {
+        let n = keys.len();
+        if values.len() != n || headers.is_some_and(|h| h.len() != n) {
+            return Err(PyValueError::new_err(
+                "keys, values and headers must be lists of the same length",
+            ));
+        }
+        if self.closed {
+            return Ok(start.min(n));
+        }
+        let ts = timestamp.unwrap_or_else(now_ms);
+        for i in start..n {
+            let key = keys.get_item(i)?;
+            let value = values.get_item(i)?;
+            let key = optional_bytes(&key)?;
+            let value = optional_bytes(&value)?;
+            let listed = match headers {
+                None => None,
+                Some(h) => {
+                    let item = h.get_item(i)?;
+                    if item.is_none() {
+                        None
+                    } else {
+                        Some(item.downcast_into::<PyList>()?)
+                    }
+                }
+            };
+            let read = read_headers(listed.as_ref())?;
+            let mut header_pairs = Vec::with_capacity(read.len());
+            for (k, v) in &read {
+                header_pairs.push((k.to_str()?.as_bytes(), v.as_ref().map(|v| v.as_bytes())));
+            }
+            if !self.push(ts, key, value, &header_pairs) {
+                self.closed = true;
+                return Ok(i);
+            }
+        }
+        Ok(n)
     }
 
     fn close(&mut self) {

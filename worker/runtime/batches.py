@@ -3,7 +3,8 @@
 Records go into one batch per topic partition (``send_batch``, the batches made by
 worker/runtime/record_batch.py), partitioned as Kafka's default partitioner does
 (murmur2 of the key, for a whole batch of keys at once), so queueing a record costs no
-coroutine and no future of its own. A batch is handed to the producer when it is full,
+coroutine and no future of its own; the compiled batch takes a step's records for one
+partition in one call (``append_many``). A batch is handed to the producer when it is full,
 or by ``submit`` once the previous batch of its partition is acknowledged
 (``submit(force=True)``: at once). A record too big to share a batch (a dead letter of
 a huge event) goes alone through ``producer.send``, which also checks it against the
@@ -98,6 +99,7 @@ class BatchWriter:
     ) -> None:
         self._producer = producer
         self._new_batch = batch_factory(producer)
+        self._bulk = _bulk(self._new_batch)
         self._divert = divert
         self._backoff_s = None if retry_backoff_ms is None else retry_backoff_ms / 1000
         self._max_backoff_s = max_retry_backoff_ms / 1000
@@ -144,11 +146,42 @@ class BatchWriter:
             n = self._partitions.get(topic)
             if n is None:
                 n = self._partitions[topic] = await self._partition_count(topic)
-            for rec, p in zip(group, self._partition_numbers(group, n), strict=True):
+            partitions = self._partition_numbers(group, n)
+            if self._bulk and topic not in self._single:
+                runs: list[list[OutRecord]] = [[] for _ in range(n)]
+                for rec, p in zip(group, partitions, strict=True):
+                    runs[p].append(rec)
+                for p, run in enumerate(runs):
+                    if run:
+                        sent += await self._append_run((topic, p), run)
+                continue
+            for rec, p in zip(group, partitions, strict=True):
                 tp = (topic, p)
                 full = self._append(tp, rec)
                 if full is not None:
                     sent.append(await self._submit(tp, full))
+        return sent
+
+    async def _append_run(self, tp: tuple[str, int], records: list[OutRecord]) -> list[Sent]:
+        """Add ``records`` to the open batch of ``tp`` in one call into the compiled
+        batch (``append_many``; they share one timestamp, the time now), submitting each
+        batch that fills up; returns what was submitted."""
+        sent: list[Sent] = []
+        keys = [rec.key for rec in records]
+        values = [rec.value for rec in records]
+        headers = [rec.headers for rec in records]
+        listed = headers if any(headers) else None
+        start, end = 0, len(records)
+        while start < end:
+            batch = self._open.get(tp)
+            if batch is None:
+                batch = self._open[tp] = _Open(self._new_batch())
+            stop: int = batch.builder.append_many(keys, values, start, None, listed)
+            batch.records += records[start:stop]
+            if stop < end:  # full: it closed; an empty batch takes the next record
+                del self._open[tp]
+                sent.append(await self._submit(tp, batch))
+            start = stop
         return sent
 
     def _partition_numbers(self, records: list[OutRecord], n: int) -> list[int]:
@@ -216,6 +249,7 @@ class BatchWriter:
         assert not self._open, "batches still open"
         self._producer = producer
         self._new_batch = batch_factory(producer)
+        self._bulk = _bulk(self._new_batch)
         self._last.clear()
 
     def forget_partition_counts(self) -> None:
@@ -318,3 +352,9 @@ async def settled(
         _, pending = await asyncio.wait(pending, timeout=WAIT_BEAT_S)
         if pending and on_wait is not None:
             on_wait()
+
+
+def _bulk(new_batch: Callable[[], Any]) -> bool:
+    """Whether the batches ``new_batch`` makes take a run of records in one call (the
+    compiled batch; aiokafka's takes them one by one)."""
+    return hasattr(new_batch(), "append_many")

@@ -1,0 +1,108 @@
+"""The batch writer (worker/runtime/batches.py) queues a step's records into the
+compiled batches a run at a time (``append_many``), and that fills and hands over the
+same batches, with the same records, as queueing them one by one; no broker (the
+integration tests send through it to the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker import native
+from worker.engine import OutRecord
+from worker.runtime.batches import BatchWriter
+
+PARTITIONS = 4
+
+
+class Recorded:
+    """The compiled batch, noting the keys it took; without ``append_many`` where
+    ``bulk`` is false, so that the writer queues into it one record at a time, as into
+    aiokafka's."""
+
+    def __init__(self, batch: Any, bulk: bool) -> None:
+        self._batch = batch
+        self.keys: list[bytes | None] = []
+        if bulk:
+            self.append_many = self._append_many
+
+    def append(self, **kwargs: Any) -> Any:
+        took = self._batch.append(**kwargs)
+        if took:
+            self.keys.append(kwargs["key"])
+        return took
+
+    def _append_many(self, keys: list[bytes | None], values: Any, start: int, *rest: Any) -> int:
+        stop: int = self._batch.append_many(keys, values, start, *rest)
+        self.keys += keys[start:stop]
+        return stop
+
+    def close(self) -> None:
+        self._batch.close()
+
+
+class Producer:
+    """What the writer asks of a producer: batches of ``size`` bytes; per topic
+    partition, the keys of each batch handed over, in order (acknowledged at once)."""
+
+    def __init__(self, size: int, bulk: bool) -> None:
+        assert native.RecordBatch is not None, "build native/ (make .venv)"
+        self._make = native.RecordBatch
+        self.size = size
+        self.bulk = bulk
+        self.handed: dict[tuple[str, int], list[list[bytes | None]]] = {}
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(PARTITIONS))
+
+    def create_batch(self) -> Recorded:
+        return Recorded(self._make(self.size, False), self.bulk)
+
+    async def send_batch(self, builder: Recorded, topic: str, partition: int) -> Any:
+        self.handed.setdefault((topic, partition), []).append(builder.keys)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def _write(steps: list[list[OutRecord]], size: int, bulk: bool) -> Any:
+    """Per topic partition, the keys of each batch handed over; and per topic, the keys
+    of the records the writer reports sent."""
+    producer = Producer(size, bulk)
+    writer = BatchWriter(producer)  # type: ignore[arg-type]
+    sent = []
+    for records in steps:
+        sent += await writer.write(records)
+        sent += await writer.submit()
+    sent += await writer.submit(force=True)
+    reported: dict[str, list[bytes | None]] = {}
+    for s in sent:
+        reported.setdefault(s.topic, []).extend(r.key for r in s.records)
+    return producer.handed, {t: sorted(keys) for t, keys in reported.items()}
+
+
+record = st.builds(
+    OutRecord,
+    st.sampled_from(["out", "dlq"]),
+    st.binary(min_size=1, max_size=12),
+    st.binary(max_size=700),
+    st.one_of(
+        st.none(), st.just([("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")])
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(st.lists(record, max_size=30), max_size=5), size=st.sampled_from([300, 4_000])
+)
+def test_runs_fill_the_batches_one_by_one_fills(steps: list[list[OutRecord]], size: int) -> None:
+    """Whether the writer queues a partition's records a run at a time or one by one,
+    it hands over the same batches of each partition, in the same order, with the same
+    records, and reports the same records sent (partitions may take turns otherwise)."""
+    bulk = asyncio.run(_write(steps, size, bulk=True))
+    single = asyncio.run(_write(steps, size, bulk=False))
+    assert bulk == single
