@@ -59,16 +59,20 @@ TICK_S = 0.002
 # the results over it must be fused to count as one stretch of the tail.
 SLOW_MS = 20.0
 STRETCH_GAP_MS = 100
-EVENT = (
-    b'{"request_id":"%s","model":"%s","ts":%d,"probs":%s,'
-    b'"model_version":"%s-2025.06","trace_id":"%s"}'
-)
+# An event's bytes before and after its ts.
+HEAD = b'{"request_id":"%s","model":"%s","ts":'
+TAIL = b',"probs":%s,"model_version":"%s-2025.06","trace_id":"%s"}'
+
+
+def event_parts(key: bytes, model: bytes, probs: bytes) -> tuple[bytes, bytes]:
+    """The bytes of an event for request id ``key`` before and after its ts, ``probs`` as
+    orjson writes them: joined by the ts's digits, ``kit.event_value``."""
+    return HEAD % (key, model), TAIL % (probs, model, key[-16:] * 2)
 
 
 def event_bytes(key: bytes, model: bytes, ts: int, probs: bytes) -> bytes:
-    """``kit.event_value`` for request id ``key``, by one format: ``probs`` as orjson
-    writes them."""
-    return EVENT % (key, model, ts, probs, model, key[-16:] * 2)
+    """``kit.event_value`` for request id ``key``, as the generator writes it."""
+    return (b"%d" % ts).join(event_parts(key, model, probs))
 
 
 @dataclass
@@ -131,8 +135,10 @@ async def publish(
     pool = kit.random_probs(rng, 10_007)
     per_request = len(kit.MODELS)
     # This process shares the cores with the worker and the broker, so everything that
-    # does not depend on the clock is drawn before the start: the schedule, the ids, the
-    # keys and their partitions. Per event the loop takes the time and writes the record.
+    # does not depend on the clock is made before the start: the schedule, and each
+    # event's partition, key and bytes around its ts. Per tick the loop takes the time
+    # once (the events due are handed over at once), joins each due event's bytes with
+    # it, and writes them a partition at a time.
     due, order = schedule(rate / per_request, seconds, rng)
     n = len(order) // per_request
     rids = [kit.request_id(run, i) for i in range(n)]
@@ -140,6 +146,16 @@ async def publish(
     parts = partitions_for(keys, partitions)
     probs = [orjson.dumps(p) for p in pool]
     models = [m.encode() for m in kit.MODELS]
+    # Per partition, its events in due order: their places in ``order``, keys, and bytes.
+    places: list[list[int]] = [[] for _ in range(partitions)]
+    part_keys: list[list[bytes]] = [[] for _ in range(partitions)]
+    halves: list[list[tuple[bytes, bytes]]] = [[] for _ in range(partitions)]
+    for j, event in enumerate(order):
+        r, m = divmod(event, per_request)
+        p = parts[r]
+        places[p].append(j)
+        part_keys[p].append(keys[r])
+        halves[p].append(event_parts(keys[r], models[m], probs[j % len(probs)]))
     sent = [0] * len(order)  # each event's record timestamp, by its place in ``order``
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=0, max_batch_size=256 * 1024
@@ -148,18 +164,22 @@ async def publish(
     writer = kit.BatchWriter(producer, topic, partitions)
     started = time.time()
     k = 0
+    done = [0] * partitions  # per partition, how many of its events were written
     try:
         while k < len(order):
             until = bisect.bisect_right(due, time.time() - started, lo=k)
-            for j in range(k, until):
-                r, m = divmod(order[j], per_request)
+            if until > k:
                 ts = int(time.time() * 1000)
-                key = keys[r]
-                value = event_bytes(key, models[m], ts, probs[j % len(probs)])
-                if not writer.append(parts[r], key, value, ts):
-                    await writer.add_to(parts[r], key, value, ts)
-                sent[j] = ts
-            k = until
+                digits = b"%d" % ts
+                for p in range(partitions):
+                    lo = done[p]
+                    hi = bisect.bisect_left(places[p], until, lo)
+                    if hi > lo:
+                        values = list(map(digits.join, halves[p][lo:hi]))
+                        await writer.append_many(p, part_keys[p][lo:hi], values, ts)
+                        done[p] = hi
+                sent[k:until] = [ts] * (until - k)
+                k = until
             await writer.send_pending()
             await asyncio.sleep(TICK_S)
         await writer.flush()
