@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import gc
 import math
 import os
 import time
@@ -146,22 +147,33 @@ async def publish(
     parts = partitions_for(keys, partitions)
     probs = [orjson.dumps(p) for p in pool]
     models = [m.encode() for m in kit.MODELS]
-    # Per partition, its events in due order: their places in ``order``, keys, and bytes.
+    # Per partition, its events in due order: their places in ``order``, keys, and bytes
+    # before and after the ts (in lists of their own: no tuple per event for the garbage
+    # collector to walk).
     places: list[list[int]] = [[] for _ in range(partitions)]
     part_keys: list[list[bytes]] = [[] for _ in range(partitions)]
-    halves: list[list[tuple[bytes, bytes]]] = [[] for _ in range(partitions)]
+    heads: list[list[bytes]] = [[] for _ in range(partitions)]
+    tails: list[list[bytes]] = [[] for _ in range(partitions)]
     for j, event in enumerate(order):
         r, m = divmod(event, per_request)
         p = parts[r]
         places[p].append(j)
         part_keys[p].append(keys[r])
-        halves[p].append(event_parts(keys[r], models[m], probs[j % len(probs)]))
+        head, tail = event_parts(keys[r], models[m], probs[j % len(probs)])
+        heads[p].append(head)
+        tails[p].append(tail)
     sent = [0] * len(order)  # each event's record timestamp, by its place in ``order``
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=0, max_batch_size=256 * 1024
     )
     await producer.start()
     writer = kit.BatchWriter(producer, topic, partitions)
+    # No collection while publishing: a full one walks everything made above (0.2 s
+    # for a 15 s run at 75,000 events/s) and holds the events stamped meanwhile, which
+    # then reach the worker late and all at once. The loop makes no reference cycles.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     started = time.time()
     k = 0
     done = [0] * partitions  # per partition, how many of its events were written
@@ -175,7 +187,10 @@ async def publish(
                     lo = done[p]
                     hi = bisect.bisect_left(places[p], until, lo)
                     if hi > lo:
-                        values = list(map(digits.join, halves[p][lo:hi]))
+                        values = [
+                            h + digits + t
+                            for h, t in zip(heads[p][lo:hi], tails[p][lo:hi], strict=True)
+                        ]
                         await writer.append_many(p, part_keys[p][lo:hi], values, ts)
                         done[p] = hi
                 sent[k:until] = [ts] * (until - k)
@@ -185,6 +200,8 @@ async def publish(
         await writer.flush()
         achieved = writer.count / (time.time() - started)
     finally:
+        gc.enable()
+        gc.unfreeze()
         await producer.stop()
     return stamps(rids, order, sent), achieved, started
 
