@@ -5,9 +5,12 @@ the record timestamps of its request's events.
 Each request's three model events are published at random delays after the request
 starts (0-10 ms, 5-40 ms, 0-20 ms: models answer at different speeds), every event
 with the wall-clock time it is handed to the producer as its record timestamp (and its
-``ts``). The schedule, ids and partitions are drawn before the start, so that per event
-this process, which shares the cores with the worker, only stamps and writes it. Two
-figures per request, after a warm-up:
+``ts``). This process shares the cores with the worker and stands in for model services
+on other machines, so it does as little as it can while it publishes: the schedule,
+ids, partitions and each event's bytes around its ts are made before the start; per
+tick of 2 ms it takes the time once for the events due and writes each partition's in
+one call; and its garbage collector is off meanwhile (a full collection held the
+events stamped before it for up to 0.2 s). Two figures per request, after a warm-up:
 
 - last member -> fused: the fused record's timestamp (set by the worker's producer
   when the result is queued) - the latest record timestamp of the request's events:
