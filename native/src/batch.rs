@@ -145,18 +145,8 @@ impl RecordBatch {
         if self.closed {
             return Ok(None);
         }
-        let headers = read_headers(headers)?;
-        let mut header_pairs = Vec::with_capacity(headers.len());
-        for (k, v) in &headers {
-            header_pairs.push((k.to_str()?.as_bytes(), v.as_ref().map(|v| v.as_bytes())));
-        }
         let ts = timestamp.unwrap_or_else(now_ms);
-        if self.push(ts, key, value, &header_pairs) {
-            Ok(Some(true))
-        } else {
-            self.closed = true;
-            Ok(None)
-        }
+        Ok(self.take(ts, key, value, headers)?.then_some(true))
     }
 
     /// Append the records `keys[start:]` and `values[start:]` (each bytes or None;
@@ -200,13 +190,7 @@ impl RecordBatch {
                     }
                 }
             };
-            let read = read_headers(listed.as_ref())?;
-            let mut header_pairs = Vec::with_capacity(read.len());
-            for (k, v) in &read {
-                header_pairs.push((k.to_str()?.as_bytes(), v.as_ref().map(|v| v.as_bytes())));
-            }
-            if !self.push(ts, key, value, &header_pairs) {
-                self.closed = true;
+            if !self.take(ts, key, value, listed.as_ref())? {
                 return Ok(i);
             }
         }
@@ -260,6 +244,25 @@ impl RecordBatch {
 }
 
 impl RecordBatch {
+    /// Write one record with its headers (a list of (str, bytes or None) tuples, or
+    /// None); a record that does not fit closes the batch (false).
+    fn take(
+        &mut self,
+        ts: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Option<&Bound<'_, PyList>>,
+    ) -> PyResult<bool> {
+        let headers = read_headers(headers)?;
+        let mut header_pairs = Vec::with_capacity(headers.len());
+        for (k, v) in &headers {
+            header_pairs.push((k.to_str()?.as_bytes(), v.as_ref().map(|v| v.as_bytes())));
+        }
+        let took = self.push(ts, key, value, &header_pairs);
+        self.closed |= !took;
+        Ok(took)
+    }
+
     /// Write one record unless the batch is full (false).
     fn push(
         &mut self,
