@@ -159,24 +159,19 @@ class BatchWriter:
     """Records into per-partition batches (``create_batch``/``send_batch``), partitioned
     as Kafka's default partitioner does (murmur2 of the key): no coroutine per record."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, partitions: int, compiled: bool = False
+    ) -> None:
+        """``compiled``: fill the worker's compiled batches where they stand in for
+        aiokafka's (the latency generator); by default aiokafka's own, so that the
+        passthrough baseline stays a plain aiokafka client."""
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
-        # The compiled batch where it stands in for aiokafka's (as in the worker).
-        self._new_batch = batch_factory(producer)
+        self._new_batch = batch_factory(producer) if compiled else producer.create_batch
         self._builders: dict[int, Any] = {}
         self._futures: list[asyncio.Future[Any]] = []
         self.count = 0
-
-    def append(self, p: int, key: bytes, value: bytes, timestamp_ms: int | None = None) -> bool:
-        """``add_to`` without a coroutine where the partition's open batch has room;
-        False (nothing added) where it is full and ``add_to`` must send it."""
-        builder = self._builders.get(p)
-        if builder is None or builder.append(key=key, value=value, timestamp=timestamp_ms) is None:
-            return False
-        self.count += 1
-        return True
 
     async def add(self, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
         await self.add_to(partition_for(key, self.partitions), key, value, timestamp_ms)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,27 +60,6 @@ def test_event_bytes_are_kit_event_value(i: int, model: str, ts: int, seed: int)
     assert got == kit.event_value(rid, model, ts, probs)
 
 
-class _Batches:
-    """What ``BatchWriter`` asks of a producer to open a batch: aiokafka's builder."""
-
-    def create_batch(self) -> BatchBuilder:
-        return BatchBuilder(1024, 0)
-
-
-def test_append_adds_only_to_an_open_batch_with_room() -> None:
-    """``BatchWriter.append`` adds and counts a record where the partition's batch is
-    open and has room, and otherwise adds nothing (``add_to`` opens or sends)."""
-    batches = _Batches()
-    writer = kit.BatchWriter(batches, "t", 2)  # type: ignore[arg-type]
-    assert not writer.append(0, b"k", b"v" * 100, 1)  # no batch open yet
-    writer._builders[0] = batches.create_batch()
-    assert writer.append(0, b"k", b"v" * 100, 1)
-    assert not writer.append(0, b"k", b"v" * 2000, 1)  # over the batch size
-    assert not writer.append(1, b"k", b"v", 1)  # another partition: none open
-    assert writer.count == 1
-    assert writer._builders[0].record_count() == 1
-
-
 class _Compiled:
     """A producer making the compiled batches, noting what is handed to it."""
 
@@ -101,7 +79,7 @@ async def test_append_many_sends_each_batch_it_fills() -> None:
     """``BatchWriter.append_many`` queues a partition's run a batch at a time: each
     batch that fills is sent, the rest stays open, and every record is counted once."""
     producer = _Compiled()
-    writer = kit.BatchWriter(producer, "t", 2)  # type: ignore[arg-type]
+    writer = kit.BatchWriter(producer, "t", 2, compiled=True)  # type: ignore[arg-type]
     keys = [b"k%d" % i for i in range(50)]
     await writer.append_many(1, keys, [b"v" * 100] * 50, 1)
     assert writer.count == 50
