@@ -1,7 +1,8 @@
 """The batch writer (worker/runtime/batches.py) queues a step's records into the
 compiled batches a run at a time (``append_many``), and that fills and hands over the
-same batches, with the same records, as queueing them one by one; no broker (the
-integration tests send through it to the real one)."""
+same batches, with the same records, as queueing them one by one; and that a send
+keeps its records only until it is acknowledged. No broker (the integration tests send
+through it to the real one)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from worker import native
 from worker.engine import OutRecord
-from worker.runtime.batches import BatchWriter
+from worker.runtime.batches import BatchWriter, Sent
 
 PARTITIONS = 4
 
@@ -46,7 +47,7 @@ class Recorded:
 
 class Producer:
     """What the writer asks of a producer: batches of ``size`` bytes; per topic
-    partition, the keys of each batch handed over, in order (acknowledged at once)."""
+    partition, the keys of each batch handed over, in order (acknowledged when told)."""
 
     def __init__(self, size: int, bulk: bool) -> None:
         assert native.RecordBatch is not None, "build native/ (make .venv)"
@@ -54,6 +55,7 @@ class Producer:
         self.size = size
         self.bulk = bulk
         self.handed: dict[tuple[str, int], list[list[bytes | None]]] = {}
+        self.futures: list[asyncio.Future[Any]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(PARTITIONS))
@@ -64,8 +66,12 @@ class Producer:
     async def send_batch(self, builder: Recorded, topic: str, partition: int) -> Any:
         self.handed.setdefault((topic, partition), []).append(builder.keys)
         future = asyncio.get_running_loop().create_future()
-        future.set_result(None)
+        self.futures.append(future)
         return future
+
+    def acknowledge(self) -> None:
+        for future in self.futures:
+            future.set_result(None)
 
 
 async def _write(steps: list[list[OutRecord]], size: int, bulk: bool) -> Any:
@@ -79,8 +85,9 @@ async def _write(steps: list[list[OutRecord]], size: int, bulk: bool) -> Any:
         sent += await writer.submit()
     sent += await writer.submit(force=True)
     reported: dict[str, list[bytes | None]] = {}
-    for s in sent:
+    for s in sent:  # before they are acknowledged: then they keep only the count
         reported.setdefault(s.topic, []).extend(r.key for r in s.records)
+    producer.acknowledge()
     return producer.handed, {t: sorted(keys) for t, keys in reported.items()}
 
 
@@ -106,3 +113,36 @@ def test_runs_fill_the_batches_one_by_one_fills(steps: list[list[OutRecord]], si
     bulk = asyncio.run(_write(steps, size, bulk=True))
     single = asyncio.run(_write(steps, size, bulk=False))
     assert bulk == single
+
+
+async def _settled_send(outcome: str) -> Sent:
+    """A send of three records whose acknowledgement came back as ``outcome``."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    sent = Sent("out", [OutRecord("out", b"k%d" % i, b"v") for i in range(3)], future)
+    if outcome == "acknowledged":
+        future.set_result(None)
+    elif outcome == "failed":
+        future.set_exception(OSError("refused"))
+        future.exception()
+    else:
+        future.cancel()
+    await asyncio.sleep(0)  # the future's callbacks run
+    return sent
+
+
+def test_an_acknowledged_send_keeps_its_count_not_its_records() -> None:
+    """Once acknowledged, a send drops its records (nothing sends them again) and keeps
+    how many there were, so that they are freed as acknowledgements come in, not all
+    at the next commit."""
+    sent = asyncio.run(_settled_send("acknowledged"))
+    assert sent.records == []
+    assert sent.count == 3
+
+
+def test_a_failed_or_cancelled_send_keeps_its_records_for_the_resend() -> None:
+    """A send that failed or was cancelled keeps its records: the sink sends them
+    again, or the refusal names and shrinks them."""
+    for outcome in ("failed", "cancelled"):
+        sent = asyncio.run(_settled_send(outcome))
+        assert [r.key for r in sent.records] == [b"k0", b"k1", b"k2"], outcome
+        assert sent.count == 3

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from aiokafka import AIOKafkaProducer
@@ -45,14 +44,28 @@ WAIT_BEAT_S = 1.0
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
 class Sent:
     """Records for one topic handed to the producer, and the future of their
-    acknowledgement."""
+    acknowledgement.
 
-    topic: str
-    records: list[OutRecord]
-    future: asyncio.Future[Any]
+    Once the send is acknowledged it keeps only their number (``count``): only a failed
+    send's records are sent again. Dropped as each acknowledgement arrives, a few dozen
+    at a time, they do not pile up until the next commit: freed all at once there, a
+    second of at-least-once results (about 25,000 at half load) took 6-10 ms of the loop
+    every second, which then fell behind."""
+
+    __slots__ = ("count", "future", "records", "topic")
+
+    def __init__(self, topic: str, records: list[OutRecord], future: asyncio.Future[Any]) -> None:
+        self.topic = topic
+        self.records = records
+        self.count = len(records)
+        self.future = future
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.records = []
 
 
 class _Open:

@@ -175,7 +175,7 @@ def acked_ends(sent: Iterable[Sent], topic: str) -> dict[int, int]:
         meta = s.future.result()
         if meta is None or meta.offset < 0:
             continue  # no offset known (acks=0): nothing to go by
-        end = meta.offset + len(s.records)
+        end = meta.offset + s.count
         if end > ends.get(meta.partition, -1):
             ends[meta.partition] = end
     return ends
