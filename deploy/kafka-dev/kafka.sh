@@ -128,7 +128,15 @@ share.coordinator.state.topic.min.isr=1
 auto.create.topics.enable=false
 delete.topic.enable=true
 log.retention.hours=24
-log.segment.bytes=67108864
+# Delete a deleted topic's files at once, not a minute later (the default, 60000): the
+# tests and benchmarks delete each run's topics, and the broker unlinking a run's few
+# hundred MB a minute later stalled the run then going for about a quarter of a second
+# (docs/benchmarks.md, thirteenth round). Production brokers keep the default.
+log.segment.delete.delay.ms=0
+# Kafka's default segment size: with 64 MiB ones, each benchmark run rolled every input
+# and output partition at once, and the rolls (the old segments flushed) stalled the
+# shared cores for 0.1-0.3 s (docs/benchmarks.md, thirteenth round).
+log.segment.bytes=1073741824
 message.max.bytes=4194304
 $sasl
 $ssl
