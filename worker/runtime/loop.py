@@ -52,10 +52,6 @@ Clock = Callable[[], float]
 # While outputs wait in an open batch for the previous one to be acknowledged, fetch
 # with at most this timeout, so that they are handed over soon after the acknowledgement.
 HOLD_RECHECK_MS = 2
-# While no partition is open, fetch with at most this timeout: an assignment arrives
-# during a fetch, and exactly-once opens its partitions on the loop, after the fetch;
-# with the full fetch timeout each start and rebalance waited that long (100 ms).
-UNOPENED_RECHECK_MS = 5
 # After each batch, let the clients' tasks run for this long (see _loop).
 YIELD_S = 0.0005
 
@@ -304,8 +300,6 @@ class Loop:
         timeout = self.config.kafka.fetch_timeout_ms
         if self.delivery.holding():
             timeout = min(timeout, HOLD_RECHECK_MS)
-        if not self.engine.tables:
-            timeout = min(timeout, UNOPENED_RECHECK_MS)
         deadline = self.engine.next_deadline_ms()
         if deadline is not None:
             timeout = min(timeout, max(0, int(deadline - self._clock_ms()) + 1))
