@@ -130,8 +130,8 @@ delete.topic.enable=true
 log.retention.hours=24
 # Delete a deleted topic's files at once, not a minute later (the default, 60000): the
 # tests and benchmarks delete each run's topics, and the broker unlinking a run's few
-# hundred MB a minute later stalled the run then going for about a quarter of a second
-# (docs/benchmarks.md, thirteenth round). Production brokers keep the default.
+# hundred MB a minute later stalled whichever run was going then for about a quarter of
+# a second (docs/benchmarks.md, thirteenth round). Production brokers keep the default.
 log.segment.delete.delay.ms=0
 # Kafka's default segment size: with 64 MiB ones, each benchmark run rolled every input
 # and output partition at once, and the rolls (the old segments flushed) stalled the
