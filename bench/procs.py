@@ -88,10 +88,11 @@ def worker_sections(
 
 
 class Process:
-    """A Python process (the worker or the passthrough) with its CPU and memory."""
+    """A process (the worker, the passthrough, a JVM contestant) with its CPU and memory:
+    ``program`` (by default this Python interpreter) with the arguments ``argv``."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.argv = [sys.executable, *argv]
+    def __init__(self, argv: list[str], log: Path, program: str = sys.executable) -> None:
+        self.argv = [program, *argv]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
