@@ -8,13 +8,19 @@ start and imports, connecting, the topic checks, joining the group (and, exactly
 initialising one transactional producer per partition and reading the empty changelog)
 are all in it. The time from spawn to the first readable result is printed beside it.
 
-Run alone: ``python -m bench.throughput [--requests N] [--partitions P]``.
+The Kafka Streams contestant (``JVM_MODES``: bench/streams/, a JVM application doing the
+worker's join and fusion) is measured the same way, from the spawn of its ``java``
+process; ``make bench-jvm`` builds it and runs it beside the worker. It is not one of the
+default ``MODES`` (``make bench`` needs no Java).
+
+Run alone: ``python -m bench.throughput [--requests N] [--partitions P] [--modes ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -26,6 +32,12 @@ from aiokafka import AIOKafkaProducer
 from bench import kit, procs
 
 MODES = ("passthrough-record", "passthrough-batch", "at-least-once", "exactly-once")
+# The worker's delivery modes (its metrics and loop phases are read after a run).
+WORKER_MODES = ("at-least-once", "exactly-once")
+# The Kafka Streams application of bench/streams/ with each processing guarantee.
+JVM_MODES = ("streams-at-least-once", "streams-exactly-once")
+GUARANTEES = {"streams-at-least-once": "at_least_once", "streams-exactly-once": "exactly_once_v2"}
+STREAMS_JAR = Path(__file__).resolve().parent / "streams" / "target" / "fusion-streams.jar"
 
 
 @dataclass
@@ -58,6 +70,42 @@ class Run:
         return (self.cpu_s - self.startup_cpu_s) / self.events * 1e6
 
 
+def changelog_topic(group: str) -> str:
+    """The changelog of the worker's exactly-once join state in consumer group ``group``;
+    also that of the Kafka Streams application's store (its application id is ``group``,
+    its store is named ``pending``)."""
+    return f"{group}-pending-changelog"
+
+
+def streams_jar() -> Path:
+    """The Kafka Streams contestant's jar (STREAMS_JAR); FileNotFoundError, naming the make
+    target that builds it, when it is not there."""
+    jar = STREAMS_JAR
+    if not jar.is_file():
+        raise FileNotFoundError(
+            f"{jar} is missing: `make bench-jvm` builds it "
+            "(mvn -q -B -f bench/streams/pom.xml package; Java 17+ and Maven)"
+        )
+    return jar
+
+
+def java() -> str:
+    """The ``java`` on PATH; FileNotFoundError when there is none."""
+    found = shutil.which("java")
+    if found is None:
+        raise FileNotFoundError("java is not on PATH: the streams-* modes need Java 17+")
+    return found
+
+
+def streams_argv(
+    mode: str, jar: Path, bootstrap: str, inputs: list[str], output: str, group: str
+) -> list[str]:
+    """The arguments of ``java`` for the Kafka Streams contestant ``mode`` (one of
+    JVM_MODES): its jar, then bootstrap, input topics (comma-separated), output topic,
+    application id (``group``) and processing guarantee."""
+    return ["-jar", str(jar), bootstrap, ",".join(inputs), output, group, GUARANTEES[mode]]
+
+
 def contestant(
     mode: str,
     bootstrap: str,
@@ -69,13 +117,16 @@ def contestant(
     port: int,
 ) -> procs.Process:
     """The process of ``mode`` (not started yet): the passthrough with its way of
-    sending, or the worker with its delivery and metrics on ``port``; its config and
-    log go into ``workdir``."""
+    sending, the worker with its delivery and metrics on ``port``, or the Kafka Streams
+    application with its processing guarantee; its config and log go into ``workdir``."""
     log = workdir / f"{mode}.log"
     if mode.startswith("passthrough"):
         argv = ["-m", "bench.passthrough", "--bootstrap", bootstrap, "--input", *inputs]
         argv += ["--output", output, "--group", group, "--send", mode.split("-")[1]]
         return procs.Process(argv, log)
+    if mode in JVM_MODES:
+        argv = streams_argv(mode, streams_jar(), bootstrap, inputs, output, group)
+        return procs.Process(argv, log, program=java())
     sections = procs.worker_sections(bootstrap, inputs, output, dlq, group, port, mode)
     return procs.worker_process(procs.write_config(workdir / f"{mode}.toml", sections), log)
 
@@ -95,14 +146,20 @@ async def measure(
     group = kit.unique(f"group-{mode}")
     port = procs.free_port()
     proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir, port).start()
-    profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt") if profile else None
+    profiler = None
+    if profile is not None and mode not in JVM_MODES:  # py-spy samples Python only
+        profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt")
+    measured = False
     try:
         filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
         cpu = proc.cpu_s() if proc.alive() else float("nan")
-        # Read once the last result is visible, i.e. after the last commit.
-        changelog = procs.metric(port, "fusion_changelog_records_total")
-        transactions = procs.metric(port, 'fusion_transactions_total{outcome="committed"}')
-        loop = procs.loop_seconds(port) if not mode.startswith("pass") else None
+        changelog = transactions = None
+        loop = None
+        if mode in WORKER_MODES:
+            # Read once the last result is visible, i.e. after the last commit.
+            changelog = procs.metric(port, "fusion_changelog_records_total")
+            transactions = procs.metric(port, 'fusion_transactions_total{outcome="committed"}')
+            loop = procs.loop_seconds(port)
         if profiler is not None:
             profiler.stop()
         if filled.done is None or not proc.alive():
@@ -110,10 +167,17 @@ async def measure(
                 f"{mode}: {filled.end} of {requests} results within {timeout_s:.0f}s\n"
                 + proc.tail()
             )
+        measured = True
     finally:
         proc.stop()
-        if mode == "exactly-once":
-            await kit.delete_topics(bootstrap, [f"{group}-pending-changelog"])
+        try:
+            if measured and mode in JVM_MODES:
+                # Kafka Streams' internal topic (the store's changelog; the topology has
+                # no repartition topic): its records counted, as the worker counts its own.
+                changelog = await count_records(bootstrap, changelog_topic(group))
+        finally:
+            if mode == "exactly-once" or mode in JVM_MODES:
+                await kit.delete_topics(bootstrap, [changelog_topic(group)])
     assert filled.first is not None
     out = await kit.read_output(bootstrap, output) if not mode.startswith("pass") else None
     return Run(
@@ -132,6 +196,15 @@ async def measure(
     )
 
 
+async def count_records(bootstrap: str, topic: str) -> int:
+    """How many records ``topic`` holds (aborted ones too; commit markers are not
+    records)."""
+    count = 0
+    async for _ in kit.read_all(bootstrap, topic, idle_s=0.5, committed_only=False):
+        count += 1
+    return count
+
+
 async def run(
     bootstrap: str,
     requests: int,
@@ -145,6 +218,9 @@ async def run(
     mode once a round (so that a burst of other work on the machine falls on every mode
     alike, not on the one measured then); returns the fastest run of each mode (the
     least disturbed by other processes)."""
+    if set(modes) & set(JVM_MODES):
+        streams_jar()  # before loading anything
+        java()
     name = kit.unique("tp")
     specs = {f"{name}-in": partitions, f"{name}-dlq": partitions}
     async with kit.topics(bootstrap, specs):
@@ -155,7 +231,7 @@ async def run(
             f"loaded {count:,} events ({requests:,} requests x {len(kit.MODELS)} models) "
             f"in {seconds:.1f}s: {count / seconds:,.0f} events/s (generating them included)"
         )
-        if "exactly-once" in modes:
+        if {"exactly-once", "streams-exactly-once"} & set(modes):
             warm_s = await warm_transactions(bootstrap)
             print(f"the broker's transaction log ready in {warm_s:.1f}s")
         tries: dict[str, list[Run]] = {mode: [] for mode in modes}
@@ -218,7 +294,7 @@ def line(r: Run, before: list[Run]) -> str:
     ratio = f" = {r.events_per_s / base.events_per_s:.2f}x baseline" if base else ""
     check = "" if r.results == r.requests and not r.duplicates else " RESULTS WRONG"
     changelog = ""
-    if r.changelog_records is not None and r.mode == "exactly-once":
+    if r.changelog_records is not None and r.mode in ("exactly-once", *JVM_MODES):
         per = r.changelog_records / max(1, r.results)
         changelog = f" | changelog {r.changelog_records:,} records = {per:.3f} per fused request"
         if r.transactions is not None:
@@ -228,7 +304,7 @@ def line(r: Run, before: list[Run]) -> str:
         total = sum(r.loop.values())
         loop = " | loop " + ", ".join(f"{k} {v / total:.0%}" for k, v in r.loop.items())
     return (
-        f"{r.mode:<19} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
+        f"{r.mode:<21} {r.events_per_s:>9,.0f} events/s{ratio} | {r.seconds:5.1f}s "
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
         f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
         f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
@@ -241,10 +317,22 @@ def main() -> None:
     p.add_argument("--bootstrap", default="127.0.0.1:9092")
     p.add_argument("--requests", type=int, default=200_000)
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES + JVM_MODES,
+        default=list(MODES),
+        help=f"default: {' '.join(MODES)}; the JVM ones need make bench-jvm's jar",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per mode; the fastest counts")
     p.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
     args = p.parse_args()
+    if set(args.modes) & set(JVM_MODES):
+        try:
+            streams_jar()
+            java()
+        except FileNotFoundError as e:
+            p.error(str(e))
     started = time.monotonic()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -262,6 +350,11 @@ def main() -> None:
     eo = next((r for r in runs if r.mode == "exactly-once"), None)
     if alo and eo:
         print(f"exactly-once / at-least-once: {eo.events_per_s / alo.events_per_s:.2f}")
+    for worker in (alo, eo):
+        streams = next((r for r in runs if worker and r.mode == f"streams-{worker.mode}"), None)
+        if worker and streams:
+            ratio = worker.events_per_s / streams.events_per_s
+            print(f"worker / Kafka Streams, {worker.mode}: {ratio:.2f}")
     print(f"({time.monotonic() - started:.0f}s in all)")
 
 
