@@ -10,7 +10,7 @@ export KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 
 .PHONY: help .venv venv demo test lint types kafka-up kafka-down kafka-status promtool bench bench-fusion \
-	backtest-demo text-demo demo-langid backtest-langid chaos chaos-at-least-once clean lock
+	bench-jvm backtest-demo text-demo demo-langid backtest-langid chaos chaos-at-least-once clean lock
 
 help:  ## list the targets
 	@grep -hE '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -141,9 +141,23 @@ bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, lat
 	$(BIN)/python -m bench.run --bootstrap 127.0.0.1:$(KAFKA_PORT)
 	$(BIN)/python -m bench.bench_early --bootstrap 127.0.0.1:$(KAFKA_PORT) --rate 100 --seconds 20
 
+# The Kafka Streams contestant (bench/streams/, Java 17 and Maven; its dependencies come
+# from Maven Central): rebuilt only when a source is newer than the jar. The touch: Maven
+# may leave an up-to-date jar as it was.
+STREAMS_JAR := bench/streams/target/fusion-streams.jar
+$(STREAMS_JAR): bench/streams/pom.xml $(wildcard bench/streams/src/main/java/fusion/streams/*.java)
+	@command -v mvn >/dev/null || { echo "Maven (mvn) and Java 17+ are needed to build $@"; exit 1; }
+	mvn -q -B -f bench/streams/pom.xml package
+	touch $@
+
+bench-jvm: $(STREAMS_JAR) .venv kafka-up  ## throughput: the worker against a Kafka Streams app doing the same join (Java 17, Maven)
+	$(BIN)/python -m bench.throughput --bootstrap 127.0.0.1:$(KAFKA_PORT) --requests 1000000 --repeat 1 \
+	  --modes passthrough-batch at-least-once streams-at-least-once exactly-once streams-exactly-once
+
 bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
 	$(BIN)/python bench/bench_fusion.py
 
 clean:  ## remove the virtualenv and caches (the broker's jar cache too)
 	-$(KAFKA) down
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis native/target
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis native/target \
+	  bench/streams/target
