@@ -47,7 +47,7 @@ import org.apache.kafka.streams.state.KeyValueStore;
  * <p>As the worker's join, a request id is remembered for five timeouts after it was fused
  * (at most {@link #FUSED_MEMORY_COUNT} ids) so that a straggler, or a repeated event, does
  * not open it again; a model that already reported for a pending request is ignored. That
- * memory is in memory only (the worker also rebuilds it after a restart). Events that do
+ * memory is not in the store: it starts empty after a restart or a rebalance. Events that do
  * not parse, name another model or carry other probabilities are counted and dropped (the
  * worker sends them to its dead-letter topic; the benchmark's events are all valid).
  */

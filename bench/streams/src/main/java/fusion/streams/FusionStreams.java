@@ -28,8 +28,8 @@ public final class FusionStreams {
         topology.addSource("predictions", Serdes.String().deserializer(), Serdes.ByteArray().deserializer(), inputs);
         topology.addProcessor("join", FusionJoin::new, "predictions");
         // In memory, as the worker's pending requests, with Kafka Streams' changelog and
-        // record cache (the DSL's defaults): the changelog gets what is still pending at a
-        // commit, not every member that came and went in between.
+        // record cache (the DSL's defaults): at each commit the changelog gets the requests
+        // still pending and a tombstone for each one fused since, not every member's put.
         topology.addStateStore(
                 Stores.keyValueStoreBuilder(
                                 Stores.inMemoryKeyValueStore(FusionJoin.STORE),
