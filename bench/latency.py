@@ -41,11 +41,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import gc
 import math
 import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +55,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench import kit, procs
+from bench import kit, procs, throughput
 from worker.runtime.partitioner import partitions_for
 
 # Per model: the range (ms) of its delay after the request starts.
@@ -62,6 +64,8 @@ TICK_S = 0.002
 # The goal for last member -> fused (docs/benchmarks.md, "Goals"), and how close together
 # the results over it must be fused to count as one stretch of the tail.
 SLOW_MS = 20.0
+# What the Kafka Streams contestant (bench/streams/) prints once it processes.
+STREAMS_RUNNING = "state RUNNING"
 STRETCH_GAP_MS = 100
 # An event's bytes before and after its ts.
 HEAD = b'{"request_id":"%s","model":"%s","ts":'
@@ -222,6 +226,41 @@ def stamps(
     return dict(zip(rids, zip(firsts, lasts, strict=True), strict=True))
 
 
+@contextlib.asynccontextmanager
+async def running(
+    contestant: str, bootstrap: str, topics: tuple[str, str, str]
+) -> AsyncIterator[tuple[procs.Process, int | None]]:
+    """The process fusing ``topics`` (input, output, dead letters): the worker
+    (at-least-once, its metrics port yielded) or, for one of ``throughput.JVM_MODES``,
+    the Kafka Streams application (no metrics port), once it is ready."""
+    group = kit.unique("group-lat")
+    if contestant not in throughput.JVM_MODES:
+        async with procs.running_worker(bootstrap, topics, group) as (proc, port):
+            yield proc, port
+        return
+    inp, out, dlq = topics
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        proc = throughput.contestant(contestant, bootstrap, [inp], out, dlq, group, Path(tmp), 0)
+        proc.start()
+        try:
+            await wait_logged(proc, STREAMS_RUNNING)
+            yield proc, None
+        finally:
+            proc.stop()
+            await kit.delete_topics(bootstrap, [throughput.changelog_topic(group)])
+
+
+async def wait_logged(proc: procs.Process, line: str, timeout_s: float = 60.0) -> None:
+    """Wait until ``proc``'s log holds ``line``; RuntimeError if it ends or takes longer."""
+    until = time.monotonic() + timeout_s
+    while line not in proc.log.read_text(errors="replace"):
+        if not proc.alive():
+            raise RuntimeError(f"the contestant ended before {line!r}:\n{proc.tail()}")
+        if time.monotonic() > until:
+            raise RuntimeError(f"no {line!r} within {timeout_s:.0f}s:\n{proc.tail()}")
+        await asyncio.sleep(0.2)
+
+
 async def run(
     bootstrap: str,
     rate: float,
@@ -229,26 +268,26 @@ async def run(
     partitions: int,
     warmup_s: float = 3.0,
     profile: Path | None = None,
+    contestant: str = "at-least-once",
 ) -> Latency:
     name = kit.unique("lat")
     topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
     inp, out, _ = topics
     append_time = {inp: {"message.timestamp.type": "LogAppendTime"}}
     async with kit.topics(bootstrap, dict.fromkeys(topics, partitions), append_time):
-        async with procs.running_worker(bootstrap, topics, kit.unique("group-lat")) as (
-            worker,
-            port,
-        ):
-            profiler = procs.Profiler(worker.pid, profile) if profile else None
-            steps_before = procs.metric(port, "fusion_batch_size_count") or 0.0
-            loop_before = procs.loop_seconds(port)
+        async with running(contestant, bootstrap, topics) as (worker, port):
+            profiler = procs.Profiler(worker.pid, profile) if profile and port else None
+            steps_before = metric_steps(port)
+            loop_before = procs.loop_seconds(port) if port else {}
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
-            steps = (procs.metric(port, "fusion_batch_size_count") or 0.0) - steps_before
-            loop = {k: v - loop_before[k] for k, v in procs.loop_seconds(port).items()}
+            steps = metric_steps(port) - steps_before
+            loop: dict[str, float] = {}
+            if port:
+                loop = {k: v - loop_before[k] for k, v in procs.loop_seconds(port).items()}
             if profiler is not None:
                 profiler.stop()
             filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
@@ -260,13 +299,17 @@ async def run(
     # The worker's steps (non-empty fetches) per second while publishing: the fewer, the
     # larger each batch and the less the fixed cost of a step counts.
     steps_per_s = steps / wall
-    cores = dict(
-        zip(("worker", "load generator", "machine"), (u / wall for u in used), strict=True)
-    )
+    who = "kafka streams" if contestant in throughput.JVM_MODES else "worker"
+    cores = dict(zip((who, "load generator", "machine"), (u / wall for u in used), strict=True))
     lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     lat.steps_per_s = steps_per_s
     lat.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return lat
+
+
+def metric_steps(port: int | None) -> float:
+    """The worker's non-empty fetches so far (0 without a worker's metrics)."""
+    return (procs.metric(port, "fusion_batch_size_count") or 0.0) if port else 0.0
 
 
 async def last_appended(bootstrap: str, topic: str) -> dict[str, int]:
@@ -357,7 +400,8 @@ def show(r: Latency) -> str:
         f"  appended -> fused         {fmt(r.appended_to_fused)}\n"
         f"  cores busy while publishing: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
-        + f" (of {os.cpu_count()}); the worker's steps {r.steps_per_s:,.0f}/s"
+        + f" (of {os.cpu_count()})"
+        + (f"; the worker's steps {r.steps_per_s:,.0f}/s" if r.steps_per_s else "")
         + loop_split(r)
         + slow_split(r)
     )
@@ -397,8 +441,23 @@ def main() -> None:
     p.add_argument(
         "--profile", type=Path, help="sample the worker with py-spy while publishing, into FILE"
     )
+    p.add_argument(
+        "--contestant",
+        choices=("at-least-once", *throughput.JVM_MODES),
+        default="at-least-once",
+        help="the worker, or the Kafka Streams application of bench/streams/ (make bench-jvm)",
+    )
+    p.add_argument("--warmup-seconds", type=float, default=3.0, help="published, not counted")
     args = p.parse_args()
-    lat = run(args.bootstrap, args.rate, args.seconds, args.partitions, profile=args.profile)
+    lat = run(
+        args.bootstrap,
+        args.rate,
+        args.seconds,
+        args.partitions,
+        warmup_s=args.warmup_seconds,
+        profile=args.profile,
+        contestant=args.contestant,
+    )
     print(show(asyncio.run(lat)))
 
 

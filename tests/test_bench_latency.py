@@ -5,14 +5,16 @@ how it reports the tail; no broker."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import kit, latency
+from bench import kit, latency, procs
 from worker import native
 
 
@@ -123,3 +125,38 @@ def test_figures_count_the_requests_over_the_goal_by_stretch() -> None:
     assert lat.requests == 4
     assert lat.slow == [(160, 180, 2), (970, 970, 1)]
     assert "over 20 ms: 75.00% of the requests, in 2 stretches" in latency.show(lat)
+
+
+async def test_wait_logged_returns_once_the_line_is_logged(tmp_path: Path) -> None:
+    """The load starts once the contestant logged its line (Kafka Streams: RUNNING)."""
+    line = latency.STREAMS_RUNNING
+    code = f"import time; time.sleep(0.3); print({line!r}, flush=True); time.sleep(30)"
+    proc = procs.Process(["-c", code], tmp_path / "c.log").start()
+    try:
+        await latency.wait_logged(proc, latency.STREAMS_RUNNING, timeout_s=20)
+        assert proc.alive()
+    finally:
+        proc.stop()
+
+
+async def test_wait_logged_fails_when_the_contestant_ends_without_it(tmp_path: Path) -> None:
+    """A contestant that ends before it is ready stops the run with its log's tail."""
+    proc = procs.Process(["-c", "print('usage: ...')"], tmp_path / "c.log").start()
+    with pytest.raises(RuntimeError, match=r"(?s)ended before.*usage"):
+        await latency.wait_logged(proc, latency.STREAMS_RUNNING, timeout_s=20)
+
+
+async def test_wait_logged_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    """A contestant that never logs the line stops the run after the timeout."""
+    proc = procs.Process(["-c", "import time; time.sleep(30)"], tmp_path / "c.log").start()
+    try:
+        with pytest.raises(RuntimeError, match="within 1s"):
+            await latency.wait_logged(proc, latency.STREAMS_RUNNING, timeout_s=1)
+    finally:
+        proc.stop()
+
+
+def test_no_metrics_port_means_no_steps() -> None:
+    """Without the worker's metrics (the Kafka Streams contestant) the steps are 0, so the
+    report leaves the worker's step line out."""
+    assert latency.metric_steps(None) == 0.0

@@ -72,6 +72,11 @@ public final class FusionStreams {
             return StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
         });
         streams.setStateListener((now, before) -> {
+            if (now == KafkaStreams.State.RUNNING) {
+                // bench/latency.py starts its load when it reads this line.
+                System.out.println("state RUNNING");
+                System.out.flush();
+            }
             if (now == KafkaStreams.State.ERROR || now == KafkaStreams.State.NOT_RUNNING) {
                 stopped.countDown();
             }
