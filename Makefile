@@ -150,9 +150,14 @@ $(STREAMS_JAR): bench/streams/pom.xml $(wildcard bench/streams/src/main/java/fus
 	mvn -q -B -f bench/streams/pom.xml package
 	touch $@
 
-bench-jvm: $(STREAMS_JAR) .venv kafka-up  ## throughput: the worker against a Kafka Streams app doing the same join (Java 17, Maven)
+# Then latency at a rate both keep up with on two cores shared with the broker and the
+# load (docs/benchmarks.md, fourteenth round), each warmed up at it first.
+bench-jvm: $(STREAMS_JAR) .venv kafka-up  ## the worker against a Kafka Streams app doing the same join: throughput, latency (Java 17, Maven)
 	$(BIN)/python -m bench.throughput --bootstrap 127.0.0.1:$(KAFKA_PORT) --requests 1000000 --repeat 1 \
 	  --modes passthrough-batch at-least-once streams-at-least-once exactly-once streams-exactly-once
+	for c in at-least-once streams-at-least-once; do echo "== latency: $$c"; \
+	  $(BIN)/python -m bench.latency --bootstrap 127.0.0.1:$(KAFKA_PORT) --contestant $$c \
+	    --rate 10000 --seconds 40 --warmup-seconds 20 || exit 1; done
 
 bench-fusion: .venv  ## requests fused per second, array maths vs one numpy call per request
 	$(BIN)/python bench/bench_fusion.py
