@@ -64,9 +64,9 @@ TICK_S = 0.002
 # The goal for last member -> fused (docs/benchmarks.md, "Goals"), and how close together
 # the results over it must be fused to count as one stretch of the tail.
 SLOW_MS = 20.0
+STRETCH_GAP_MS = 100
 # What the Kafka Streams contestant (bench/streams/) prints once it processes.
 STREAMS_RUNNING = "state RUNNING"
-STRETCH_GAP_MS = 100
 # An event's bytes before and after its ts.
 HEAD = b'{"request_id":"%s","model":"%s","ts":'
 TAIL = b',"probs":%s,"model_version":"%s-2025.06","trace_id":"%s"}'
