@@ -48,26 +48,30 @@ from worker.config import Config
 from worker.decode import Decoder, check_key
 from worker.engine_labels import BatchFuser as BatchFuser
 from worker.engine_labels import LearningFuser, fuse_learning
+from worker.engine_outputs import Outputs
 from worker.errors import InvalidEvent
-from worker.events import FinishedRequest
+from worker.events import FinishedRequest, PredictionEvent
 from worker.fusion import Fuser
 from worker.fusion.early import EarlyDecider
 from worker.fusion.feedback import JOINED, LabelEvent
 from worker.fusion.result import result_json
 from worker.join import JoinTable
+from worker.join_compiled import LEFT, OUTCOMES, CompiledJoinTable, table_for
 from worker.labels import LabelDecoder, check_label_key
 from worker.learning import Learning
 from worker.murmur2 import partition_for
 from worker.records import Headers as Headers
 from worker.records import InRecord as InRecord
 from worker.records import OutRecord as OutRecord
+from worker.records import RawRecord, Run, runs_of, with_place
 from worker.records import Record as Record
-from worker.records import Run, runs_of, with_place
 from worker.records import Step as Step
 from worker.records import dead_letter as dead_letter
 from worker.state_deps import describe
-from worker.tracecontext import HEADER as TRACEPARENT
-from worker.tracecontext import fused_traceparent, read_traceparent
+from worker.tracecontext import read_traceparent
+
+# The requests a step closed, each with its partition number, in closing order.
+Closed = list[tuple[int, FinishedRequest]]
 
 
 class Engine:
@@ -110,7 +114,6 @@ class Engine:
         self._decoder = Decoder(config)
         self._fuser = fuser
         self.event_time = event_time
-        self._encode = encode
         # Only the one Fuser has the compiled writer; the learning one builds dicts.
         self._bytes_fuser = (
             fuser
@@ -122,10 +125,10 @@ class Engine:
         self._partitions = partitions
         self.tables: dict[int, JoinTable] = {}
         self._stream_ms: dict[int, int] = {}
-        k = config.kafka
-        self._dlq_topic = k.dlq_topic
-        self._late_topic = k.late_topic
-        self._output_topic = k.output_topic
+        # Dead letters, late and fused records to output records (worker/engine_outputs.py).
+        self._outputs = Outputs(config, encode, track_touched)
+        self._dead = self._outputs.dead
+        self._not_joined = self._outputs.not_joined
         # Early decision needs the one Fuser whose label it predicts; a replay or
         # backtest fusing several strategies at once waits for every member.
         j = config.join
@@ -150,15 +153,8 @@ class Engine:
 
     def open(self, partition: int) -> JoinTable:
         """An empty table for ``partition`` (replacing any), which then takes records."""
-        j = self.config.join
-        table = JoinTable(
-            self.config.model_names,
-            j.timeout_ms,
-            j.fused_memory_effective_ms,
-            j.fused_memory_count,
-            event_time=self.event_time,
-            decider=self._decider,
-            deps=self._deps,
+        table = table_for(
+            self.config, event_time=self.event_time, decider=self._decider, deps=self._deps
         )
         self.tables[partition] = table
         return table
@@ -189,7 +185,7 @@ class Engine:
         if not self.event_time:
             return self.step_runs(runs_of(records), now_ms)
         out = Step()
-        finished: list[tuple[int, FinishedRequest]] = []
+        finished: Closed = []
         self._join_event_time(records, out, finished)
         self._fuse(finished, out)
         return self.learned(out)
@@ -201,7 +197,7 @@ class Engine:
             raise ValueError("step_runs is the live step; event time takes step(records)")
         out = Step()
         self._join_live(runs, now_ms, out)
-        finished: list[tuple[int, FinishedRequest]] = []
+        finished: Closed = []
         for p, table in self.tables.items():
             table.expire(now_ms)
             finished += [(p, f) for f in table.drain()]
@@ -211,7 +207,7 @@ class Engine:
     def finish(self) -> Step:
         """End of input (event time): close every pending request and fuse it."""
         out = Step()
-        finished: list[tuple[int, FinishedRequest]] = []
+        finished: Closed = []
         for p in sorted(self.tables):
             table = self.tables[p]
             table.close_all(self._stream_ms.get(p, 0))
@@ -220,19 +216,18 @@ class Engine:
         return self.learned(out)
 
     def _join_live(self, runs: Iterable[Run], now_ms: int, out: Step) -> None:
-        decode = self._decoder.decode
         decode_many = self._decoder.decode_many
-        check = check_key if self._check_keys else None
         tables = self.tables
         track = self._track
         accepted: dict[str, int] = {}
         positions = out.positions
-        n = bad_traceparents = 0
+        n = 0
         for (topic, partition), records in runs:
             table = tables.get(partition)
             if table is None or not records:
                 continue  # not (or no longer) ours
-            n += len(records)
+            n_run = len(records)
+            n += n_run
             positions[topic, partition] = records[-1].offset + 1
             if topic == self._labels_topic:
                 for r in records:
@@ -241,56 +236,66 @@ class Engine:
             # The compiled decoder's events (None where Python decides), or None without it.
             fast = decode_many(records, self._check_keys)
             touched = out.touched.setdefault(partition, []) if track else None  # per run
+            if fast is not None and isinstance(table, CompiledJoinTable):
+                # Added in compiled code but for the records it stops at (see add_run).
+                i = 0
+                while (stop := table.add_run(fast, records, i, now_ms, topic, touched))[0] < n_run:
+                    i, outcome = stop
+                    r, ev = records[i], fast[i]
+                    if outcome == LEFT:
+                        self._join_record(
+                            table, topic, partition, r, ev, now_ms, accepted, touched, out
+                        )
+                    else:
+                        assert ev is not None  # the table added it
+                        self._not_joined(
+                            with_place(topic, partition, r), ev.model, OUTCOMES[outcome], out
+                        )
+                    i += 1
+                for model, count in zip(table.models, table.take_accepted(), strict=True):
+                    accepted[model] = accepted.get(model, 0) + count
+                continue
             for i, r in enumerate(records):
                 ev = None if fast is None else fast[i]
-                if ev is None:
-                    try:
-                        ev = decode(r.value, r.timestamp)
-                        if check is not None:
-                            check(r.key, ev)
-                    except InvalidEvent as exc:
-                        self._dead(with_place(topic, partition, r), exc, out)
-                        continue
-                if r.headers:
-                    traceparent, bad = read_traceparent(r.headers)
-                    if traceparent is not None:
-                        ev = ev.traced(traceparent)
-                    bad_traceparents += bad
-                outcome = table.add(ev, now_ms, topic, r.offset)
-                if outcome == "accepted":
-                    accepted[ev.model] = accepted.get(ev.model, 0) + 1
-                    if touched is not None:
-                        touched.append(ev.request_id)
-                else:
-                    self._not_joined(with_place(topic, partition, r), ev.model, outcome, out)
+                self._join_record(table, topic, partition, r, ev, now_ms, accepted, touched, out)
         out.records += n
-        out.accepted.update(accepted)
-        out.bad_traceparents += bad_traceparents
+        for model, count in accepted.items():
+            out.accepted[model] += count
 
-    def _join_event_time(
+    def _join_record(
         self,
-        records: Sequence[Record],
+        table: JoinTable,
+        topic: str,
+        partition: int,
+        r: RawRecord,
+        ev: PredictionEvent | None,
+        now_ms: int,
+        accepted: dict[str, int],
+        touched: list[str] | None,
         out: Step,
-        finished: list[tuple[int, FinishedRequest]],
     ) -> None:
-        decode = self._decoder.decode
+        """One record of a live run, added to ``table`` (``ev``: the compiled decoder's
+        event, None: decoded here); counted in ``accepted`` by model."""
+        ev = self._event(r, ev, out, (topic, partition))
+        if ev is None:
+            return
+        outcome = table.add(ev, now_ms, topic, r.offset)
+        if outcome == "accepted":
+            accepted[ev.model] = accepted.get(ev.model, 0) + 1
+            if touched is not None:
+                touched.append(ev.request_id)
+        else:
+            self._not_joined(with_place(topic, partition, r), ev.model, outcome, out)
+
+    def _join_event_time(self, records: Sequence[Record], out: Step, finished: Closed) -> None:
         for r in records:
             out.records += 1
             if r.topic == self._labels_topic:
                 self._label_event_time(r, out, finished)
                 continue
-            try:
-                ev = decode(r.value, r.timestamp)
-                if self._check_keys:
-                    check_key(r.key, ev)
-            except InvalidEvent as exc:
-                self._dead(r, exc, out)
+            ev = self._event(r, None, out)
+            if ev is None:
                 continue
-            if r.headers:
-                traceparent, bad = read_traceparent(r.headers)
-                if traceparent is not None:
-                    ev = ev.traced(traceparent)
-                out.bad_traceparents += bad
             p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
             outcome = table.add(ev, now)
             table.expire(now)
@@ -299,6 +304,27 @@ class Engine:
             else:
                 self._not_joined(r, ev.model, outcome, out)
             finished += [(p, f) for f in table.drain()]
+
+    def _event(
+        self, r: Any, ev: PredictionEvent | None, out: Step, place: tuple[str, int] | None = None
+    ) -> PredictionEvent | None:
+        """The event of record ``r`` (``ev`` where the compiled decoder gave it), traced
+        from its headers; None when invalid (a dead letter; ``place``: the topic and
+        partition of a record without its own)."""
+        if ev is None:
+            try:
+                ev = self._decoder.decode(r.value, r.timestamp)
+                if self._check_keys:
+                    check_key(r.key, ev)
+            except InvalidEvent as exc:
+                self._dead(r if place is None else with_place(*place, r), exc, out)
+                return None
+        if r.headers:
+            traceparent, bad = read_traceparent(r.headers)
+            if traceparent is not None:
+                ev = ev.traced(traceparent)
+            out.bad_traceparents += bad
+        return ev
 
     def _advance(self, partition: int, request_id: str, ts: int) -> tuple[int, JoinTable, int]:
         """Event time: the partition an event or label of ``request_id`` belongs to (its
@@ -326,9 +352,11 @@ class Engine:
             return None
         return ev
 
-    def _label(self, r: Record, partition: int, now_ms: int, out: Step) -> None:
+    def _label(
+        self, r: Record, partition: int, now_ms: int, out: Step, ev: LabelEvent | None = None
+    ) -> None:
         assert self.learning is not None
-        ev = self._decode_label(r, out)
+        ev = ev or self._decode_label(r, out)
         if ev is None:
             return
         outcome = self.learning.label(partition, ev, now_ms)
@@ -338,35 +366,17 @@ class Engine:
             if weights is not None:
                 out.weights[partition] = weights
 
-    def _label_event_time(
-        self, r: Record, out: Step, finished: list[tuple[int, FinishedRequest]]
-    ) -> None:
+    def _label_event_time(self, r: Record, out: Step, finished: Closed) -> None:
         ev = self._decode_label(r, out)
-        if ev is None:
-            return
-        p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
-        finished += [(p, f) for f in table.drain()]
-        # What closed before the label is fused with the weights it would have had.
-        self._fuse(finished, out)
-        finished.clear()
-        self._label(r, p, now, out)
+        if ev is not None:
+            p, table, now = self._advance(r.partition, ev.request_id, ev.ts)
+            finished += [(p, f) for f in table.drain()]
+            # What closed before the label is fused with the weights it would have had.
+            self._fuse(finished, out)
+            finished.clear()
+            self._label(r, p, now, out, ev)
 
-    def _dead(self, r: Record, exc: InvalidEvent, out: Step) -> None:
-        out.invalid.append((r, exc))
-        out.dead_letters[exc.reason] += 1
-        if self._encode:
-            out.outputs.setdefault(r.partition, []).append(dead_letter(self._dlq_topic, r, exc))
-
-    def _not_joined(self, r: Record, model: str, outcome: str, out: Step) -> None:
-        out.other[(model, outcome)] += 1
-        if outcome == "late" and self._late_topic:
-            out.late += 1
-            if self._encode:
-                out.outputs.setdefault(r.partition, []).append(
-                    OutRecord(self._late_topic, r.key, r.value, list(r.headers))
-                )
-
-    def _fuse(self, finished: list[tuple[int, FinishedRequest]], out: Step) -> None:
+    def _fuse(self, finished: Closed, out: Step) -> None:
         if not finished:
             return
         requests = [f for _, f in finished]
@@ -381,23 +391,13 @@ class Engine:
             # Appended: on event time a step fuses once per label it reads.
             out.results += results
             out.uncounted += requests
-            values = [result_json(r) for r in results] if self._encode else []
+            values = [result_json(r) for r in results] if self._outputs.encode else []
         out.finished += requests
         out.result_partitions += [p for p, _ in finished]
         traced = written is None or written[1].traced  # else no member has a traceparent
-        if self._encode:
-            topic, outputs, fused_records = self._output_topic, out.outputs, out.fused_records
-            for (p, f), value in zip(finished, values, strict=True):
-                header = fused_traceparent(f.request_id, f.members.values()) if traced else None
-                headers = None if header is None else [(TRACEPARENT, header)]
-                rec = OutRecord(topic, f.request_id.encode(), value, headers)
-                outputs.setdefault(p, []).append(rec)
-                fused_records.append(rec)
-        if self._track:
-            for p, f in finished:
-                out.touched.setdefault(p, []).append(f.request_id)
+        self._outputs.fused(finished, values, traced, out)
 
-    def _fuse_learning(self, finished: list[tuple[int, FinishedRequest]]) -> list[dict[str, Any]]:
+    def _fuse_learning(self, finished: Closed) -> list[dict[str, Any]]:
         fuser, learning = self._learning_fuser, self.learning
         assert fuser is not None
         assert learning is not None

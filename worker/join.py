@@ -273,7 +273,9 @@ class JoinTable:
         arrived = self._arrived(p)
         first_ts = self._first_ts.get(request_id, arrived[0][1].ts)
         deadline_ms = self._deadline_of(request_id, p)
-        return export_state(request_id, p, self.models, arrived, first_ts, deadline_ms, self.deps)
+        return export_state(
+            request_id, p.opened_ms, self.models, arrived, first_ts, deadline_ms, self.deps
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
         """Re-open a request from ``pending_state`` output (replacing a pending one with

@@ -23,7 +23,7 @@ STATE_VERSION = 1
 
 def export_state(
     request_id: str,
-    p: _Pending,
+    opened_ms: int,
     models: Sequence[str],
     arrived: list[tuple[int, PredictionEvent]],
     first_ts: int,
@@ -36,7 +36,7 @@ def export_state(
     state: dict[str, Any] = {
         "v": STATE_VERSION,
         "request_id": request_id,
-        "opened_ms": p.opened_ms,
+        "opened_ms": opened_ms,
         "deadline_ms": deadline_ms,
         "first_ts": first_ts,
         "members": members,

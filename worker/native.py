@@ -3,11 +3,12 @@ an optional extension written in Rust (``native/`` in the repository; ``make`` b
 it into the virtualenv, the container image installs it). It holds the result writer
 (used by ``worker.fusion.native``), the packing of a batch's members (used by
 ``worker.fusion.batch``), the join's memory of fused ids (used by ``worker.join_fused``),
-the decoder of the common event (used by ``worker.decode``), Kafka's default partitioner
-for a batch of keys (used by ``worker.runtime.partitioner``), the producer's record
-batches (used by ``worker.runtime.record_batch``) and the batched histograms' bucket
-counts (used by ``worker.metrics_histogram``); each gives what the Python code (or aiokafka's)
-gives, which stays for everything they do not cover.
+the live join of a partition (used by ``worker.join_compiled``), the decoder of the
+common event (used by ``worker.decode``), Kafka's default partitioner for a batch of keys
+(used by ``worker.runtime.partitioner``), the producer's record batches (used by
+``worker.runtime.record_batch``) and the batched histograms' bucket counts (used by
+``worker.metrics_histogram``); each gives what the Python code (or aiokafka's) gives,
+which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
 None and the worker runs on Python alone (the same output, more CPU per event).
@@ -26,6 +27,7 @@ RecordBatch: Callable[[int, bool], Any] | None = None
 pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
 FusedIds: Callable[[int], Any] | None = None
 Buckets: Callable[[list[float]], Any] | None = None
+JoinCore: Callable[..., Any] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -38,5 +40,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         pack_members = fusion_native.pack_members
         FusedIds = fusion_native.FusedIds
         Buckets = fusion_native.Buckets
+        JoinCore = fusion_native.JoinCore
     except ImportError:  # not built: Python alone
         pass

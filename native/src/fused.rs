@@ -84,7 +84,7 @@ impl FusedIds {
 #[pymethods]
 impl FusedIds {
     #[new]
-    fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         FusedIds {
             limit,
             order: VecDeque::new(),
@@ -98,7 +98,7 @@ impl FusedIds {
     }
 
     /// Remember `rid` until `expiry_ms`; the oldest go beyond the limit.
-    fn add(&mut self, rid: &Bound<'_, PyString>, expiry_ms: i64) -> PyResult<()> {
+    pub(crate) fn add(&mut self, rid: &Bound<'_, PyString>, expiry_ms: i64) -> PyResult<()> {
         self.insert(rid, expiry_ms)?;
         if self.index.len() > self.limit {
             self.forget(None);
@@ -130,7 +130,7 @@ impl FusedIds {
 
     /// Drop the ids past their time (`now_ms`; None: none) or beyond the limit.
     #[pyo3(signature = (now_ms))]
-    fn forget(&mut self, now_ms: Option<i64>) {
+    pub(crate) fn forget(&mut self, now_ms: Option<i64>) {
         while let Some(front) = self.order.front() {
             let due = now_ms.is_some_and(|now| front.expiry_ms <= now);
             if !(due || self.index.len() > self.limit) {
@@ -148,7 +148,7 @@ impl FusedIds {
 
     /// Whether `rid` is remembered past `now_ms` (its events are then late), after
     /// forgetting what is due at `now_ms`.
-    fn late(&mut self, rid: &Bound<'_, PyString>, now_ms: i64) -> PyResult<bool> {
+    pub(crate) fn late(&mut self, rid: &Bound<'_, PyString>, now_ms: i64) -> PyResult<bool> {
         if self.index.is_empty() {
             return Ok(false);
         }

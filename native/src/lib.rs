@@ -15,6 +15,7 @@ mod batch;
 mod decode;
 mod fused;
 mod histogram;
+mod join;
 mod pack;
 mod partition;
 
@@ -474,6 +475,7 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(pack::pack_members, m)?)?;
     m.add_class::<fused::FusedIds>()?;
+    m.add_class::<join::JoinCore>()?;
     m.add_class::<histogram::Buckets>()?;
     Ok(())
 }
