@@ -8,11 +8,17 @@ added with its source offset as the live worker adds it. Three streams:
 - expire: every request gets two of the three (closed by its deadline, 1 s later);
 - two sources: complete, the third model's events from a second topic.
 
-Memory is split into the decoded events and what adding them to the table costs on top;
+Each stream runs through the Python ``JoinTable`` and the compiled one
+(``worker/join_compiled.py``, where native/ is built; not the two-source stream, which
+it does not take), alternating, and prints the best of each and their ratio.
+
+Memory (the Python table; tracemalloc does not see the compiled table's allocations,
+``bench.memory``'s worker RSS does) is split into the decoded events and what adding
+them to the table costs on top;
 the table's share is net of what it frees (a later event's copy of the request id, an
 unneeded trace id, a model_version or ts equal to one the table holds).
 
-Run alone: ``python bench/bench_join.py [--requests N] [--repeat K]``.
+Run alone: ``python -m bench.bench_join [--requests N] [--repeat K] [--tables KIND...]``.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import uuid
 
 import orjson
 
+from worker import native
 from worker.config import build_config
 from worker.decode import Decoder
 from worker.events import PredictionEvent
 from worker.join import JoinTable
+from worker.join_compiled import CompiledJoinTable
 from worker.runtime.main import GC_THRESHOLDS
 
 MODELS = ["bert-base", "roberta", "distil"]
@@ -66,11 +74,14 @@ def events(n_requests: int, models: list[str], t0: int = 1_700_000_000_000, spre
     return [e for _, e in out]
 
 
-def run(evs: list[PredictionEvent], per_ms: int = 100, second_source: str = "") -> float:
+def run(
+    evs: list[PredictionEvent], per_ms: int = 100, second_source: str = "", kind: str = "python"
+) -> float:
     """Events per CPU second (of this process) through add, expire and drain: ``per_ms``
     events per ms of the clock, one batch each; the third model's events from
-    ``second_source`` if given."""
-    t = JoinTable(MODELS, 1000, 5000, 100_000)
+    ``second_source`` if given. ``kind``: the Python ``JoinTable`` or the compiled one."""
+    table = CompiledJoinTable if kind == "compiled" else JoinTable
+    t = table(MODELS, 1000, 5000, 100_000)
     add, expire, drain = t.add, t.expire, t.drain
     sources = [("predictions", 0)] * len(MODELS)
     if second_source:
@@ -116,6 +127,13 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     p.add_argument("--memory", type=int, default=20_000, help="pending requests; 0: skip")
+    p.add_argument(
+        "--tables",
+        nargs="+",
+        choices=["python", "compiled"],
+        default=["python", "compiled"] if native.JoinCore is not None else ["python"],
+        help="the tables to run, alternating (default: both where native/ is built)",
+    )
     args = p.parse_args()
     gc.set_threshold(*GC_THRESHOLDS)  # as the worker runs
     n = args.requests
@@ -127,11 +145,20 @@ def main() -> None:
     ]
     for name, evs, second in streams:
         # The table slims the events it accepts; each run gets its own copies.
-        best = 0.0
+        best = dict.fromkeys(args.tables, 0.0)
         for _ in range(args.repeat):
-            copies = [_copy(e) for e in evs]
-            best = max(best, run(copies, second_source=second))
-        print(f"add+expire+drain, {name}: {best:,.0f} events/s", flush=True)
+            for kind in args.tables:
+                if kind == "compiled" and second:
+                    continue  # the compiled table takes one source
+                copies = [_copy(e) for e in evs]
+                best[kind] = max(best[kind], run(copies, second_source=second, kind=kind))
+        figures = ", ".join(f"{kind} {rate:,.0f}" for kind, rate in best.items() if rate)
+        ratio = (
+            f" (compiled / python: {best['compiled'] / best['python']:.2f})"
+            if best.get("compiled") and best.get("python")
+            else ""
+        )
+        print(f"add+expire+drain, {name}: {figures} events/s{ratio}", flush=True)
     if args.memory:
         for k in (1, 2):
             ev_mem, table_mem = memory(args.memory, k)
