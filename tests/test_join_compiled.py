@@ -24,8 +24,6 @@ from worker.join_compiled import CompiledJoinTable, table_for
 MODELS = ("a", "b", "c")
 SOURCE = "in"
 
-pytestmark = pytest.mark.skipif(native.JoinCore is None, reason="native/ is not built")
-
 
 def event(rid: str, model: str, ts: int, trace: str | None, version: str | None) -> PredictionEvent:
     return PredictionEvent(
