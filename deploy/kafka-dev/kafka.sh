@@ -196,7 +196,10 @@ wait_ready() {
   # Ready means a client got metadata, not merely that the port is open.
   local deadline=$((SECONDS + 90))
   while (( SECONDS < deadline )); do
-    running || { tail -40 "$logfile" >&2; die "the broker exited during start (log: $logfile)"; }
+    # Just started, the process may not have exec'd java yet (its command line is still
+    # the shell's, which `running` takes for another process): ask again a second later.
+    running || { sleep 1; running; } \
+      || { tail -40 "$logfile" >&2; die "the broker exited during start (log: $logfile)"; }
     if java -cp "$libs/*" -Dlog4j2.configurationFile="$state/log4j2.properties" \
          org.apache.kafka.tools.BrokerApiVersionsCommand \
          --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1; then
