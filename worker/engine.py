@@ -356,7 +356,7 @@ class Engine:
         self, r: Record, partition: int, now_ms: int, out: Step, ev: LabelEvent | None = None
     ) -> None:
         assert self.learning is not None
-        ev = ev or self._decode_label(r, out)
+        ev = ev if ev is not None else self._decode_label(r, out)
         if ev is None:
             return
         outcome = self.learning.label(partition, ev, now_ms)
