@@ -1,6 +1,7 @@
 """The live join of one partition number with its pending requests held in compiled code
 (``native/src/join.rs``): a ``JoinTable`` for the live worker whose hot path runs no
-Python per event. Pure code, as the table it stands in for.
+Python per event (only each closed request's ``FinishedRequest`` constructor). Pure code,
+as the table it stands in for.
 
 ``table_for`` gives it where it applies and the extension is installed: live (wall-clock
 deadlines), without early decision, with input from one topic, at most

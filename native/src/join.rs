@@ -3,8 +3,9 @@
 //! source, no early decision), its pending requests held in Rust. An event stays the
 //! Python object the decoder made; the table keeps, per request, the events by model
 //! position, its arrival code, times and offset marks in one Rust struct, found through
-//! a hash table searched by Python's own (cached) hash of the request id. Adding an event
-//! then runs no Python code, and neither does a step's run of records (`add_run`).
+//! a hash table searched by Python's own (cached) hash of the request id. Adding an event,
+//! or a step's run of records (`add_run`), then runs no Python code but the constructor
+//! of each `FinishedRequest` it closes.
 //!
 //! The semantics are `JoinTable`'s, and tests/test_join_compiled.py checks them against
 //! it operation by operation: outcomes, closed requests (members in arrival order, times,
