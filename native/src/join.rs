@@ -243,18 +243,24 @@ impl JoinCore {
             return Ok((ACCEPTED, i));
         }
         if opened {
-            self.opened.push_back((p.rid.clone_ref(py), p.seq));
-            self.deadlines
-                .entry(p.deadline_ms)
-                .or_default()
-                .push(p.rid.clone_ref(py));
-            self.deadline_entries += 1;
+            self.enqueue(py, &p);
         }
         if offset >= 0 {
             self.mark(py, &mut p, offset);
         }
         self.insert(p);
         Ok((ACCEPTED, i))
+    }
+
+    /// Put a request just opened (or restored) in the opening order and its deadline's
+    /// bucket.
+    fn enqueue(&mut self, py: Python<'_>, p: &Pending) {
+        self.opened.push_back((p.rid.clone_ref(py), p.seq));
+        self.deadlines
+            .entry(p.deadline_ms)
+            .or_default()
+            .push(p.rid.clone_ref(py));
+        self.deadline_entries += 1;
     }
 
     /// Note an accepted event's offset in its pending request's marks; a new lowest one
@@ -791,12 +797,7 @@ impl JoinCore {
         if arrival >= self.complete {
             return self.finish(py, &p, opened_ms, false, -1);
         }
-        self.opened.push_back((p.rid.clone_ref(py), p.seq));
-        self.deadlines
-            .entry(deadline_ms)
-            .or_default()
-            .push(p.rid.clone_ref(py));
-        self.deadline_entries += 1;
+        self.enqueue(py, &p);
         self.insert(p);
         Ok(())
     }
