@@ -91,7 +91,9 @@ class Latency:
     last_to_fused: dict[str, float]  # percentile -> ms
     first_to_fused: dict[str, float]
     result_latency: dict[str, float]  # the results' latency_ms
-    cores: dict[str, float]  # cores busy while publishing: worker, load generator, machine
+    # Cores busy while publishing: worker, load generator, machine, and of the machine's
+    # the part the hypervisor stole (procs.machine_stolen_s).
+    cores: dict[str, float]
     last_to_appended: dict[str, float]  # last member: published -> appended at the broker
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
@@ -279,11 +281,11 @@ async def run(
             profiler = procs.Profiler(worker.pid, profile) if profile and port else None
             steps_before = metric_steps(port)
             loop_before = procs.loop_seconds(port) if port else {}
-            before = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
+            before = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
-            after = (time.monotonic(), worker.cpu_s(), time.process_time(), procs.machine_busy_s())
+            after = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
             steps = metric_steps(port) - steps_before
             loop: dict[str, float] = {}
             if port:
@@ -300,11 +302,17 @@ async def run(
     # larger each batch and the less the fixed cost of a step counts.
     steps_per_s = steps / wall
     who = "kafka streams" if contestant in throughput.JVM_MODES else "worker"
-    cores = dict(zip((who, "load generator", "machine"), (u / wall for u in used), strict=True))
+    names = (who, "load generator", "machine", "stolen from it")
+    cores = dict(zip(names, (u / wall for u in used), strict=True))
     lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     lat.steps_per_s = steps_per_s
     lat.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return lat
+
+
+def machine() -> tuple[float, float]:
+    """The machine's CPU seconds busy and stolen so far (the second is within the first)."""
+    return procs.machine_busy_s(), procs.machine_stolen_s()
 
 
 def metric_steps(port: int | None) -> float:

@@ -224,12 +224,25 @@ async def running_worker(
 # -- the machine -----------------------------------------------------------------------
 
 
+def _cpu_line() -> list[int]:
+    """/proc/stat's first line: the machine's CPU ticks by kind (user, nice, system,
+    idle, iowait, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return [int(f) for f in fields[:8]]
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (every core, every process: user,
     nice, system, irq, softirq, steal), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = _cpu_line()
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def machine_stolen_s() -> float:
+    """CPU seconds the hypervisor gave to other guests while this machine had work to
+    run (/proc/stat's steal). On a shared virtual machine it is a benchmark run's hidden
+    variable: the more of it, the slower the same code (docs/benchmarks.md)."""
+    return _cpu_line()[7] / CLOCK_TICKS
 
 
 def machine() -> dict[str, str]:

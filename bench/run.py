@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -123,6 +124,13 @@ def main() -> None:
     print(
         f"  (CPU per event, at-least-once / batched passthrough: {cpu_ratio:.2f}; "
         f"{goal_ratio:.2f} where the CPU goal was set)"
+    )
+    # Figures of one run on a shared VM move with what the hypervisor took meanwhile.
+    stolen = lat.cores.get("stolen from it", 0.0) / (os.cpu_count() or 1)
+    print(
+        f"  (of the machine stolen by the hypervisor: {base.stolen_share:.1%} in the "
+        f"passthrough's run, {alo.stolen_share:.1%} at-least-once's, {eo.stolen_share:.1%} "
+        f"exactly-once's, {stolen:.1%} in the latency run)"
     )
     also = by_mode.get("passthrough-record")
     if also is not None and also is not base:

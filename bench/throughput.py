@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -54,6 +55,9 @@ class Run:
     changelog_records: int | None = None  # exactly-once: records written to the changelog
     transactions: int | None = None  # exactly-once: transactions committed
     loop: dict[str, float] | None = None  # the worker's loop seconds by phase
+    # The machine's CPU seconds stolen by the hypervisor from spawn to the last result
+    # (procs.machine_stolen_s): the figures of a run with much of it are the machine's.
+    stolen_s: float = 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -63,6 +67,11 @@ class Run:
     def steady_events_per_s(self) -> float:
         """Events over the time results flowed (spawn-to-first-result left out)."""
         return self.events / max(1e-9, self.seconds - self.first_s)
+
+    @property
+    def stolen_share(self) -> float:
+        """Of the machine's cores over the run, the share the hypervisor stole."""
+        return self.stolen_s / (self.seconds * (os.cpu_count() or 1))
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -145,6 +154,7 @@ async def measure(
 ) -> Run:
     group = kit.unique(f"group-{mode}")
     port = procs.free_port()
+    stolen_before = procs.machine_stolen_s()
     proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir, port).start()
     profiler = None
     if profile is not None and mode not in JVM_MODES:  # py-spy samples Python only
@@ -153,6 +163,7 @@ async def measure(
     try:
         filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
         cpu = proc.cpu_s() if proc.alive() else float("nan")
+        stolen_s = procs.machine_stolen_s() - stolen_before
         changelog = transactions = None
         loop = None
         if mode in WORKER_MODES:
@@ -193,6 +204,7 @@ async def measure(
         changelog_records=int(changelog) if changelog is not None else None,
         transactions=int(transactions) if transactions is not None else None,
         loop=loop,
+        stolen_s=stolen_s,
     )
 
 
@@ -308,7 +320,8 @@ def line(r: Run, before: list[Run]) -> str:
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
         f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
         f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
-        f"{r.duplicates} duplicates{check}{changelog}{loop}"
+        f"{r.duplicates} duplicates{check}{changelog}{loop} | "
+        f"stolen {r.stolen_share:.1%} of the machine"
     )
 
 
