@@ -36,7 +36,6 @@ from worker.runtime.connect import admin_client, client_options, close_client, p
 from worker.runtime.cycles import CycleCollector
 from worker.runtime.delivery import Context, Delivery, DeliveryFactory
 from worker.runtime.feedback import FeedbackLink, tally_feedback
-from worker.runtime.fetch_ahead import fetch_ahead
 from worker.runtime.handoff import HandOff, Listener
 from worker.runtime.heap import HeapTrimmer
 from worker.runtime.partitions import Partitions
@@ -274,10 +273,8 @@ class Loop:
             batch = await consumer.getmany(
                 timeout_ms=self._fetch_timeout_ms(), max_records=self._max_records()
             )
+            lap("fetch")
             async with self.lock:
-                if batch:  # under the lock: no rebalance between this fetch and its step
-                    await fetch_ahead()
-                lap("fetch")
                 await self._process(batch)
                 lap("process")
                 # getmany returns at once while records are buffered: without this the
