@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -130,6 +130,19 @@ def _tls_failure(server: str, cfg: KafkaConfig, exc: ssl.SSLError) -> str:
         f"TLS handshake with {server} failed: {exc.reason or exc}; check that the address "
         f"is the broker's {cfg.security_protocol} listener and the kafka.ssl_* settings"
     )
+
+
+async def start_clients(clients: Iterable[Any]) -> None:
+    """Start aiokafka clients concurrently: each start is a few round trips (metadata,
+    and for a transactional producer its coordinator and the init that fences the
+    previous owner). A failure cancels the starts still running and is raised itself,
+    not as a group; the caller closes every client, started or not."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for client in clients:
+                group.create_task(client.start())
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
 
 
 async def close_client(client: Any, timeout_s: float) -> None:

@@ -48,7 +48,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from worker.engine import OutRecord, Step
 from worker.runtime.changelog import changelog_topic, ensure_changelog, net_change, read_changelog
-from worker.runtime.connect import admin_client, close_client, producer_options
+from worker.runtime.connect import admin_client, close_client, producer_options, start_clients
 from worker.runtime.delivery import Context
 from worker.runtime.feedback import weights_topic
 from worker.runtime.inflight import InFlight
@@ -341,11 +341,10 @@ class ExactlyOnce:
         state = self._state
         consumer = state.consumer
         assert consumer is not None
-        producers: dict[int, AIOKafkaProducer] = {}
+        producers = {p: self._new_producer(p) for p in numbers}
         try:
-            for p in numbers:
-                producers[p] = producer = self._new_producer(p)
-                await producer.start()  # init: fences the previous owner, aborts its txn
+            # Each init fences the previous owner and aborts its open transaction.
+            await start_clients(producers.values())
             restored = await read_changelog(self._ctx.config, numbers, self._ctx.beat)
             # Read after the producers' init, so a zombie's last transaction has ended;
             # its weights too are read as committed.
