@@ -109,6 +109,9 @@ class AtLeastOnce:
         """Before a fetch: a fatal error of the commit in the background stops the loop."""
         self._inflight.check()
 
+    async def open_due(self) -> None:
+        """Nothing to open: an assigned partition is fetched at once."""
+
     async def emit(self, step: Step) -> None:
         """Keep the fused requests' offset spans, queue the outputs, hand them over."""
         assert self._sink is not None

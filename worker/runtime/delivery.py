@@ -75,6 +75,10 @@ class Delivery(Protocol):
     async def maintain(self) -> None:
         """Before each fetch: the mode's own work (exactly-once opens partitions)."""
 
+    async def open_due(self) -> None:
+        """Open the assigned partitions waiting for ``maintain`` whose time has come (also
+        called from the assignment callback, so they need not wait for the fetch)."""
+
     async def emit(self, step: Step) -> None:
         """Hand one step's outputs (per input partition number) to the producer(s)."""
 

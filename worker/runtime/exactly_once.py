@@ -332,6 +332,9 @@ class ExactlyOnce:
 
     async def maintain(self) -> None:
         await self.maintain_commits()
+        await self.open_due()
+
+    async def open_due(self) -> None:
         if self.opening and time.monotonic() >= self._open_at:
             await self._open(sorted(self.opening))
 

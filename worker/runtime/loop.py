@@ -379,6 +379,12 @@ class Loop:
             # Pausing touches only the consumer, not the partition state.
             consumer.pause(*[tp for tp in assigned if tp.partition not in self.tables])
         await self._handoff.run(lambda: self._apply(assigned))
+        if self.delivery.opens_partitions:
+            # Open them now: the fetch under way would hold the loop, and them paused,
+            # until its timeout (about 100 ms at every start). An error is left to the
+            # loop: they stay to be opened, and its own maintain() meets it again.
+            with contextlib.suppress(Exception):
+                await self._handoff.run(self.delivery.open_due)
         self.health.set_assigned(bool(assigned))
         if assigned:
             self.assigned.set()
