@@ -4,7 +4,6 @@ group assigned them has timed out."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +32,9 @@ async def test_assigned_partitions_open_before_the_fetch_under_way_times_out(
         p.bootstrap, p.inputs[0], [(e["request_id"].encode(), orjson.dumps(e)) for e in events]
     )
     worker = spawn_worker(p.config(kafka={**EOS, "fetch_timeout_ms": FETCH_TIMEOUT_MS}), p.port)
-    started = time.monotonic()
     first = await consume(
         p.bootstrap, p.output, 1, timeout_s=WITHIN_S, isolation_level="read_committed"
     )
+    # consume gives up after WITHIN_S, well inside the fetch timeout: anything read was
+    # committed before the first fetch could have timed out.
     assert first, f"nothing committed within {WITHIN_S:.0f}s:\n{worker.logs()}"
-    assert time.monotonic() - started < FETCH_TIMEOUT_MS / 1000
