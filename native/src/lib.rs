@@ -7,7 +7,7 @@
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
 //! the same bytes without the dicts. The bytes are msgspec's for the same values: the
-//! same key order, floats as ryu's shortest form in msgspec's layout, ints in decimal,
+//! same key order, floats in their shortest form in msgspec's layout, ints in decimal,
 //! strings with the same escapes. A batch this does not cover (a string that is not
 //! valid UTF-8, a time that is not an i64) returns None and Python builds it instead.
 
@@ -70,11 +70,20 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// A float: ryu's shortest round trip (`1.0`, `0.00001`, `1.5e-7`, `1e16`, as msgspec);
+/// A float: the shortest round trip (`1.0`, `0.00001`, `1.5e-7`, `1e16`, as msgspec);
 /// NaN and the infinities as null, as msgspec and orjson write them.
 fn write_f64(out: &mut Vec<u8>, x: f64) {
     if x.is_finite() {
-        out.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+        let mut buffer = zmij::Buffer::new();
+        let text = buffer.format_finite(x).as_bytes();
+        if x.abs() < 1e16 {
+            out.extend_from_slice(text);
+        } else {
+            // zmij writes "1e+16" where msgspec and orjson (and ryu) write "1e16". The
+            // results hold no such number today (weights are normalised, the rest are
+            // probabilities), so this is for the layout's sake.
+            out.extend(text.iter().filter(|&&c| c != b'+'));
+        }
     } else {
         out.extend_from_slice(b"null");
     }

@@ -149,6 +149,39 @@ def test_names_that_need_escaping_are_written_alike(
     assert written[0] == [result_json(r) for r in fuser.fuse(finished)]
 
 
+# Every finite double in [0, 1], subnormals among them, and the ones at the layout's
+# edges: 1e-5 and below it (exponent form), 1.0, the tenths.
+UNIT = st.floats(0, 1) | st.sampled_from([0.0, 1e-5, 9.99e-6, 5e-324, 0.1, 1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(1e-300, 1e300), min_size=2, max_size=3),
+    st.lists(st.tuples(UNIT, UNIT), min_size=1, max_size=4),
+)
+def test_numbers_of_every_magnitude_are_written_alike(
+    weights: list[float], probs: list[tuple[float, float]]
+) -> None:
+    """Weights from 1e-300 to 1e300 and probabilities down to the smallest subnormal:
+    every number (weights, probabilities, contributions, confidence) in the same bytes
+    as Python's, a positive exponent among them (``1e+16`` is written ``1e16``)."""
+    models = [f"m{i}" for i in range(len(weights))]
+    config = build_config(
+        {
+            "models": [{"name": m, "weight": w} for m, w in zip(models, weights, strict=True)],
+            "fusion": {"strategy": "soft_vote", "labels": ["x", "y"]},
+        }
+    )
+    finished = []
+    for i, (p, q) in enumerate(probs):
+        members = {m: PredictionEvent(f"r{i}", m, 1, probs=[p, q]) for m in models}
+        finished.append(FinishedRequest(f"r{i}", members, 1, 1, 2, False))
+    fuser = Fuser(config)
+    written = fuser.fuse_bytes(finished)
+    assert written is not None
+    assert written[0] == [result_json(r) for r in fuser.fuse(finished)]
+
+
 def test_a_string_the_writer_cannot_encode_goes_back_to_python() -> None:
     """A request id with a lone surrogate (not UTF-8): the writer hands the batch back."""
     config = build_config(
