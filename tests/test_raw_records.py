@@ -11,6 +11,7 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
+import aiokafka.consumer.fetcher as fetcher_module
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import FetchError, FetchResult, PartitionRecords
@@ -22,8 +23,10 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker import native
 from worker.runtime.raw_records import (
     BatchPartitionRecords,
+    FetchedRecords,
     RawPartitionRecords,
     install,
     raw,
@@ -114,7 +117,8 @@ def read(
     and at the end, and the class name of each; the iterator's class is changed to the
     raw one after ``swap_at`` records (never when negative): before the first, the
     batch-wise one, later the record-by-record one."""
-    records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, isolation)
+    kept = FetchedRecords(data) if swap_at >= 0 else MemoryRecords(data)
+    records = PartitionRecords(TP, kept, aborted, start, None, None, True, isolation)
     result = FetchResult(TP, assignment=None, partition_records=records, backoff=0)
     out, kinds = [], []
     if swap_at == 0:
@@ -176,7 +180,8 @@ def drain(
     """What ``getmany`` takes of one fetched partition: ``getall(max_records)`` until it
     has no more, each call's records and the position after it; with ``max_records`` 0,
     what ``getone`` takes, each record (None at the end) and the position after it."""
-    records = PartitionRecords(TP, MemoryRecords(data), aborted, start, None, None, True, 1)
+    kept = FetchedRecords(data) if raw_ else MemoryRecords(data)
+    records = PartitionRecords(TP, kept, aborted, start, None, None, True, 1)
     assignment = _Assignment(start)
     result = FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
     if raw_:
@@ -226,17 +231,20 @@ def test_a_raw_record_is_aiokafkas_parsed_one() -> None:
     assert fields(record) == (0, 5, b"k", b"v", (("h", b"1"),))
 
 
+@pytest.mark.parametrize("kept", [True, False])
 @pytest.mark.parametrize("batch_wise", [True, False])
-def test_a_corrupt_batch_raises_after_the_records_before_it(batch_wise: bool) -> None:
+def test_a_corrupt_batch_raises_after_the_records_before_it(batch_wise: bool, kept: bool) -> None:
     """A batch whose CRC does not match raises ``CorruptRecordException`` after the
     records of the batches before it, at their position, as aiokafka's iterator does;
-    then the iterator is finished."""
+    then the iterator is finished. Checked by the compiled check (the fetched bytes
+    kept) and by aiokafka's per batch."""
     bad = bytearray(batch(2, [(7, b"k", b"v2", []), (8, b"k", b"v3", [])]))
-    bad[-1] ^= 0xFF  # in the last record's value, which the CRC covers
+    bad[bad.rindex(b"v3")] ^= 0x01  # "w3": a value still parsed, which only the CRC flags
     data = batch(0, [(5, b"k", b"v0", []), (6, b"k", b"v1", [])]) + bytes(bad)
 
     def read_until_error(swap: bool) -> tuple[list[Any], int]:
-        records = PartitionRecords(TP, MemoryRecords(data), [], 0, None, None, True, 0)
+        kept_ = FetchedRecords(data) if swap and kept else MemoryRecords(data)
+        records = PartitionRecords(TP, kept_, [], 0, None, None, True, 0)
         result = FetchResult(TP, assignment=None, partition_records=records, backoff=0)
         if swap and batch_wise:
             raw(result)
@@ -257,6 +265,55 @@ def test_a_corrupt_batch_raises_after_the_records_before_it(batch_wise: bool) ->
     assert ours == theirs
     assert [f[3] for f in ours[0]] == [b"v0", b"v1"]
     assert ours[1] == 2
+
+
+def aiokafkas_first_corrupt(data: bytes) -> int:
+    """The base offset of the first batch aiokafka's own check finds corrupt, else -1."""
+    records = MemoryRecords(data)
+    while records.has_next():
+        checked = records.next_batch()
+        if not checked.validate_crc():
+            return int(checked.base_offset)
+    return -1
+
+
+@settings(max_examples=150)
+@given(pieces, st.data())
+def test_the_compiled_crc_check_finds_the_batch_aiokafkas_finds(
+    drawn: Any, data: st.DataObject
+) -> None:
+    """One byte flipped in a partition's fetched batches (their base offset, CRC or what
+    it covers), or none, and the last batch cut short as a fetch may cut it: the
+    compiled check names the first batch whose CRC does not match, the one aiokafka's
+    check names, or none. (A flipped length or magic byte changes how the batches are
+    framed: aiokafka's parser rejects those, and ``test_the_compiled_crc_check_leaves_
+    other_formats_to_aiokafka`` covers what the compiled check leaves.)"""
+    assert native.first_corrupt_batch is not None
+    log_, _ = log(drawn)
+    raw_log = bytearray(log_)
+    starts, pos = [], 0
+    while pos < len(log_):
+        starts.append(pos)
+        pos += 12 + struct.unpack_from(">i", log_, pos + 8)[0]
+    if data.draw(st.booleans()):
+        start = data.draw(st.sampled_from(starts))
+        end = starts[starts.index(start) + 1] if start != starts[-1] else len(log_)
+        where = data.draw(st.integers(0, 7) | st.integers(17, end - start - 1))
+        raw_log[start + where] ^= data.draw(st.integers(1, 255))
+    cut = bytes(raw_log[: len(raw_log) - data.draw(st.integers(0, 20))])
+    assert native.first_corrupt_batch(cut) == aiokafkas_first_corrupt(cut)
+
+
+def test_the_compiled_crc_check_leaves_other_formats_to_aiokafka() -> None:
+    """A record set with a batch of the old formats (magic 0 or 1), or one shorter than
+    its header, is not checked by the compiled check (None): aiokafka checks it."""
+    assert native.first_corrupt_batch is not None
+    old_format = bytearray(batch(0, [(5, b"k", b"v", [])]))
+    old_format[16] = 1  # the magic byte
+    assert native.first_corrupt_batch(bytes(old_format)) is None
+    short = struct.pack(">qi", 0, 8) + bytes(8)  # a length below the CRC's end
+    assert native.first_corrupt_batch(short) is None
+    assert native.first_corrupt_batch(b"") == -1
 
 
 def test_an_iterator_without_its_position_attribute_keeps_the_generator() -> None:
@@ -302,6 +359,8 @@ async def test_install_needs_a_started_consumer_without_deserializers() -> None:
     plain = Fetcher(None)
     assert install(Consumer(plain))
     assert type(plain._records) is not OrderedDict
+    # The fetcher now makes record sets that keep their bytes, for the compiled check.
+    assert fetcher_module.MemoryRecords is FetchedRecords
 
 
 def test_install_converts_what_was_already_fetched() -> None:

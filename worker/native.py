@@ -6,8 +6,9 @@ it into the virtualenv, the container image installs it). It holds the result wr
 the live join of a partition (used by ``worker.join_compiled``), the decoder of the
 common event (used by ``worker.decode``), Kafka's default partitioner for a batch of keys
 (used by ``worker.runtime.partitioner``), the producer's record batches (used by
-``worker.runtime.record_batch``) and the batched histograms' bucket counts (used by
-``worker.metrics_histogram``); each gives what the Python code (or aiokafka's) gives,
+``worker.runtime.record_batch``), the batched histograms' bucket counts (used by
+``worker.metrics_histogram``) and the CRC check of fetched record batches (used by
+``worker.runtime.raw_records``); each gives what the Python code (or aiokafka's) gives,
 which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
@@ -28,6 +29,7 @@ pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
 FusedIds: Callable[[int], Any] | None = None
 Buckets: Callable[[list[float]], Any] | None = None
 JoinCore: Callable[..., Any] | None = None
+first_corrupt_batch: Callable[[bytes], int | None] | None = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -41,5 +43,6 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         FusedIds = fusion_native.FusedIds
         Buckets = fusion_native.Buckets
         JoinCore = fusion_native.JoinCore
+        first_corrupt_batch = fusion_native.first_corrupt_batch
     except ImportError:  # not built: Python alone
         pass

@@ -13,6 +13,7 @@
 
 mod batch;
 mod decode;
+mod fetched;
 mod fused;
 mod histogram;
 mod join;
@@ -486,5 +487,6 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<fused::FusedIds>()?;
     m.add_class::<join::JoinCore>()?;
     m.add_class::<histogram::Buckets>()?;
+    m.add_function(wrap_pyfunction!(fetched::first_corrupt_batch, m)?)?;
     Ok(())
 }

@@ -1,15 +1,18 @@
 """Through the real broker, a consumer that hands over aiokafka's parsed records
 (worker/runtime/raw_records.py) reads what a plain consumer reads: the same records at
-the same offsets, an aborted transaction skipped under ``read_committed``."""
+the same offsets, an aborted transaction skipped under ``read_committed``, every batch
+checked by the compiled CRC check."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.kafka_fixtures import TopicFactory, unique
+from worker import native
 from worker.runtime.raw_records import install
 
 COMMITTED = 100  # records read under read_committed: 50 + 20 + 30
@@ -75,15 +78,27 @@ async def read(bootstrap: str, topic: str, raw: bool) -> tuple[list[Any], dict[i
 
 
 async def test_parsed_records_are_what_a_plain_consumer_reads(
-    kafka_bootstrap: str, make_topics: TopicFactory
+    kafka_bootstrap: str, make_topics: TopicFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same records (offset, timestamp, key, value, headers) and the same positions
     as a plain consumer, the aborted transaction's records skipped; aiokafka's parsed
-    records, not ``ConsumerRecord``s."""
+    records, not ``ConsumerRecord``s; the broker's batches checked by the compiled CRC
+    check, which finds them whole."""
     (topic,) = await make_topics(partitions=2)
     await write(kafka_bootstrap, topic)
+    check = native.first_corrupt_batch
+    assert check is not None
+    verdicts: list[int | None] = []
+
+    def counted(data: bytes) -> int | None:
+        verdicts.append(check(data))
+        return verdicts[-1]
+
+    monkeypatch.setattr(native, "first_corrupt_batch", counted)
 
     ours, positions, kinds = await read(kafka_bootstrap, topic, raw=True)
+    assert verdicts
+    assert set(verdicts) == {-1}
     theirs, their_positions, their_kinds = await read(kafka_bootstrap, topic, raw=False)
 
     assert len(ours) == COMMITTED
