@@ -32,9 +32,9 @@ bytes) in place of ``MemoryRecords``; the check raises at the same batch as aiok
 It hooks aiokafka's internals: the fetcher's buffer of fetched partitions, the class
 of the record iterator it keeps for each, and the name ``MemoryRecords`` in aiokafka's
 fetcher module (for every consumer in the process; the class only keeps one attribute
-more). Where those are not as expected, or the
-consumer deserialises keys or values itself, it installs nothing and the consumer
-returns ``ConsumerRecord``s, which the engine reads just as well.
+more). Where those are not as expected, or the consumer deserialises keys or values
+itself, it installs nothing and the consumer returns ``ConsumerRecord``s, which the
+engine reads just as well.
 """
 
 from __future__ import annotations
