@@ -164,7 +164,8 @@ def test_numbers_of_every_magnitude_are_written_alike(
 ) -> None:
     """Weights from 1e-300 to 1e300 and probabilities down to the smallest subnormal:
     every number (weights, probabilities, contributions, confidence) in the same bytes
-    as Python's, a positive exponent among them (``1e+16`` is written ``1e16``)."""
+    as Python's. The weights are written normalised, so every number is at most 1 and
+    none has a positive exponent."""
     models = [f"m{i}" for i in range(len(weights))]
     config = build_config(
         {
