@@ -5,14 +5,18 @@ own (worker/runtime/raw_records.py) give what ``step`` gives for the same record
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_engine import config, events, pred
+from worker import native
 from worker.engine import Engine, InRecord
 from worker.fusion import Fuser
 from worker.records import runs_of
@@ -91,6 +95,45 @@ def test_bare_records_in_runs_give_what_full_records_give(size: int) -> None:
     full = live_engine()
     for n, ours in enumerate(in_runs(live_engine(), size)):
         assert outputs(ours) == outputs(full.step(RECORDS[n * size : (n + 1) * size], n))
+
+
+def fetched(run: list[InRecord]) -> bytes:
+    """A run's records as one fetched v2 record batch (no timestamp: -1)."""
+    base = run[0].offset
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
+    for r in run:
+        ts = -1 if r.timestamp is None else r.timestamp
+        builder.append(r.offset - base, ts, r.key, r.value, list(r.headers))
+    data = bytearray(builder.build())
+    data[0:8] = struct.pack(">q", base)  # outside what the CRC covers
+    return bytes(data)
+
+
+@pytest.mark.skipif(native.Fetched is None, reason="the extension is not built")
+@pytest.mark.parametrize("check_keys", [False, True])
+@pytest.mark.parametrize("size", [1, 7, 50])
+def test_fetched_runs_give_what_aiokafkas_records_give(size: int, check_keys: bool) -> None:
+    """The compiled parser's runs, read in place by the decoder and the join, give the
+    same fused results, dead letters, late records, counts, positions and changed
+    requests as aiokafka's parsed records of the same batches, step after step."""
+    engines = []
+    for _ in range(2):
+        engine = Engine(
+            config(), Fuser(config()), results=False, check_keys=check_keys, track_touched=True
+        )
+        for p in (0, 1):
+            engine.open(p)
+        engines.append(engine)
+    theirs, ours = engines
+    for n, start in enumerate(range(0, len(RECORDS), size)):
+        runs = runs_of(RECORDS[start : start + size])
+        data = [(tp, fetched(list(run))) for tp, run in runs]  # type: ignore[arg-type]
+        parsed = [(tp, list(MemoryRecords(d).next_batch())) for tp, d in data]
+        taken = [(tp, native.Fetched.parse(d, 0, True).take(None)[0]) for tp, d in data]
+        assert all(type(run) is native.Run for _, run in taken)
+        mine, aiokafkas = ours.step_runs(taken, n), theirs.step_runs(parsed, n)
+        assert outputs(mine) == outputs(aiokafkas)
+        assert mine.touched == aiokafkas.touched
 
 
 def test_a_bare_record_gets_its_topic_partition_back() -> None:

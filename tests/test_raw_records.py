@@ -28,6 +28,8 @@ from worker.runtime.raw_records import (
     BatchPartitionRecords,
     FetchedRecords,
     RawPartitionRecords,
+    _aiokafka_getall,
+    getall,
     install,
     raw,
 )
@@ -122,7 +124,9 @@ def read(
     result = FetchResult(TP, assignment=None, partition_records=records, backoff=0)
     out, kinds = [], []
     if swap_at == 0:
-        raw(result)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(native, "Fetched", None)  # the batch-wise iterator, not the parser
+            raw(result)
         assert type(records) is BatchPartitionRecords
     for n, record in enumerate(records):
         out.append((fields(record), records.next_fetch_offset))
@@ -179,7 +183,9 @@ def drain(
 ) -> list[tuple[Any, int]]:
     """What ``getmany`` takes of one fetched partition: ``getall(max_records)`` until it
     has no more, each call's records and the position after it; with ``max_records`` 0,
-    what ``getone`` takes, each record (None at the end) and the position after it."""
+    what ``getone`` takes, each record (None at the end) and the position after it.
+    ``raw_``: through ``raw`` and the installed ``getall`` (the compiled parser's runs
+    where it takes the partition), else aiokafka's alone."""
     kept = FetchedRecords(data) if raw_ else MemoryRecords(data)
     records = PartitionRecords(TP, kept, aborted, start, None, None, True, 1)
     assignment = _Assignment(start)
@@ -190,7 +196,8 @@ def drain(
     while result.has_more():
         got: Any
         if max_records:
-            got = [fields(r) for r in result.getall(max_records)]
+            take = getall if raw_ else _aiokafka_getall
+            got = [fields(r) for r in take(result, max_records)]
         else:
             one = result.getone()
             got = None if one is None else fields(one)

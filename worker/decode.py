@@ -80,7 +80,7 @@ from worker.decode_wire import WireEvent, checked_wire, wire_decoder
 from worker.errors import InvalidEvent
 from worker.events import LabelEvent, PredictionEvent, ProbsEvent, ScoreEvent, TextEvent
 from worker.fusion.text import text_normalisation
-from worker.native import FastDecoder
+from worker.native import FastDecoder, Run
 from worker.text_event import TEXT_CONFIG_REASONS, TEXT_REASONS, check_text_config
 
 if TYPE_CHECKING:  # only a type: worker.records imports the fusion, which imports config
@@ -194,7 +194,8 @@ class Decoder:
         stays Python's."""
         if self._fast is None:
             return None
-        batch = records if isinstance(records, list) else list(records)
+        # A fetched run (worker/runtime/raw_records.py) is read in place.
+        batch = records if type(records) in (list, Run) else list(records)
         events: list[PredictionEvent | None] = self._fast.decode_many(batch, check_keys)
         return events
 

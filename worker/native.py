@@ -7,9 +7,9 @@ the live join of a partition (used by ``worker.join_compiled``), the decoder of 
 common event (used by ``worker.decode``), Kafka's default partitioner for a batch of keys
 (used by ``worker.runtime.partitioner``), the producer's record batches (used by
 ``worker.runtime.record_batch``), the batched histograms' bucket counts (used by
-``worker.metrics_histogram``) and the CRC check of fetched record batches (used by
-``worker.runtime.raw_records``); each gives what the Python code (or aiokafka's) gives,
-which stays for everything they do not cover.
+``worker.metrics_histogram``), the CRC check of fetched record batches and the parser of
+a fetched partition's records (used by ``worker.runtime.raw_records``); each gives what
+the Python code (or aiokafka's) gives, which stays for everything they do not cover.
 
 Without the extension, or with ``FUSION_NATIVE=0`` in the environment, these names are
 None and the worker runs on Python alone (the same output, more CPU per event).
@@ -30,6 +30,8 @@ FusedIds: Callable[[int], Any] | None = None
 Buckets: Callable[[list[float]], Any] | None = None
 JoinCore: Callable[..., Any] | None = None
 first_corrupt_batch: Callable[[bytes], int | None] | None = None
+Fetched: Any = None  # the class; its runs are ``Run``s
+Run: Any = None
 
 if os.environ.get("FUSION_NATIVE", "1") != "0":
     try:
@@ -44,5 +46,7 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         Buckets = fusion_native.Buckets
         JoinCore = fusion_native.JoinCore
         first_corrupt_batch = fusion_native.first_corrupt_batch
+        Fetched = fusion_native.Fetched
+        Run = fusion_native.Run
     except ImportError:  # not built: Python alone
         pass

@@ -15,6 +15,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::runs::Run;
+
 /// The v1 fields this path takes; any other field (`labels`, `score`, `text`,
 /// `confidence`, or one the schema does not define) fails the parse, and so does a
 /// field given twice or `null`.
@@ -101,19 +103,35 @@ impl FastDecoder {
         })
     }
 
-    /// Each record of `records` (objects with `value`, `timestamp` and `key`, as
-    /// `records.RawRecord`) decoded in one call: a list with the event of each, or None
-    /// where the Python decoder must decide (a value that is not bytes included). With
-    /// `check_keys` an event whose record key is not its request id is None (Python then
-    /// raises `key_mismatch`).
+    /// Each record of `records` decoded in one call: a list with the event of each, or
+    /// None where the Python decoder must decide (a value that is not bytes included).
+    /// `records` is a fetched `Run` (`runs.rs`), read in place, or a list of objects with
+    /// `value`, `timestamp` and `key` (as `records.RawRecord`). With `check_keys` an
+    /// event whose record key is not its request id is None (Python then raises
+    /// `key_mismatch`).
     fn decode_many<'py>(
         &self,
         py: Python<'py>,
-        records: &Bound<'py, PyList>,
+        records: &Bound<'py, PyAny>,
         check_keys: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        if let Ok(run) = records.downcast::<Run>() {
+            let (data, recs) = run.get().parts(py);
+            let mut events = Vec::with_capacity(recs.len());
+            for r in recs {
+                let key = r.key(data);
+                let event = match r.value(data) {
+                    Some(value) if !check_keys || key.is_some() => {
+                        self.event(py, value, Some(r.timestamp), key.filter(|_| check_keys))?
+                    }
+                    _ => None,
+                };
+                events.push(event.map_or_else(|| py.None(), Bound::unbind));
+            }
+            return PyList::new(py, events);
+        }
         let out = PyList::empty(py);
-        for r in records.iter() {
+        for r in records.downcast::<PyList>()?.iter() {
             let value = r.getattr(intern!(py, "value"))?;
             let Ok(value) = value.downcast::<PyBytes>() else {
                 out.append(py.None())?;

@@ -30,6 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::fused::FusedIds;
+use crate::runs::Run;
 
 const ACCEPTED: i8 = 0;
 const DUPLICATE: i8 = 1;
@@ -577,34 +578,52 @@ impl JoinCore {
         Ok(self.add_event(py, event, now_ms, source, offset)?.0)
     }
 
-    /// The records of one partition's run from `start` on, with their events (`events`,
-    /// the compiled decoder's list), each added at its record's offset; the request id of
-    /// each accepted one appended to `touched` (when given). Stops at the first record
-    /// not accepted, and at one it leaves to Python (no event, or headers): returns its
-    /// index and outcome (LEFT for those), or (len(records), 0) when done.
+    /// The records of one partition's run (a fetched `Run`, or a list of records) from
+    /// `start` on, with their events (`events`, the compiled decoder's list), each added
+    /// at its record's offset; the request id of each accepted one appended to `touched`
+    /// (when given). Stops at the first record not accepted, and at one it leaves to
+    /// Python (no event, or headers): returns its index and outcome (LEFT for those), or
+    /// (len(records), 0) when done.
     #[pyo3(signature = (events, records, start, now_ms, source, touched))]
     #[allow(clippy::too_many_arguments)]
     fn add_run(
         &mut self,
         py: Python<'_>,
         events: &Bound<'_, PyList>,
-        records: &Bound<'_, PyList>,
+        records: &Bound<'_, PyAny>,
         start: usize,
         now_ms: i64,
         source: &Bound<'_, PyString>,
         touched: Option<&Bound<'_, PyList>>,
     ) -> PyResult<(usize, i8)> {
-        let n = records.len();
+        // A fetched run is read in place; a list's records through their attributes.
+        let run = records.downcast::<Run>().ok().map(|r| r.get().parts(py).1);
+        let list = match run {
+            Some(_) => None,
+            None => Some(records.downcast::<PyList>()?),
+        };
+        let n = events.len();
         for k in start..n {
             let event = events.get_item(k)?;
             if event.is_none() {
                 return Ok((k, LEFT));
             }
-            let record = records.get_item(k)?;
-            if record.getattr(intern!(py, "headers"))?.is_truthy()? {
-                return Ok((k, LEFT));
-            }
-            let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
+            let offset = match (run, list) {
+                (Some(recs), _) => {
+                    if recs[k].headers > 0 {
+                        return Ok((k, LEFT));
+                    }
+                    recs[k].offset
+                }
+                (None, Some(list)) => {
+                    let record = list.get_item(k)?;
+                    if record.getattr(intern!(py, "headers"))?.is_truthy()? {
+                        return Ok((k, LEFT));
+                    }
+                    record.getattr(intern!(py, "offset"))?.extract()?
+                }
+                (None, None) => unreachable!("a run or a list"),
+            };
             let (outcome, i) = self.add_event(py, &event, now_ms, source, offset)?;
             if outcome != ACCEPTED {
                 return Ok((k, outcome));

@@ -2,7 +2,8 @@
 //! straight to their JSON bytes, with the counts the metrics take from them (here), the
 //! common event decoded (`decode.rs`), the join's memory of fused ids (`fused.rs`), the
 //! members packed for the fusion (`pack.rs`), output keys partitioned (`partition.rs`),
-//! output record batches filled (`batch.rs`).
+//! output record batches filled (`batch.rs`), fetched record batches checked
+//! (`fetched.rs`) and parsed (`runs.rs`).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
@@ -19,6 +20,7 @@ mod histogram;
 mod join;
 mod pack;
 mod partition;
+mod runs;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -488,5 +490,8 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<join::JoinCore>()?;
     m.add_class::<histogram::Buckets>()?;
     m.add_function(wrap_pyfunction!(fetched::first_corrupt_batch, m)?)?;
+    m.add_class::<runs::Fetched>()?;
+    m.add_class::<runs::Run>()?;
+    m.add_class::<runs::FetchedRecord>()?;
     Ok(())
 }

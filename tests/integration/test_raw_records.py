@@ -1,7 +1,8 @@
 """Through the real broker, a consumer that hands over aiokafka's parsed records
 (worker/runtime/raw_records.py) reads what a plain consumer reads: the same records at
 the same offsets, an aborted transaction skipped under ``read_committed``, every batch
-checked by the compiled CRC check."""
+checked by the compiled CRC check; where no transaction was aborted, the compiled
+parser's runs."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from worker.runtime.raw_records import install
 COMMITTED = 100  # records read under read_committed: 50 + 20 + 30
 
 
-async def write(bootstrap: str, topic: str) -> None:
-    """50 plain records, a committed transaction of 20, an aborted one of 20, 30 plain."""
+async def write(bootstrap: str, topic: str, abort: bool = True) -> None:
+    """50 plain records, a committed transaction of 20, an aborted one of 20 (committed:
+    ``abort`` False), 30 plain."""
     plain = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     txn = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique("raw"))
     await plain.start()
@@ -32,7 +34,7 @@ async def write(bootstrap: str, topic: str) -> None:
                 for i in range(50)
             ]
         )
-        for commit in (True, False):
+        for commit in (True, not abort):
             await txn.begin_transaction()
             for i in range(20):
                 await txn.send(topic, b"t%d-%d" % (commit, i), key=b"t%d" % i)
@@ -107,3 +109,21 @@ async def test_parsed_records_are_what_a_plain_consumer_reads(
     assert positions == their_positions
     assert kinds == {"DefaultRecord"}
     assert their_kinds == {"ConsumerRecord"}
+
+
+async def test_runs_of_the_compiled_parser_are_what_a_plain_consumer_reads(
+    kafka_bootstrap: str, make_topics: TopicFactory
+) -> None:
+    """With no transaction aborted, the fetched partitions are the compiled parser's:
+    the same records (the transactions' control batches skipped) at the same positions
+    as a plain consumer's."""
+    if native.Fetched is None:
+        pytest.skip("the extension is not built")
+    (topic,) = await make_topics(partitions=2)
+    await write(kafka_bootstrap, topic, abort=False)
+    ours, positions, kinds = await read(kafka_bootstrap, topic, raw=True)
+    theirs, their_positions, _ = await read(kafka_bootstrap, topic, raw=False)
+    assert len(ours) == COMMITTED + 20
+    assert ours == theirs
+    assert positions == their_positions
+    assert kinds == {"FetchedRecord"}
