@@ -220,6 +220,9 @@ def raw(result: Any) -> None:
     position = records.__dict__["next_fetch_offset"]
     fetched = parsed(records, position)
     if fetched is not None:
+        # aiokafka's generator (not started) and its iterator refer to each other: left
+        # so, the cycle would keep the fetched bytes until a full collection.
+        records._records_iterator = None
         result._partition_records = fetched
         return
     del records.next_fetch_offset
