@@ -21,7 +21,15 @@ from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_raw_records import ATTRIBUTES, TP, _Assignment, batch, log, pieces
+from tests.test_raw_records import (
+    ATTRIBUTES,
+    TP,
+    _Assignment,
+    batch,
+    batch_starts,
+    log,
+    pieces,
+)
 from worker import native
 from worker.runtime.raw_records import FetchedRecords, _aiokafka_getall, getall, raw
 
@@ -51,12 +59,11 @@ def with_crc(data: bytearray, start: int = 0) -> bytes:
 
 def log_append_time(data: bytes) -> bytes:
     """Every batch of ``data`` with its timestamp type set to the broker's append time."""
-    out, pos = bytearray(data), 0
-    while pos < len(out):
+    out = bytearray(data)
+    for pos in batch_starts(data):
         (attributes,) = struct.unpack_from(">h", out, pos + ATTRIBUTES)
         struct.pack_into(">h", out, pos + ATTRIBUTES, attributes | LOG_APPEND_TIME)
         with_crc(out, pos)
-        pos += 12 + struct.unpack_from(">i", out, pos + 8)[0]
     return bytes(out)
 
 
@@ -159,10 +166,7 @@ def test_a_framing_aiokafka_refuses_is_never_taken(drawn: Any, data: st.DataObje
     what aiokafka reads, and leaves every batch aiokafka refuses."""
     log_, _ = log(drawn)
     raw_log = bytearray(log_)
-    starts, pos = [], 0
-    while pos < len(raw_log):
-        starts.append(pos)
-        pos += 12 + struct.unpack_from(">i", log_, pos + 8)[0]
+    starts = batch_starts(log_)
     start = data.draw(st.sampled_from(starts))
     end = starts[starts.index(start) + 1] if start != starts[-1] else len(raw_log)
     where = data.draw(st.integers(start + 61, end - 1))  # the records, past the header

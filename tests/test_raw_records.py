@@ -108,6 +108,15 @@ def log(drawn: list[tuple[str, list[list[Row]], bool]]) -> tuple[bytes, list[tup
     return data, aborted
 
 
+def batch_starts(data: bytes) -> list[int]:
+    """Where each whole batch of ``data`` starts (its length field follows the offset)."""
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        pos += 12 + struct.unpack_from(">i", data, pos + 8)[0]
+    return starts
+
+
 def fields(record: Any) -> tuple[Any, ...]:
     return (record.offset, record.timestamp, record.key, record.value, tuple(record.headers))
 
@@ -298,10 +307,7 @@ def test_the_compiled_crc_check_finds_the_batch_aiokafkas_finds(
     assert native.first_corrupt_batch is not None
     log_, _ = log(drawn)
     raw_log = bytearray(log_)
-    starts, pos = [], 0
-    while pos < len(log_):
-        starts.append(pos)
-        pos += 12 + struct.unpack_from(">i", log_, pos + 8)[0]
+    starts = batch_starts(log_)
     if data.draw(st.booleans()):
         start = data.draw(st.sampled_from(starts))
         end = starts[starts.index(start) + 1] if start != starts[-1] else len(log_)
