@@ -597,33 +597,25 @@ impl JoinCore {
         touched: Option<&Bound<'_, PyList>>,
     ) -> PyResult<(usize, i8)> {
         // A fetched run is read in place; a list's records through their attributes.
-        let run = records.downcast::<Run>().ok().map(|r| r.get().parts(py).1);
-        let list = match run {
-            Some(_) => None,
-            None => Some(records.downcast::<PyList>()?),
-        };
+        let run = records.downcast::<Run>().ok();
+        let recs = run.map(|r| r.get().parts(py).1);
         let n = events.len();
         for k in start..n {
             let event = events.get_item(k)?;
             if event.is_none() {
                 return Ok((k, LEFT));
             }
-            let offset = match (run, list) {
-                (Some(recs), _) => {
-                    if recs[k].headers > 0 {
-                        return Ok((k, LEFT));
-                    }
-                    recs[k].offset
+            let (headers, offset) = match recs {
+                Some(recs) => (recs[k].headers > 0, recs[k].offset),
+                None => {
+                    let record = records.get_item(k)?;
+                    let headers = record.getattr(intern!(py, "headers"))?.is_truthy()?;
+                    (headers, record.getattr(intern!(py, "offset"))?.extract()?)
                 }
-                (None, Some(list)) => {
-                    let record = list.get_item(k)?;
-                    if record.getattr(intern!(py, "headers"))?.is_truthy()? {
-                        return Ok((k, LEFT));
-                    }
-                    record.getattr(intern!(py, "offset"))?.extract()?
-                }
-                (None, None) => unreachable!("a run or a list"),
             };
+            if headers {
+                return Ok((k, LEFT));
+            }
             let (outcome, i) = self.add_event(py, &event, now_ms, source, offset)?;
             if outcome != ACCEPTED {
                 return Ok((k, outcome));
