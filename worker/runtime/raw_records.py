@@ -77,7 +77,7 @@ _NOTHING: Iterator[Any] = iter(())
 
 class FetchedRecords(MemoryRecords):  # type: ignore[misc]  # aiokafka's is final, untyped
     """aiokafka's record set of a fetched partition, keeping the bytes it parses
-    (``data``) for the compiled CRC check."""
+    (``data``) for the compiled parser and CRC check."""
 
     __slots__ = ("data",)
 
