@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -73,7 +73,7 @@ def test_unweighted_strategy_counts_zero_weight_members() -> None:
 
 def test_all_members_present_is_complete_even_after_the_deadline() -> None:
     """Status follows who reported: every model present is complete, expired or not."""
-    expired = dataclasses.replace(_request(ALL), expired=True)
+    expired = msgspec.structs.replace(_request(ALL), expired=True)
     (result,) = Fuser(make_config(), "soft_vote").fuse([expired])
     assert result["status"] == "complete"
     assert result["missing"] == []
