@@ -13,6 +13,7 @@ import pytest
 from worker.config import build_config
 from worker.decode import Decoder
 from worker.events import (
+    FinishedRequest,
     LabelEvent,
     PredictionEvent,
     ProbsEvent,
@@ -121,3 +122,14 @@ def test_an_event_without_a_prediction_can_be_traced() -> None:
     e = PredictionEvent("r", "m", 5, traceparent="00-a")
     assert (e.traceparent, e.probs) == ("00-a", None)
     assert e == PredictionEvent("r", "m", 5).traced("00-a")
+
+
+def test_a_finished_request_equals_another_whatever_its_spans() -> None:
+    """Equality compares what was fused (every field but ``spans``, the commit's
+    bookkeeping), and a finished request is not tracked by the cycle collector."""
+    members = {"m": PredictionEvent("r", "m", 5, probs=(0.5, 0.5))}
+    live = FinishedRequest("r", members, 5, 6, 7, False, spans={"in": (3, 8)})
+    assert live == FinishedRequest("r", dict(members), 5, 6, 7, False)
+    assert live != FinishedRequest("r", members, 5, 6, 7, True, spans={"in": (3, 8)})
+    assert live != FinishedRequest("r", members, 5, 6, 7, False, decided=True)
+    assert not gc.is_tracked(live)
