@@ -36,9 +36,18 @@ class Recorded:
             self.keys.append(kwargs["key"])
         return took
 
-    def _append_many(self, keys: list[bytes | None], values: Any, start: int, *rest: Any) -> int:
-        stop: int = self._batch.append_many(keys, values, start, *rest)
-        self.keys += keys[start:stop]
+    def _append_many(
+        self,
+        keys: list[bytes | None],
+        values: Any,
+        start: int,
+        timestamp: int | None = None,
+        headers: Any = None,
+        rows: list[int] | None = None,
+    ) -> int:
+        stop: int = self._batch.append_many(keys, values, start, timestamp, headers, rows)
+        order = range(len(keys)) if rows is None else rows
+        self.keys += [keys[i] for i in order[start:stop]]
         return stop
 
     def close(self) -> None:
@@ -110,6 +119,30 @@ def test_runs_fill_the_batches_one_by_one_fills(steps: list[list[OutRecord]], si
     """Whether the writer queues a partition's records a run at a time or one by one,
     it hands over the same batches of each partition, in the same order, with the same
     records, and reports the same records sent (partitions may take turns otherwise)."""
+    bulk = asyncio.run(_write(steps, size, bulk=True))
+    single = asyncio.run(_write(steps, size, bulk=False))
+    assert bulk == single
+
+
+one_topic = st.builds(
+    OutRecord,
+    st.just("out"),
+    st.binary(min_size=1, max_size=12),
+    st.binary(max_size=700),
+    st.one_of(st.none(), st.just([("traceparent", b"00-" + b"b" * 16 + b"-01")])),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(st.lists(one_topic, min_size=1, max_size=40), max_size=4),
+    size=st.sampled_from([300, 4_000]),
+)
+def test_a_steps_results_queued_a_list_at_a_time_are_queued_as_one_by_one(
+    steps: list[list[OutRecord]], size: int
+) -> None:
+    """A step's results (one topic, keyed, none big: ``write``'s list-at-a-time path)
+    make the same batches, in the same order, as one-by-one queueing."""
     bulk = asyncio.run(_write(steps, size, bulk=True))
     single = asyncio.run(_write(steps, size, bulk=False))
     assert bulk == single

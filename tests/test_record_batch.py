@@ -167,6 +167,41 @@ def test_a_run_appended_at_once_is_the_records_appended_one_by_one(
     assert at_once._build() == one_by_one._build()
 
 
+@given(
+    recs=records,
+    batch_size=st.sampled_from([64, 1_000, 16_384]),
+    picks=st.lists(st.integers(0, 1_000), max_size=30),
+    start=st.integers(0, 10),
+)
+def test_a_run_of_rows_is_those_records_appended_in_turn(
+    recs: list[Record], batch_size: int, picks: list[int], start: int
+) -> None:
+    """``append_many`` with ``rows`` takes the records at those positions, from the
+    ``start``-th row on, as a run of just them would, and returns a position in
+    ``rows``."""
+    if not recs:
+        return
+    rows = [i % len(recs) for i in picks]
+    ts = 1_764_000_000_000
+    keys = [k for _, k, _, _ in recs]
+    values = [v for _, _, v, _ in recs]
+    headers = [h for _, _, _, h in recs]
+    by_rows = _compiled()(batch_size, False)
+    stop = by_rows.append_many(keys, values, start, ts, headers, rows)
+    picked = _compiled()(batch_size, False)
+    alone = picked.append_many(
+        [keys[i] for i in rows], [values[i] for i in rows], start, ts, [headers[i] for i in rows]
+    )
+    assert stop == alone
+    assert by_rows._build() == picked._build()
+
+
+def test_rows_beyond_the_lists_are_refused() -> None:
+    """A row that is not a position in the lists is an error, not a read past them."""
+    with pytest.raises(ValueError, match="beyond"):
+        _compiled()(16_384, False).append_many([b"k"], [b"v"], 0, None, None, [0, 1])
+
+
 def test_a_closed_batch_takes_no_run_and_lists_must_match() -> None:
     """A closed batch appends nothing (the run stops where it starts); keys, values and
     headers of different lengths are refused."""

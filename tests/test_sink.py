@@ -4,6 +4,7 @@ numpy (Kafka's Java client checks worker.murmur2 itself: tests/integration/test_
 from __future__ import annotations
 
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from worker import native
 from worker.murmur2 import partition_for
-from worker.runtime.partitioner import numpy_partitions_for, partitions_for
+from worker.runtime.partitioner import numpy_partitions_for, partition_rows, partitions_for
 
 keys = st.lists(st.binary(min_size=0, max_size=40), min_size=0, max_size=200)
 Partitioner = Callable[[list[bytes], int], list[int]]
@@ -54,3 +55,18 @@ def test_no_partitions_is_refused() -> None:
     """Zero partitions is a ValueError, as for one key, not a division by zero."""
     with pytest.raises(ValueError, match="partitions must be >= 1, got 0"):
         partitions_for([b"a"], 0)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@given(keys=keys, partitions=st.integers(min_value=1, max_value=64))
+def test_partition_rows_group_the_keys_by_their_partition(
+    keys: list[bytes], partitions: int, compiled: bool
+) -> None:
+    """``partition_rows`` lists each partition that has a key, in ascending order, with
+    the positions of its keys in order: ``partitions_for``'s answer grouped (compiled,
+    and in Python where the extension is not there)."""
+    expected: dict[int, list[int]] = {}
+    for i, p in enumerate(partitions_for(keys, partitions)):
+        expected.setdefault(p, []).append(i)
+    with mock.patch.object(native, "partition_rows", native.partition_rows if compiled else None):
+        assert partition_rows(keys, partitions) == sorted(expected.items())

@@ -24,6 +24,7 @@ from typing import Any
 classification_json: Callable[..., Any] | None = None
 FastDecoder: Callable[..., Any] | None = None
 partitions_for: Callable[[list[bytes], int], list[int]] | None = None
+partition_rows: Callable[[list[bytes], int], list[tuple[int, list[int]]]] | None = None
 RecordBatch: Callable[[int, bool], Any] | None = None
 pack_members: Callable[..., tuple[bytearray, bytearray] | None] | None = None
 FusedIds: Callable[[int], Any] | None = None
@@ -40,6 +41,7 @@ if os.environ.get("FUSION_NATIVE", "1") != "0":
         classification_json = fusion_native.classification_json
         FastDecoder = fusion_native.FastDecoder
         partitions_for = fusion_native.partitions_for
+        partition_rows = fusion_native.partition_rows
         RecordBatch = fusion_native.RecordBatch
         pack_members = fusion_native.pack_members
         FusedIds = fusion_native.FusedIds

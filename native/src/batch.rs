@@ -155,7 +155,12 @@ impl RecordBatch {
     /// index of the first record not appended: `len(keys)` when all went in. A record
     /// that does not fit closes the batch, as `append` does; so the caller submits it
     /// and goes on from the returned index in a new batch (which takes at least one).
-    #[pyo3(signature = (keys, values, start=0, timestamp=None, headers=None))]
+    ///
+    /// `rows` (a list of indices into `keys`, `values` and `headers`): append those
+    /// records, in that order, instead of every one; `start` and the index returned are
+    /// then positions in `rows`. A writer appends one partition's records out of a list
+    /// of several partitions' that way without copying them into lists of their own.
+    #[pyo3(signature = (keys, values, start=0, timestamp=None, headers=None, rows=None))]
     fn append_many(
         &mut self,
         keys: &Bound<'_, PyList>,
@@ -163,18 +168,24 @@ impl RecordBatch {
         start: usize,
         timestamp: Option<i64>,
         headers: Option<&Bound<'_, PyList>>,
+        rows: Option<Vec<usize>>,
     ) -> PyResult<usize> {
-        let n = keys.len();
-        if values.len() != n || headers.is_some_and(|h| h.len() != n) {
+        let len = keys.len();
+        if values.len() != len || headers.is_some_and(|h| h.len() != len) {
             return Err(PyValueError::new_err(
                 "keys, values and headers must be lists of the same length",
             ));
         }
+        if rows.as_ref().is_some_and(|r| r.iter().any(|&i| i >= len)) {
+            return Err(PyValueError::new_err("a row beyond the lists"));
+        }
+        let n = rows.as_ref().map_or(len, Vec::len);
         if self.closed {
             return Ok(start.min(n));
         }
         let ts = timestamp.unwrap_or_else(now_ms);
-        for i in start..n {
+        for j in start..n {
+            let i = rows.as_ref().map_or(j, |r| r[j]);
             let key = keys.get_item(i)?;
             let value = values.get_item(i)?;
             let key = optional_bytes(&key)?;
@@ -191,7 +202,7 @@ impl RecordBatch {
                 }
             };
             if !self.take(ts, key, value, listed.as_ref())? {
-                return Ok(i);
+                return Ok(j);
             }
         }
         Ok(n)

@@ -484,6 +484,7 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(classification_json, m)?)?;
     m.add_class::<decode::FastDecoder>()?;
     m.add_function(wrap_pyfunction!(partition::partitions_for, m)?)?;
+    m.add_function(wrap_pyfunction!(partition::partition_rows, m)?)?;
     m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(pack::pack_members, m)?)?;
     m.add_class::<fused::FusedIds>()?;

@@ -44,3 +44,23 @@ pub fn partitions_for(keys: &Bound<'_, PyList>, partitions: u32) -> PyResult<Vec
         .map(|key| Ok((murmur2(key.downcast::<PyBytes>()?.as_bytes()) & 0x7fff_ffff) % partitions))
         .collect()
 }
+
+/// The keys' rows grouped by partition: `(partition, rows)` for each partition that has
+/// a key, in ascending partition order, each partition's rows in order.
+#[pyfunction]
+pub fn partition_rows(
+    keys: &Bound<'_, PyList>,
+    partitions: u32,
+) -> PyResult<Vec<(u32, Vec<usize>)>> {
+    let of = partitions_for(keys, partitions)?;
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
+    for (i, &p) in of.iter().enumerate() {
+        rows[p as usize].push(i);
+    }
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(p, r)| (p as u32, r))
+        .collect())
+}

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from worker.engine import OutRecord
 from worker.murmur2 import murmur2
-from worker.runtime.partitioner import partitions_for
+from worker.runtime.partitioner import partition_rows, partitions_for
 from worker.runtime.record_batch import batch_factory
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.too_large import Divert, SizeLimits, shrunk
@@ -135,6 +135,33 @@ class BatchWriter:
         """Queue ``records``, each to the partition its key hashes to; returns what was
         handed to the producer meanwhile (batches that filled up, big records).
         ``submit`` hands over the rest."""
+        if self._bulk and not self._limits and records:
+            # The usual call, a step's results: one topic, keyed, none big. Checked and
+            # queued a list at a time (no Python per record but the kept records' list),
+            # where the loop below costs about 700 ns a record.
+            # (List comprehensions: a quarter faster than map with attrgetter here.)
+            topic = records[0].topic
+            keys = [rec.key for rec in records]
+            values = [rec.value for rec in records]
+            if (
+                topic not in self._single
+                and None not in keys
+                and None not in values
+                and max(map(len, values)) <= SMALL_RECORD_BYTES
+                and [rec.topic for rec in records].count(topic) == len(records)
+            ):
+                n = await self._partition_count_of(topic)
+                headers = [rec.headers for rec in records]
+                listed = headers if any(headers) else None
+                sent: list[Sent] = []
+                for p, rows in partition_rows(keys, n):
+                    sent += await self._append_run((topic, p), records, keys, values, listed, rows)
+                return sent
+        return await self._write_each(records)
+
+    async def _write_each(self, records: Sequence[OutRecord]) -> list[Sent]:
+        """``write`` record by record: topics mixed, keyless or big records, or limits
+        learnt."""
         sent: list[Sent] = []
         by_topic: dict[str, list[OutRecord]] = {}
         limits = self._limits
@@ -156,17 +183,20 @@ class BatchWriter:
             else:
                 group.append(rec)
         for topic, group in by_topic.items():
-            n = self._partitions.get(topic)
-            if n is None:
-                n = self._partitions[topic] = await self._partition_count(topic)
+            n = await self._partition_count_of(topic)
             partitions = self._partition_numbers(group, n)
             if self._bulk and topic not in self._single:
-                runs: list[list[OutRecord]] = [[] for _ in range(n)]
-                for rec, p in zip(group, partitions, strict=True):
-                    runs[p].append(rec)
-                for p, run in enumerate(runs):
-                    if run:
-                        sent += await self._append_run((topic, p), run)
+                keys = [rec.key for rec in group]
+                values = [rec.value for rec in group]
+                headers = [rec.headers for rec in group]
+                listed = headers if any(headers) else None
+                runs: list[list[int]] = [[] for _ in range(n)]
+                for i, p in enumerate(partitions):
+                    runs[p].append(i)
+                for p, rows in enumerate(runs):
+                    if rows:
+                        tp = (topic, p)
+                        sent += await self._append_run(tp, group, keys, values, listed, rows)
                 continue
             for rec, p in zip(group, partitions, strict=True):
                 tp = (topic, p)
@@ -175,22 +205,34 @@ class BatchWriter:
                     sent.append(await self._submit(tp, full))
         return sent
 
-    async def _append_run(self, tp: tuple[str, int], records: list[OutRecord]) -> list[Sent]:
-        """Add ``records`` to the open batch of ``tp`` in one call into the compiled
+    async def _partition_count_of(self, topic: str) -> int:
+        """``topic``'s partition count, asked of the producer once."""
+        n = self._partitions.get(topic)
+        if n is None:
+            n = self._partitions[topic] = await self._partition_count(topic)
+        return n
+
+    async def _append_run(
+        self,
+        tp: tuple[str, int],
+        records: Sequence[OutRecord],
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        headers: list[Headers | None] | None,
+        rows: list[int],
+    ) -> list[Sent]:
+        """Add the records at ``rows`` of ``records`` (``keys``, ``values``, ``headers``:
+        theirs, by position) to the open batch of ``tp`` in one call into the compiled
         batch (``append_many``; they share one timestamp, the time now), submitting each
         batch that fills up; returns what was submitted."""
         sent: list[Sent] = []
-        keys = [rec.key for rec in records]
-        values = [rec.value for rec in records]
-        headers = [rec.headers for rec in records]
-        listed = headers if any(headers) else None
-        start, end = 0, len(records)
+        start, end = 0, len(rows)
         while start < end:
             batch = self._open.get(tp)
             if batch is None:
                 batch = self._open[tp] = _Open(self._new_batch())
-            stop: int = batch.builder.append_many(keys, values, start, None, listed)
-            batch.records += records[start:stop]
+            stop: int = batch.builder.append_many(keys, values, start, None, headers, rows)
+            batch.records += [records[i] for i in rows[start:stop]]
             if stop < end:  # full: it closed; an empty batch takes the next record
                 del self._open[tp]
                 sent.append(await self._submit(tp, batch))

@@ -70,3 +70,16 @@ def numpy_partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
         for i, part in zip(rows, parts, strict=True):
             out[i] = part
     return out
+
+
+def partition_rows(keys: Sequence[bytes], partitions: int) -> list[tuple[int, list[int]]]:
+    """The keys' positions grouped by ``partitions_for``'s partition: ``(partition,
+    rows)`` for each partition that has a key, in ascending order, each one's rows in
+    order. One compiled call where the extension is there; grouping a step's keys in
+    Python cost about 100 ns a key."""
+    if native.partition_rows is not None and partitions >= 1:
+        return native.partition_rows(keys if type(keys) is list else list(keys), partitions)
+    rows: dict[int, list[int]] = {}
+    for i, p in enumerate(partitions_for(keys, partitions)):
+        rows.setdefault(p, []).append(i)
+    return sorted(rows.items())
