@@ -149,7 +149,7 @@ class BatchWriter:
                 and max(map(len, cast("list[bytes]", values))) <= SMALL_RECORD_BYTES
                 and [rec.topic for rec in records].count(topic) == len(records)
             ):
-                n = await self._partition_count_of(topic)
+                n = await self._partition_count(topic)
                 headers = [rec.headers for rec in records]
                 listed = headers if any(headers) else None
                 sent: list[Sent] = []
@@ -159,8 +159,7 @@ class BatchWriter:
         return await self._write_each(records)
 
     async def _write_each(self, records: Sequence[OutRecord]) -> list[Sent]:
-        """``write`` record by record: topics mixed, keyless or big records, or limits
-        learnt."""
+        """``write`` record by record (mixed topics, keyless or big records, limits)."""
         sent: list[Sent] = []
         by_topic: dict[str, list[OutRecord]] = {}
         limits = self._limits
@@ -182,20 +181,18 @@ class BatchWriter:
             else:
                 group.append(rec)
         for topic, group in by_topic.items():
-            n = await self._partition_count_of(topic)
+            n = await self._partition_count(topic)
             partitions = self._partition_numbers(group, n)
             if self._bulk and topic not in self._single:
                 keys = [rec.key for rec in group]
                 values = [rec.value for rec in group]
                 headers = [rec.headers for rec in group]
                 listed = headers if any(headers) else None
-                runs: list[list[int]] = [[] for _ in range(n)]
+                runs: dict[int, list[int]] = {}
                 for i, p in enumerate(partitions):
-                    runs[p].append(i)
-                for p, rows in enumerate(runs):
-                    if rows:
-                        tp = (topic, p)
-                        sent += await self._append_run(tp, group, keys, values, listed, rows)
+                    runs.setdefault(p, []).append(i)
+                for p in sorted(runs):
+                    sent += await self._append_run((topic, p), group, keys, values, listed, runs[p])
                 continue
             for rec, p in zip(group, partitions, strict=True):
                 tp = (topic, p)
@@ -203,13 +200,6 @@ class BatchWriter:
                 if full is not None:
                     sent.append(await self._submit(tp, full))
         return sent
-
-    async def _partition_count_of(self, topic: str) -> int:
-        """``topic``'s partition count, asked of the producer once."""
-        n = self._partitions.get(topic)
-        if n is None:
-            n = self._partitions[topic] = await self._partition_count(topic)
-        return n
 
     async def _append_run(
         self,
@@ -368,10 +358,14 @@ class BatchWriter:
         return shrunk(rec)
 
     async def _partition_count(self, topic: str) -> int:
-        partitions = await self._retrying(
-            f"the partitions of {topic}", lambda: self._producer.partitions_for(topic)
-        )
-        return len(partitions)
+        """``topic``'s partition count, asked of the producer once."""
+        n = self._partitions.get(topic)
+        if n is None:
+            partitions = await self._retrying(
+                f"the partitions of {topic}", lambda: self._producer.partitions_for(topic)
+            )
+            n = self._partitions[topic] = len(partitions)
+        return n
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """``step()``; when retrying, a KafkaError other than a too-large record is
