@@ -19,6 +19,7 @@ from tests.test_engine import config, events, pred
 from worker import native
 from worker.engine import Engine, InRecord
 from worker.fusion import Fuser
+from worker.join import JoinTable
 from worker.records import runs_of
 
 
@@ -190,3 +191,32 @@ def test_touched_lists_what_each_step_changed_per_partition() -> None:
     for p in (0, 1):
         untracked.open(p)
     assert untracked.step_runs(runs_of(records), 1_000).touched == {}
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_live_step_reports_the_spans_of_the_requests_it_closed(compiled: bool) -> None:
+    """Per (topic, partition), the offset spans of the requests the step closed, as the
+    at-least-once commit needs them (the compiled and the Python table alike); a step
+    that closes nothing reports none."""
+    engine = live_engine()
+    if not compiled:
+        for p in (0, 1):
+            engine.tables[p] = JoinTable(config().model_names, 1000, 0, 0)
+    models = config().model_names
+    assert len(models) == 3
+    records = [
+        InRecord("in", 0, 3, b"r", pred("r", models[0], 1)),
+        InRecord("in", 0, 5, b"s", pred("s", models[0], 1)),
+        InRecord("in", 0, 7, b"r", pred("r", models[1], 1)),
+        InRecord("in", 0, 8, b"s", pred("s", models[1], 1)),
+        InRecord("in", 1, 4, b"t", pred("t", models[0], 1)),
+    ]
+    step = engine.step_runs(runs_of(records), 10)
+    assert step.spans == {}
+    closing = [
+        InRecord("in", 0, 9, b"r", pred("r", models[2], 1)),
+        InRecord("in", 0, 12, b"s", pred("s", models[2], 1)),
+    ]
+    step = engine.step_runs(runs_of(closing), 20)
+    assert [f.request_id for f in step.finished] == ["r", "s"]
+    assert step.spans == {("in", 0): [(3, 12)]}

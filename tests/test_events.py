@@ -124,12 +124,12 @@ def test_an_event_without_a_prediction_can_be_traced() -> None:
     assert e == PredictionEvent("r", "m", 5).traced("00-a")
 
 
-def test_a_finished_request_equals_another_whatever_its_spans() -> None:
-    """Equality compares what was fused (every field but ``spans``, the commit's
-    bookkeeping), and a finished request is not tracked by the cycle collector."""
+def test_a_finished_request_compares_by_its_fields_and_is_untracked() -> None:
+    """Equality compares every field, and a finished request is not tracked by the
+    cycle collector (it holds no cycle)."""
     members = {"m": PredictionEvent("r", "m", 5, probs=(0.5, 0.5))}
-    live = FinishedRequest("r", members, 5, 6, 7, False, spans={"in": (3, 8)})
-    assert live == FinishedRequest("r", dict(members), 5, 6, 7, False)
-    assert live != FinishedRequest("r", members, 5, 6, 7, True, spans={"in": (3, 8)})
-    assert live != FinishedRequest("r", members, 5, 6, 7, False, decided=True)
-    assert not gc.is_tracked(live)
+    done = FinishedRequest("r", members, 5, 6, 7, False)
+    assert done == FinishedRequest("r", dict(members), 5, 6, 7, False)
+    assert done != FinishedRequest("r", members, 5, 6, 7, True)
+    assert done != FinishedRequest("r", members, 5, 6, 7, False, decided=True)
+    assert not gc.is_tracked(done)

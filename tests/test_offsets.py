@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from worker.events import PredictionEvent
 from worker.join import JoinTable
-from worker.offsets import merge_spans, safe_commit_offset
+from worker.offsets import keep_span, merge_spans, safe_commit_offset
 
 SPANS = st.lists(
     st.tuples(st.integers(0, 60), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])),
@@ -62,6 +62,29 @@ def test_a_pending_event_inside_a_fused_span_pulls_the_commit_to_its_start() -> 
     assert safe_commit_offset(10, [(3, 9)]) == 10
 
 
+@given(st.integers(0, 100), SPANS)
+def test_spans_kept_as_they_close_cover_the_same_offsets(
+    base: int, spans: list[tuple[int, int]]
+) -> None:
+    """Kept one after the other with ``keep_span``, spans leave the same offsets inside
+    (so the same commit), and never more of them than were given."""
+    kept: list[tuple[int, int]] = []
+    for span in spans:
+        keep_span(kept, span)
+    assert len(kept) <= len(spans)
+    assert all(inside(c, kept) == inside(c, spans) for c in range(102))
+    assert safe_commit_offset(base, kept) == safe_commit_offset(base, spans)
+
+
+def test_a_span_starting_inside_the_last_extends_it() -> None:
+    """Interleaved requests chain: a span that starts inside the last one kept extends
+    it; one that starts past it (or before it) is kept after it."""
+    kept: list[tuple[int, int]] = []
+    for span in [(3, 9), (5, 12), (6, 8), (20, 21), (1, 2)]:
+        keep_span(kept, span)
+    assert kept == [(3, 12), (20, 21), (1, 2)]
+
+
 def test_chained_spans_are_followed() -> None:
     """Lowering into one span's start can land inside another: follow it down."""
     assert safe_commit_offset(8, [(5, 9), (2, 6)]) == 2
@@ -72,14 +95,15 @@ def event(rid: str, model: str) -> PredictionEvent:
 
 
 def test_the_join_reports_each_fused_request_s_span_per_source() -> None:
-    """A finished request carries, per source, the first and last offset it was fused
-    from, the completing event included."""
+    """The table reports, per source, the first and last offset a closed request was
+    fused from, the completing event included."""
     t = JoinTable(["a", "b"], 1000, 0, 0)
     t.add(event("r", "a"), 0, "in", 4)
     t.add(event("x", "a"), 0, "in", 5)
     t.add(event("r", "b"), 0, "in", 9)
-    [done] = t.drain()
-    assert done.spans == {"in": (4, 9)}
+    assert len(t.drain()) == 1
+    assert t.take_spans() == {"in": [(4, 9)]}
+    assert t.take_spans() == {}
 
 
 def test_spans_of_an_expired_request_and_of_several_sources() -> None:
@@ -88,5 +112,5 @@ def test_spans_of_an_expired_request_and_of_several_sources() -> None:
     t.add(event("r", "a"), 0, "t1", 7)
     t.add(event("r", "b"), 0, "t2", 2)
     t.expire(1000)
-    [done] = t.drain()
-    assert done.spans == {"t1": (7, 7), "t2": (2, 2)}
+    assert len(t.drain()) == 1
+    assert t.take_spans() == {"t1": [(7, 7)], "t2": [(2, 2)]}

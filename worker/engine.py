@@ -153,10 +153,9 @@ class Engine:
 
     def open(self, partition: int) -> JoinTable:
         """An empty table for ``partition`` (replacing any), which then takes records."""
-        table = table_for(
+        table = self.tables[partition] = table_for(
             self.config, event_time=self.event_time, decider=self._decider, deps=self._deps
         )
-        self.tables[partition] = table
         return table
 
     def close(self, partition: int) -> None:
@@ -201,6 +200,8 @@ class Engine:
         for p, table in self.tables.items():
             table.expire(now_ms)
             finished += [(p, f) for f in table.drain()]
+            for topic, taken in table.take_spans().items():
+                out.spans[topic, p] = taken
         self._fuse(finished, out)
         return self.learned(out)
 
@@ -208,8 +209,7 @@ class Engine:
         """End of input (event time): close every pending request and fuse it."""
         out = Step()
         finished: Closed = []
-        for p in sorted(self.tables):
-            table = self.tables[p]
+        for p, table in sorted(self.tables.items()):
             table.close_all(self._stream_ms.get(p, 0))
             finished += [(p, f) for f in table.drain()]
         self._fuse(finished, out)

@@ -224,6 +224,8 @@ class FinishedRequest(msgspec.Struct, gc=False):
     request, and msgspec's constructor is a C call where a dataclass's ``__init__`` ran
     Python (550 ns, now 190); ``gc=False`` since it holds a dict of events, strings and
     numbers, never a cycle, so it does not count towards the collector's thresholds.
+    The offsets of its events are the table's bookkeeping (``JoinTable.take_spans``),
+    not part of it.
     """
 
     request_id: str
@@ -235,17 +237,3 @@ class FinishedRequest(msgspec.Struct, gc=False):
     # True: closed early (``[join] early_decision``) because the members still missing
     # could not change the fused label; the result's status is then "decided".
     decided: bool = False
-    # Per input source (topic), the (first, last) offset of the events it was fused
-    # from; None when the caller did not give offsets (offline). Bookkeeping for the
-    # commit, not part of what was fused: equality ignores it.
-    spans: dict[str, tuple[int, int]] | None = None
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FinishedRequest):
-            return NotImplemented
-        return _compared(self) == _compared(other)
-
-
-def _compared(f: FinishedRequest) -> tuple[Any, ...]:
-    """What ``FinishedRequest`` equality compares: every field but ``spans``."""
-    return (f.request_id, f.members, f.first_ts, f.opened_ms, f.fused_ts, f.expired, f.decided)

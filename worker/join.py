@@ -218,10 +218,14 @@ class JoinTable:
         closed, self._closed = self._closed, []
         return closed
 
+    def take_spans(self) -> dict[str, list[tuple[int, int]]]:
+        """Per source, the offset spans of the requests closed since the last call, for
+        the at-least-once commit (``OffsetTracker.take``)."""
+        return self._offsets.take()
+
     # -- inspection ---------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        """The number of pending requests."""
+    def __len__(self) -> int:  # pending requests
         return len(self._pending)
 
     def __contains__(self, request_id: object) -> bool:
@@ -385,7 +389,7 @@ class JoinTable:
         # Its offset marks become stale here (the caller took it out of _pending).
         more = self._more
         if p.gap != UNMARKED or offset >= 0 or (more and rid in more):
-            done.spans = self._offsets.spans(rid, p, source, offset)
+            self._offsets.keep(rid, p, source, offset)
         self._closed.append(done)
         if self.fused_memory_count:
             self._memory.add(rid, now_ms + self.fused_memory_ms)

@@ -127,6 +127,10 @@ class CompiledJoinTable(JoinTable):
         closed: list[FinishedRequest] = self._core.drain()
         return closed
 
+    def take_spans(self) -> dict[str, list[tuple[int, int]]]:
+        spans: dict[str, list[tuple[int, int]]] = self._core.take_spans()
+        return spans
+
     def __len__(self) -> int:
         return len(self._core)
 

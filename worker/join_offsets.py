@@ -24,6 +24,7 @@ from array import array
 from collections.abc import Mapping
 
 from worker.join_pending import UNMARKED, _Pending
+from worker.offsets import keep_span
 
 # A source's entries are rebuilt once they hold this many more than twice the live ones.
 COMPACT_SLACK = 1024
@@ -59,7 +60,7 @@ class _Source:
 class OffsetTracker:
     """The per-source marks of the pending requests of one table."""
 
-    __slots__ = ("_pending", "_sources", "entries", "more", "primary", "tracked")
+    __slots__ = ("_pending", "_sources", "entries", "more", "primary", "taken", "tracked")
 
     def __init__(self, pending: Mapping[str, _Pending]) -> None:
         self._pending = pending
@@ -70,6 +71,8 @@ class OffsetTracker:
         self.primary: str | None = None
         # request id -> {source: [low, high]}, for the marks of any other source.
         self.more: dict[str, dict[str, list[int]]] = {}
+        # Per source, the spans of the requests closed since ``take``.
+        self.taken: dict[str, list[tuple[int, int]]] = {}
 
     def track(self, rid: str, p: _Pending, source: str, offset: int) -> None:
         """Note an accepted event's offset; a new smallest offset of its source for this
@@ -150,6 +153,17 @@ class OffsetTracker:
                 (offset, offset) if span is None else (min(span[0], offset), max(span[1], offset))
             )
         return out
+
+    def keep(self, rid: str, p: _Pending, source: str = "", offset: int = -1) -> None:
+        """``spans`` of ``p``, which closes, kept for ``take``."""
+        for src, span in self.spans(rid, p, source, offset).items():
+            keep_span(self.taken.setdefault(src, []), span)
+
+    def take(self) -> dict[str, list[tuple[int, int]]]:
+        """Per source, the spans kept since the last call, in closing order, each that
+        starts inside the one before merged into it (``worker.offsets.keep_span``)."""
+        taken, self.taken = self.taken, {}
+        return taken
 
     def live(self, rid: str, source: str, offset: int) -> bool:
         """Whether ``offset`` is still the mark of pending request ``rid`` for ``source``."""

@@ -50,3 +50,17 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((first, last))
     return merged
+
+
+def keep_span(kept: list[tuple[int, int]], span: tuple[int, int]) -> None:
+    """Add ``span`` to ``kept``, the spans of requests as they close: into the last one
+    when it starts inside it (``merge_spans``' rule: the same offsets inside), else
+    after it. Requests interleave, so most spans extend the last, and a commit has a
+    handful to merge where it would have one per request."""
+    if kept:
+        first, last = kept[-1]
+        if first <= span[0] <= last:
+            if span[1] > last:
+                kept[-1] = (first, span[1])
+            return
+    kept.append(span)

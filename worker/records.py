@@ -107,7 +107,9 @@ class Step:
     order, with ``finished`` (the same requests) and ``result_partitions`` (the partition
     number of each). ``fused_records``: the ``OutRecord`` of each fused result, in the
     same order (empty unless the engine encodes records). ``positions``: per (topic,
-    partition) the offset after the last record the step consumed. ``touched``: per
+    partition) the offset after the last record the step consumed. ``spans``: per
+    (topic, partition) the offset spans of the requests the live step closed
+    (``JoinTable.take_spans``), for the at-least-once commit. ``touched``: per
     partition number, the request ids whose pending state changed (only when the engine
     tracks them). ``counted``: what the metrics count of the results the compiled writer
     wrote, which are in ``finished`` and ``fused_records`` but not in ``results`` (only
@@ -124,6 +126,7 @@ class Step:
     uncounted: list[FinishedRequest] = field(default_factory=list)
     invalid: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)
     touched: dict[int, list[str]] = field(default_factory=dict)
     records: int = 0
     accepted: Counter[str] = field(default_factory=Counter)

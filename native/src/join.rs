@@ -68,6 +68,15 @@ struct Pending {
     seq: u64,
 }
 
+/// Add `span` to `kept` as worker/offsets.py's `keep_span` does: into the last span
+/// when it starts inside it, else after it.
+fn keep_span(kept: &mut Vec<(i64, i64)>, span: (i64, i64)) {
+    match kept.last_mut() {
+        Some(last) if last.0 <= span.0 && span.0 <= last.1 => last.1 = last.1.max(span.1),
+        _ => kept.push(span),
+    }
+}
+
 /// A request with no member yet.
 fn empty(n: usize) -> Box<[Option<PyObject>]> {
     (0..n).map(|_| None).collect()
@@ -109,6 +118,9 @@ pub struct JoinCore {
     versions: Vec<Option<Py<PyString>>>,
     memory: FusedIds,
     closed: Vec<PyObject>,
+    /// The offset spans of the requests closed since `take_spans` (the source's), in
+    /// closing order, each that overlaps the one before merged into it.
+    spans: Vec<(i64, i64)>,
     closes: u32,
     /// Per model position, the events accepted since `take_accepted`.
     accepted: Vec<u64>,
@@ -336,7 +348,7 @@ impl JoinCore {
         } else {
             p.first_ts.into_pyobject(py)?.into_any().unbind()
         };
-        let spans: Option<(i64, i64)> = if p.low != UNMARKED {
+        let span: Option<(i64, i64)> = if p.low != UNMARKED {
             self.tracked -= 1;
             let (mut low, mut high) = (p.low, p.high);
             if offset > high {
@@ -350,14 +362,9 @@ impl JoinCore {
         } else {
             None
         };
-        let spans: PyObject = match (spans, &self.source) {
-            (Some(span), Some(source)) => {
-                let d = PyDict::new(py);
-                d.set_item(source.bind(py), span)?;
-                d.into_any().unbind()
-            }
-            _ => py.None(),
-        };
+        if let (Some(span), Some(_)) = (span, &self.source) {
+            keep_span(&mut self.spans, span);
+        }
         let args = (
             p.rid.bind(py),
             members,
@@ -365,8 +372,6 @@ impl JoinCore {
             p.opened_ms,
             fused_ts,
             expired,
-            false, // decided: early decision is the Python table's
-            spans,
         );
         self.closed
             .push(self.finished.bind(py).call1(args)?.unbind());
@@ -548,6 +553,7 @@ impl JoinCore {
             versions: (0..n).map(|_| None).collect(),
             memory: FusedIds::new(fused_memory_count),
             closed: Vec::new(),
+            spans: Vec::new(),
             closes: 0,
             accepted: vec![0; n],
         })
@@ -646,6 +652,16 @@ impl JoinCore {
 
     fn drain<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(py, std::mem::take(&mut self.closed))
+    }
+
+    /// `JoinTable.take_spans`: {source: spans} of the requests closed since the last
+    /// call (worker/offsets.py's `keep_span` merging them), or {}.
+    fn take_spans<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        if let (Some(source), false) = (&self.source, self.spans.is_empty()) {
+            out.set_item(source.bind(py), std::mem::take(&mut self.spans))?;
+        }
+        Ok(out)
     }
 
     fn next_deadline_ms(&mut self, py: Python<'_>) -> PyResult<Option<i64>> {

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from worker.engine import Step
-from worker.offsets import merge_spans, safe_commit_offset
+from worker.offsets import keep_span, merge_spans, safe_commit_offset
 from worker.runtime.connect import close_client, producer_options
 from worker.runtime.delivery import Context
 from worker.runtime.inflight import InFlight
@@ -116,23 +116,11 @@ class AtLeastOnce:
         """Keep the fused requests' offset spans, queue the outputs, hand them over."""
         assert self._sink is not None
         spans = self._spans
-        # A step's requests come partition by partition: the list of the last (topic,
-        # partition) is looked up once per run of them, not once per request.
-        last: tuple[str, int] | None = None
-        kept: list[tuple[int, int]] = []
-        for done, p in zip(step.finished, step.result_partitions, strict=True):
-            if done.spans is not None:
-                for topic, span in done.spans.items():
-                    if last is None or last[1] != p or last[0] != topic:
-                        last = (topic, p)
-                        kept = spans.setdefault(TopicPartition(topic, p), [])
-                    # Requests interleave: most spans overlap the last one kept and
-                    # extend it (merge_spans), so a commit has a handful to sort.
-                    if kept and kept[-1][0] <= span[0] <= kept[-1][1]:
-                        if span[1] > kept[-1][1]:
-                            kept[-1] = (kept[-1][0], span[1])
-                    else:
-                        kept.append(span)
+        for (topic, p), taken in step.spans.items():
+            # Merged as they closed (worker/offsets.py's keep_span): a handful a step.
+            kept = spans.setdefault(TopicPartition(topic, p), [])
+            for span in taken:
+                keep_span(kept, span)
         for recs in step.outputs.values():
             if recs:
                 await self._sink.write(recs)
