@@ -5,6 +5,7 @@ engine hands them over) and its counts. Pure code."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
 
 from worker.config import Config
 from worker.errors import InvalidEvent
@@ -53,13 +54,31 @@ class Outputs:
         """The result records of ``finished`` (``values``: their JSON; ``traced``: some
         member may carry a ``traceparent``, which the result's header continues)."""
         if self.encode:
-            topic, outputs, fused_records = self._output_topic, out.outputs, out.fused_records
-            for (p, f), value in zip(finished, values, strict=True):
-                header = fused_traceparent(f.request_id, f.members.values()) if traced else None
-                headers = None if header is None else [(TRACEPARENT, header)]
-                rec = OutRecord(topic, f.request_id.encode(), value, headers)
-                outputs.setdefault(p, []).append(rec)
-                fused_records.append(rec)
+            topic, outputs = self._output_topic, out.outputs
+            if traced:
+                recs = [
+                    OutRecord(topic, f.request_id.encode(), value, _headers(f))
+                    for (_, f), value in zip(finished, values, strict=True)
+                ]
+            else:  # the usual step: comprehensions, half the CPU of a loop per request
+                recs = [
+                    OutRecord(topic, f.request_id.encode(), value)
+                    for (_, f), value in zip(finished, values, strict=True)
+                ]
+            out.fused_records += recs
+            # The requests come partition by partition: one extend per run of them.
+            start = 0
+            for p, run in groupby([p for p, _ in finished]):
+                end = start + len(list(run))
+                outputs.setdefault(p, []).extend(recs[start:end])
+                start = end
         if self._track:
             for p, f in finished:
                 out.touched.setdefault(p, []).append(f.request_id)
+
+
+def _headers(f: FinishedRequest) -> list[tuple[str, bytes]] | None:
+    """A fused record's headers: the ``traceparent`` continuing its first traced member's
+    trace, if any."""
+    header = fused_traceparent(f.request_id, f.members.values())
+    return None if header is None else [(TRACEPARENT, header)]
