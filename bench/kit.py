@@ -30,6 +30,8 @@ WEIGHTS = (0.3, 0.4, 0.3)
 # so a request waits for about two blocks' worth of events (models answer at different
 # speeds), and the join holds about this many requests at a time.
 BLOCK = 1000
+# read_all gives up short of the end offsets only after this long with nothing new.
+STUCK_S = 30.0
 TS0 = 1_764_000_000_000
 
 
@@ -345,15 +347,26 @@ async def read_all(
     bootstrap: str, topic: str, idle_s: float = 1.0, committed_only: bool = True
 ) -> AsyncIterator[ConsumerRecord[Any, Any]]:
     """Every record of ``topic`` from its beginning, until nothing new comes for
-    ``idle_s`` (read_committed unless ``committed_only`` is False)."""
+    ``idle_s`` (read_committed unless ``committed_only`` is False).
+
+    Not before the end offsets of the start are reached, though, unless nothing comes
+    for ``STUCK_S``: on a loaded machine the first fetch alone can outlast ``idle_s``,
+    and a benchmark then read no result at all ("RESULTS WRONG" with every result
+    written)."""
     consumer = reader(bootstrap, committed_only)
     await consumer.start()
     try:
         tps = await partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
         last = time.monotonic()
-        while time.monotonic() - last < idle_s:
+        while True:
+            quiet = time.monotonic() - last
+            if quiet >= STUCK_S or (
+                quiet >= idle_s and all([await consumer.position(tp) >= end[tp] for tp in tps])
+            ):
+                break
             batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
             for records in batch.values():
                 last = time.monotonic()
