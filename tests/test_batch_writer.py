@@ -100,15 +100,20 @@ async def _write(steps: list[list[OutRecord]], size: int, bulk: bool) -> Any:
     return producer.handed, {t: sorted(keys) for t, keys in reported.items()}
 
 
-record = st.builds(
-    OutRecord,
-    st.sampled_from(["out", "dlq"]),
-    st.binary(min_size=1, max_size=12),
-    st.binary(max_size=700),
-    st.one_of(
-        st.none(), st.just([("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")])
-    ),
-)
+def out_records(topics: list[str]) -> st.SearchStrategy[OutRecord]:
+    """Keyed records to ``topics``, some with a ``traceparent`` header."""
+    return st.builds(
+        OutRecord,
+        st.sampled_from(topics),
+        st.binary(min_size=1, max_size=12),
+        st.binary(max_size=700),
+        st.one_of(
+            st.none(), st.just([("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")])
+        ),
+    )
+
+
+record = out_records(["out", "dlq"])
 
 
 @settings(max_examples=150, deadline=None)
@@ -124,13 +129,7 @@ def test_runs_fill_the_batches_one_by_one_fills(steps: list[list[OutRecord]], si
     assert bulk == single
 
 
-one_topic = st.builds(
-    OutRecord,
-    st.just("out"),
-    st.binary(min_size=1, max_size=12),
-    st.binary(max_size=700),
-    st.one_of(st.none(), st.just([("traceparent", b"00-" + b"b" * 16 + b"-01")])),
-)
+one_topic = out_records(["out"])
 
 
 @settings(max_examples=100, deadline=None)

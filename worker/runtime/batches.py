@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from worker.engine import OutRecord
 from worker.murmur2 import murmur2
-from worker.runtime.partitioner import partition_rows, partitions_for
+from worker.runtime.partitioner import partition_rows, partitions_for, rows_by_partition
 from worker.runtime.record_batch import batch_factory
 from worker.runtime.retry import Backoff, is_fatal
 from worker.runtime.too_large import Divert, SizeLimits, shrunk
@@ -188,11 +188,8 @@ class BatchWriter:
                 values = [rec.value for rec in group]
                 headers = [rec.headers for rec in group]
                 listed = headers if any(headers) else None
-                runs: dict[int, list[int]] = {}
-                for i, p in enumerate(partitions):
-                    runs.setdefault(p, []).append(i)
-                for p in sorted(runs):
-                    sent += await self._append_run((topic, p), group, keys, values, listed, runs[p])
+                for p, rows in rows_by_partition(partitions):
+                    sent += await self._append_run((topic, p), group, keys, values, listed, rows)
                 continue
             for rec, p in zip(group, partitions, strict=True):
                 tp = (topic, p)

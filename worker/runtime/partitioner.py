@@ -79,7 +79,13 @@ def partition_rows(keys: Sequence[bytes], partitions: int) -> list[tuple[int, li
     Python cost about 100 ns a key."""
     if native.partition_rows is not None and partitions >= 1:
         return native.partition_rows(keys if type(keys) is list else list(keys), partitions)
+    return rows_by_partition(partitions_for(keys, partitions))
+
+
+def rows_by_partition(partitions: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """``(partition, rows)`` for each partition number of ``partitions``, ascending, with
+    the positions where it stands, in order."""
     rows: dict[int, list[int]] = {}
-    for i, p in enumerate(partitions_for(keys, partitions)):
+    for i, p in enumerate(partitions):
         rows.setdefault(p, []).append(i)
     return sorted(rows.items())
