@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -255,6 +256,29 @@ async def read_committed(bootstrap: str, topic: str, n: int, timeout_s: float = 
     return await consume(
         bootstrap, topic, n, timeout_s=timeout_s, isolation_level="read_committed", idle_s=3
     )
+
+
+async def wait_committed(
+    bootstrap: str, group: str, topic: str, n: int, worker: WorkerProcess, timeout_s: float = 30
+) -> None:
+    """Until ``group`` has committed ``n`` of ``topic``'s records, over its partitions.
+
+    Under exactly-once the offsets commit in the changelog's transaction: a worker
+    killed after this left every one of those records in its changelog, and a restarted
+    one consumes none of them again. Every request in the changelog is not enough: a
+    request's later member may still be uncommitted."""
+    deadline = time.monotonic() + timeout_s
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            offsets = await admin.list_consumer_group_offsets(group)
+            if sum(max(o.offset, 0) for tp, o in offsets.items() if tp.topic == topic) >= n:
+                return
+            assert time.monotonic() < deadline, worker.logs()
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -4,14 +4,11 @@ exit code 2 and a message naming it, before anything is published."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.chaos import reference
 from tests.integration.conftest import Pipeline, WorkerFactory
@@ -22,23 +19,13 @@ from tests.integration.harness import (
     count_ids,
     make_events,
     read_committed,
+    wait_committed,
 )
 from tests.kafka_fixtures import consume, decode_values, produce_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 REQUESTS = 200
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    """How many of ``topic``'s records ``group`` has committed, over its partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(max(o.offset, 0) for tp, o in offsets.items() if tp.topic == topic)
 
 
 async def _kill_with_pending_state(
@@ -56,13 +43,9 @@ async def _kill_with_pending_state(
         p.bootstrap, f"{p.group}-pending-changelog", REQUESTS, isolation_level="read_committed"
     )
     assert len({r.key for r in logged}) == REQUESTS
-    # Every request in the changelog is not every member: an event committed after the
-    # kill would be consumed again by the restarted worker and, carrying no labels, read
-    # in its reversed order. The offsets commit in the changelog's transaction.
-    deadline = time.monotonic() + 30
-    while await _committed(p.bootstrap, p.group, p.inputs[0]) < len(first_two):
-        assert time.monotonic() < deadline, worker.logs()
-        await asyncio.sleep(0.1)
+    # An event consumed again by the restarted worker would, carrying no labels, be read
+    # in its reversed order.
+    await wait_committed(p.bootstrap, p.group, p.inputs[0], len(first_two), worker)
     worker.kill()
     return worker
 

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     make_events,
     metric,
     read_committed,
+    wait_committed,
 )
 from tests.kafka_fixtures import consume, decode_values, produce, produce_json
 
@@ -119,6 +120,7 @@ async def test_pending_state_is_restored_from_the_changelog(
         p.bootstrap, changelog, 500, timeout_s=30, isolation_level="read_committed"
     )
     assert len({r.key for r in logged}) == 500
+    await wait_committed(p.bootstrap, p.group, p.inputs[0], len(first_two), worker)
     worker.kill()
 
     second = spawn_worker(cfg, p.port, "second")
