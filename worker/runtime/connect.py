@@ -15,6 +15,7 @@ from aiokafka.helpers import create_ssl_context
 
 from worker.config import KafkaConfig, sasl_password
 from worker.errors import KafkaSetupError
+from worker.runtime.produce_encoding import install as install_produce_encoding
 
 
 def client_options(cfg: KafkaConfig) -> dict[str, Any]:
@@ -46,7 +47,11 @@ def producer_options(
 ) -> dict[str, Any]:
     """Keyword arguments for every AIOKafkaProducer the worker opens: idempotent, acks
     from all replicas, batches as large as the sink fills them; with ``transactional_id``
-    a transactional producer (exactly-once, one per input partition number)."""
+    a transactional producer (exactly-once, one per input partition number).
+
+    Every producer the worker opens is configured here, so this is also where their
+    produce requests get the flat encoding (``produce_encoding``; once per process)."""
+    install_produce_encoding()
     opts: dict[str, Any] = {
         "client_id": client_id or cfg.client_id,
         "acks": "all",
