@@ -124,6 +124,7 @@ def run(t: JoinTable, sequence: list[tuple[Any, ...]]) -> list[object]:
                 t.oldest_opened_ms(),
                 t.oldest_offsets(),
                 [t.pending_state(r) for r in ("r1", "r2", "é")],
+                t.pending_among(["r3", "é", "r1", "r1", "\ud800", "zz"]),
             )
         )
     return out
@@ -137,7 +138,7 @@ def test_the_compiled_table_answers_as_the_python_one(
     """Adds (duplicates, late ones, offsets going back, trace ids and versions to share),
     deadlines, closing everything, remembered ids, restored states (complete ones close
     at once): after each call the same answer, closed requests, size, next deadline,
-    oldest opening and offset, and exported state."""
+    oldest opening and offset, exported state, and which of some ids are pending."""
     args = (MODELS, 100, 50, memory_count)
     assert run(CompiledJoinTable(*args), sequence) == run(JoinTable(*args), sequence)
 

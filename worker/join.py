@@ -231,6 +231,12 @@ class JoinTable:
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._pending
 
+    def pending_among(self, request_ids: Iterable[str]) -> list[str]:
+        """The ids of ``request_ids`` that are pending, in their order: one call for a
+        commit's touched requests, most of which have closed since."""
+        pending = self._pending
+        return [rid for rid in request_ids if rid in pending]
+
     def next_deadline_ms(self) -> int | None:
         """The earliest deadline of a pending request, or None when nothing is pending."""
         return self._deadlines.next_ms(self._deadline_live)

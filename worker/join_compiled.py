@@ -137,6 +137,10 @@ class CompiledJoinTable(JoinTable):
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._core
 
+    def pending_among(self, request_ids: Iterable[str]) -> list[str]:
+        among: list[str] = self._core.pending_among(request_ids)
+        return among
+
     def next_deadline_ms(self) -> int | None:
         deadline: int | None = self._core.next_deadline_ms()
         return deadline

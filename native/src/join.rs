@@ -754,6 +754,26 @@ impl JoinCore {
         Ok(n)
     }
 
+    /// `JoinTable.pending_among`: the request ids of `request_ids` that are pending, in
+    /// their order (anything not a str is not).
+    fn pending_among<'py>(
+        &self,
+        py: Python<'py>,
+        request_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for rid in request_ids.try_iter()? {
+            let rid = rid?;
+            let Ok(s) = rid.downcast::<PyString>() else {
+                continue;
+            };
+            if self.find(py, s.hash()? as u64, s).is_some() {
+                out.append(s)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// A pending request's (model position, event) pairs in arrival order, opening
     /// time, first_ts and deadline; None when it is not pending.
     #[allow(clippy::type_complexity)]

@@ -65,19 +65,21 @@ async def ensure_changelog(admin: AIOKafkaAdminClient, config: Config) -> None:
 
 
 def net_change(
-    table: JoinTable, dirty: Iterable[str], logged: set[str]
+    table: JoinTable, dirty: set[str], logged: set[str]
 ) -> list[tuple[bytes, bytes | None]]:
     """The records that bring the changelog up to the table for the requests touched
     since the last commit: a pending request's state, or a tombstone for a request
     the changelog holds and the table no longer has. A request opened and fused in
     between writes nothing."""
+    # Most touched requests have closed by the commit: the table picks the open ones in
+    # one call (a Python iteration and table call per touched request cost ~270 ns).
+    still = table.pending_among(dirty)
     delta: list[tuple[bytes, bytes | None]] = []
-    for rid in dirty:
+    for rid in still:
         state = table.pending_state(rid)
         if state is not None:
             delta.append((rid.encode(), _encode(state)))
-        elif rid in logged:
-            delta.append((rid.encode(), None))
+    delta.extend((rid.encode(), None) for rid in logged.intersection(dirty).difference(still))
     return delta
 
 
