@@ -232,10 +232,8 @@ class JoinTable:
         return request_id in self._pending
 
     def pending_among(self, request_ids: Iterable[str]) -> list[str]:
-        """The ids of ``request_ids`` that are pending, in their order: one call for a
-        commit's touched requests, most of which have closed since."""
-        pending = self._pending
-        return [rid for rid in request_ids if rid in pending]
+        """The ids of ``request_ids`` that are pending, in their order (one call)."""
+        return [rid for rid in request_ids if rid in self._pending]
 
     def next_deadline_ms(self) -> int | None:
         """The earliest deadline of a pending request, or None when nothing is pending."""
@@ -246,9 +244,7 @@ class JoinTable:
 
         The first in arrival order: exact while ``now_ms`` does not go back (stream time
         never does; a wall-clock step back only skews this gauge)."""
-        for p in self._pending.values():
-            return p.opened_ms
-        return None
+        return next((p.opened_ms for p in self._pending.values()), None)
 
     def oldest_offsets(self) -> dict[str, int]:
         """Per source, the smallest offset of an event of a still-pending request.
@@ -312,19 +308,16 @@ class JoinTable:
     def _deadline_of(self, rid: str, p: _Pending) -> int:
         """A pending request's deadline: its first event's ``ts`` (event time) or its
         opening time (live), plus ``timeout_ms``; a restored one may have its own."""
-        if self._odd_deadlines:
-            odd = self._odd_deadlines.get(rid)
-            if odd is not None:
-                return odd
+        if self._odd_deadlines and (odd := self._odd_deadlines.get(rid)) is not None:
+            return odd
         if self.event_time:
             first = p[self._order(p.arrival)[0][1]]
             return first.ts + self.timeout_ms  # type: ignore[union-attr]  # a member
         return p[-1] + self.timeout_ms  # type: ignore[operator]  # its opening time
 
     def _deadline_live(self, deadline_ms: int, rid: str) -> bool:
-        return (p := self._pending.get(rid)) is not None and self._deadline_of(
-            rid, p
-        ) == deadline_ms
+        p = self._pending.get(rid)
+        return p is not None and self._deadline_of(rid, p) == deadline_ms
 
     def _expire(self, due_ms: int | None, now_ms: int) -> None:
         """Close the requests due at ``due_ms`` (all when None), then compact once."""
