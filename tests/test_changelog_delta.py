@@ -12,7 +12,8 @@ from worker import native
 from worker.events import PredictionEvent
 from worker.join import JoinTable
 from worker.join_compiled import CompiledJoinTable
-from worker.runtime.changelog import _encode, net_change
+from worker.join_state import encode_state
+from worker.runtime.changelog import net_change
 
 MODELS = ("a", "b", "c")
 RIDS = [f"r{i}" for i in range(8)]
@@ -26,7 +27,7 @@ def naive(table: JoinTable, dirty: set[str], logged: set[str]) -> list[Any]:
     for rid in dirty:
         state = table.pending_state(rid)
         if state is not None:
-            out.append((rid.encode(), _encode(state)))
+            out.append((rid.encode(), encode_state(state)))
         elif rid in logged:
             out.append((rid.encode(), None))
     return out

@@ -41,7 +41,7 @@ from worker.join_fused import fused_ids
 from worker.join_offsets import OffsetTracker
 from worker.join_pending import UNMARKED, _Pending, _share, arrival_order
 from worker.join_state import STATE_VERSION as STATE_VERSION
-from worker.join_state import export_state, pending_from_state
+from worker.join_state import encode_state, export_state, pending_from_state
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +231,10 @@ class JoinTable:
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._pending
 
-    def pending_among(self, request_ids: Iterable[str]) -> list[str]:
-        """The ids of ``request_ids`` that are pending, in their order (one call)."""
-        return [rid for rid in request_ids if rid in self._pending]
+    def pending_json(self, request_ids: Iterable[str]) -> list[tuple[str, bytes]]:
+        """(id, the JSON of its ``pending_state``) for each of ``request_ids`` pending."""
+        states = ((rid, self.pending_state(rid)) for rid in request_ids)
+        return [(rid, encode_state(state)) for rid, state in states if state is not None]
 
     def next_deadline_ms(self) -> int | None:
         """The earliest deadline of a pending request, or None when nothing is pending."""

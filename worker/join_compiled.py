@@ -26,7 +26,7 @@ from worker.config import Config
 from worker.events import FinishedRequest, PredictionEvent
 from worker.join import Decider, JoinTable, Outcome
 from worker.join_pending import arrival_order
-from worker.join_state import export_state, pending_from_state
+from worker.join_state import encode_state, export_state, pending_from_state
 from worker.records import RawRecord
 
 # The compiled table's models: its arrival code (a digit per member) fits 64 bits.
@@ -137,9 +137,15 @@ class CompiledJoinTable(JoinTable):
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._core
 
-    def pending_among(self, request_ids: Iterable[str]) -> list[str]:
-        among: list[str] = self._core.pending_among(request_ids)
-        return among
+    def pending_json(self, request_ids: Iterable[str]) -> list[tuple[str, bytes]]:
+        # The core writes the JSON (byte for byte msgspec's), ``deps`` as encoded here;
+        # a state holding a value it does not cover comes as None, built here.
+        deps = None if self.deps is None else encode_state(self.deps)
+        found: list[tuple[str, bytes | None]] = self._core.pending_json(request_ids, deps)
+        return [
+            (rid, encode_state(self.pending_state(rid)) if raw is None else raw)
+            for rid, raw in found
+        ]
 
     def next_deadline_ms(self) -> int | None:
         deadline: int | None = self._core.next_deadline_ms()

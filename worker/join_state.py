@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from worker.events import (
     LabelEvent,
     PredictionEvent,
@@ -19,6 +21,11 @@ from worker.events import (
 from worker.join_pending import UNMARKED, _Pending
 
 STATE_VERSION = 1
+
+# The JSON of an ``export_state`` snapshot, as the changelog holds it. msgspec: a tenth
+# of orjson.dumps's fixed cost per call (the compiled table writes the same bytes
+# itself); orjson reads them back (restore).
+encode_state = msgspec.json.Encoder().encode
 
 
 def export_state(

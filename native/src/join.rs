@@ -27,10 +27,11 @@ use hashbrown::HashTable;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::fused::FusedIds;
 use crate::runs::Run;
+use crate::state;
 
 const ACCEPTED: i8 = 0;
 const DUPLICATE: i8 = 1;
@@ -267,6 +268,34 @@ impl JoinCore {
 
     /// Put a request just opened (or restored) in the opening order and its deadline's
     /// bucket.
+    /// A pending request's changelog state as JSON bytes (`state.rs`), None where
+    /// Python is to build it.
+    fn state_json<'py>(
+        &self,
+        py: Python<'py>,
+        buf: &mut Vec<u8>,
+        rid: &Bound<'py, PyString>,
+        p: &Pending,
+        deps: Option<&[u8]>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let members: Vec<(&Bound<'py, PyString>, Bound<'py, PyAny>)> = self
+            .order(p.arrival)
+            .into_iter()
+            .map(|i| {
+                let event = p.members[i].as_ref().expect("a member").bind(py).clone();
+                (self.models[i].bind(py), event)
+            })
+            .collect();
+        let times = state::Times {
+            opened_ms: p.opened_ms,
+            deadline_ms: p.deadline_ms,
+            first_ts: (p.first_ts != FIRST_MEMBER).then_some(p.first_ts),
+        };
+        buf.clear();
+        let written = state::write_state(py, buf, rid, &times, &members, deps)?;
+        Ok(written.then(|| PyBytes::new(py, buf)))
+    }
+
     fn enqueue(&mut self, py: Python<'_>, p: &Pending) {
         self.opened.push_back((p.rid.clone_ref(py), p.seq));
         self.deadlines
@@ -754,22 +783,28 @@ impl JoinCore {
         Ok(n)
     }
 
-    /// `JoinTable.pending_among`: the request ids of `request_ids` that are pending, in
-    /// their order (anything not a str is not).
-    fn pending_among<'py>(
+    /// (request id, its state's JSON bytes) for each of `request_ids` that is pending,
+    /// in their order (anything not a str is not); `deps`: the JSON of the table's
+    /// `deps`, if it has them. The bytes are None where Python is to build them (a
+    /// value `state.rs` does not cover).
+    #[pyo3(signature = (request_ids, deps))]
+    fn pending_json<'py>(
         &self,
         py: Python<'py>,
         request_ids: &Bound<'py, PyAny>,
+        deps: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
+        let mut buf = Vec::new();
         for rid in request_ids.try_iter()? {
             let rid = rid?;
             let Ok(s) = rid.downcast::<PyString>() else {
                 continue;
             };
-            if self.find(py, s.hash()? as u64, s).is_some() {
-                out.append(s)?;
-            }
+            let Some(p) = self.find(py, s.hash()? as u64, s) else {
+                continue;
+            };
+            out.append((s, self.state_json(py, &mut buf, s, p, deps)?))?;
         }
         Ok(out)
     }

@@ -3,7 +3,8 @@
 //! common event decoded (`decode.rs`), the join's memory of fused ids (`fused.rs`), the
 //! members packed for the fusion (`pack.rs`), output keys partitioned (`partition.rs`),
 //! output record batches filled (`batch.rs`), fetched record batches checked
-//! (`fetched.rs`) and parsed (`runs.rs`).
+//! (`fetched.rs`) and parsed (`runs.rs`), the exactly-once changelog's states written
+//! (`state.rs`, for the live join of `join.rs`).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
@@ -21,6 +22,7 @@ mod join;
 mod pack;
 mod partition;
 mod runs;
+mod state;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
