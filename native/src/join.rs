@@ -266,8 +266,6 @@ impl JoinCore {
         Ok((ACCEPTED, i))
     }
 
-    /// Put a request just opened (or restored) in the opening order and its deadline's
-    /// bucket.
     /// A pending request's changelog state as JSON bytes (`state.rs`), None where
     /// Python is to build it.
     fn state_json<'py>(
@@ -296,6 +294,8 @@ impl JoinCore {
         Ok(written.then(|| PyBytes::new(py, buf)))
     }
 
+    /// Put a request just opened (or restored) in the opening order and its deadline's
+    /// bucket.
     fn enqueue(&mut self, py: Python<'_>, p: &Pending) {
         self.opened.push_back((p.rid.clone_ref(py), p.seq));
         self.deadlines

@@ -1,9 +1,9 @@
 //! A pending request's changelog state written straight to its JSON bytes: the bytes
 //! msgspec writes for the dict `worker.join_state.export_state` builds, in its key
 //! order, with its numbers and escapes (`deps`, the same for every state of a table,
-//! comes encoded by Python). The exactly-once commit
-//! writes one per request still open; building the dicts and encoding them cost about
-//! 7 µs a request, most of what the commit spent on the loop.
+//! comes encoded by Python). The exactly-once commit writes one per request still
+//! open; building the dicts and encoding them cost about 7 µs a request, most of what
+//! capturing a commit spent on the loop.
 //!
 //! A value this does not cover (a string that is not valid UTF-8, a number of another
 //! type than the events hold) makes `write_state` return false: Python builds it.
