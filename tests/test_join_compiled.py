@@ -148,7 +148,8 @@ def test_the_compiled_table_answers_as_the_python_one(
     """Adds (duplicates, late ones, offsets going back, trace ids and versions to share),
     deadlines, closing everything, remembered ids, restored states (complete ones close
     at once): after each call the same answer, closed requests, size, next deadline,
-    oldest opening and offset, exported state, and which of some ids are pending."""
+    oldest opening and offset, exported state, and the changelog JSON of the pending
+    ones among some ids."""
     args = (MODELS, 100, 50, memory_count)
     assert run(CompiledJoinTable(*args), sequence) == run(JoinTable(*args), sequence)
 
