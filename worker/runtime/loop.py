@@ -296,13 +296,17 @@ class Loop:
 
     def _fetch_timeout_ms(self) -> int:
         """Wait for records at most until the next request deadline, so a silent
-        model's request is fused on time even when nothing arrives."""
+        model's request is fused on time even when nothing arrives; and, with partitions
+        open, until the next commit is due: exactly-once results are readable only once
+        committed, and on a quiet input the commit waited for the fetch to time out."""
         timeout = self.config.kafka.fetch_timeout_ms
         if self.delivery.holding():
             timeout = min(timeout, HOLD_RECHECK_MS)
         deadline = self.engine.next_deadline_ms()
         if deadline is not None:
             timeout = min(timeout, max(0, int(deadline - self._clock_ms()) + 1))
+        if self.tables:  # _periodic moves _next_commit on even if it skips: no busy loop
+            timeout = min(timeout, max(0, int((self._next_commit - time.monotonic()) * 1000) + 1))
         return timeout
 
     def _max_records(self) -> int:
