@@ -17,6 +17,14 @@ from worker.config import KafkaConfig, sasl_password
 from worker.errors import KafkaSetupError
 from worker.runtime.produce_encoding import install as install_produce_encoding
 
+# A transactional producer's retry backoff, at most (the Java producer's default). Its
+# transaction requests and produce requests meet retriable refusals in the normal course:
+# against Kafka 4, a produce answered NOT_ENOUGH_REPLICAS and a TxnOffsetCommit answered
+# COORDINATOR_NOT_AVAILABLE, a few times a minute on a steady stream (docs/benchmarks.md).
+# aiokafka retries each after the backoff, and the commit, which the results wait for to
+# become readable, waits with it: half a second at the worker's 500 ms.
+TXN_RETRY_BACKOFF_MS = 100
+
 
 def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     """Keyword arguments for AIOKafkaConsumer/Producer/AdminClient: bootstrap and security.
@@ -47,7 +55,8 @@ def producer_options(
 ) -> dict[str, Any]:
     """Keyword arguments for every AIOKafkaProducer the worker opens: idempotent, acks
     from all replicas, batches as large as the sink fills them; with ``transactional_id``
-    a transactional producer (exactly-once, one per input partition number).
+    a transactional producer (exactly-once, one per input partition number), retrying
+    after at most ``TXN_RETRY_BACKOFF_MS``.
 
     Every producer the worker opens is configured here, so this is also where their
     produce requests get the flat encoding (``produce_encoding``; once per process)."""
@@ -65,6 +74,7 @@ def producer_options(
     if transactional_id is not None:
         opts["transactional_id"] = transactional_id
         opts["transaction_timeout_ms"] = cfg.transaction_timeout_ms
+        opts["retry_backoff_ms"] = min(cfg.retry_backoff_ms, TXN_RETRY_BACKOFF_MS)
     return opts
 
 
