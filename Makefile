@@ -137,9 +137,10 @@ chaos: .venv kafka-up  ## exactly-once under kill -9: 20,000 requests, 5 crashes
 chaos-at-least-once: .venv kafka-up  ## at-least-once under 5 kill -9: prints lost, repeated, degraded
 	$(BIN)/python -m tests.integration.chaos_at_least_once --bootstrap 127.0.0.1:$(KAFKA_PORT)
 
-bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory, early decision
+bench: .venv kafka-up  ## end to end on the local broker: throughput ratios, latency, memory, early decision, exactly-once readable latency
 	$(BIN)/python -m bench.run --bootstrap 127.0.0.1:$(KAFKA_PORT)
 	$(BIN)/python -m bench.bench_early --bootstrap 127.0.0.1:$(KAFKA_PORT) --rate 100 --seconds 20
+	$(BIN)/python -m bench.visibility --bootstrap 127.0.0.1:$(KAFKA_PORT) --requests 500 --gap-ms 60
 
 # The Kafka Streams contestant (bench/streams/, Java 17 and Maven; its dependencies come
 # from Maven Central): rebuilt only when a source is newer than the jar. The touch: Maven

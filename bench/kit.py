@@ -249,7 +249,7 @@ async def load(
 # -- reading the output ----------------------------------------------------------------
 
 
-def reader(bootstrap: str, committed_only: bool = True) -> AIOKafkaConsumer:
+def reader(bootstrap: str, committed_only: bool = True, **kw: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -258,6 +258,7 @@ def reader(bootstrap: str, committed_only: bool = True) -> AIOKafkaConsumer:
         isolation_level="read_committed" if committed_only else "read_uncommitted",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        **kw,
     )
 
 
