@@ -71,6 +71,7 @@ async def run(bootstrap: str, requests: int, gap_ms: float) -> dict[str, float]:
             await asyncio.wait_for(reader, timeout=60)
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await producer.stop()
             await consumer.stop()
     return percentiles([(seen[rid] - t) * 1000 for rid, t in sent.items()])
