@@ -29,7 +29,9 @@ wait for a core).
 How the tail is made: the share of the requests whose last member took over SLOW_MS
 (the goal) to be fused, and the stretches of fused time they fall in. A few long
 stretches are the worker catching up after a stall; a tail spread over the whole run
-is the cost of every step.
+is the cost of every step. Beside the cores busy, how long the worker's loop (its main
+thread) was ready to run but waited for a core: the part of a stall that is the
+machine's.
 
 Run alone: ``python -m bench.latency --rate EVENTS_PER_S [--seconds S] [--profile FILE]``
 (``--profile``: py-spy samples the worker while the load runs; summarise the file with
@@ -98,6 +100,9 @@ class Latency:
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
     missing: int  # requests without a result
     steps_per_s: float = 0.0  # the worker's non-empty fetches per second while publishing
+    # Seconds per second the worker's loop was ready to run but waited for a core while
+    # publishing: its share of the tail that is the machine's, not the worker's work.
+    waited: float = 0.0
     # Seconds per second of the worker's loop by phase while publishing
     # (fusion_loop_seconds_total: fetch, process, clients, commit).
     loop: dict[str, float] = field(default_factory=dict)
@@ -281,11 +286,13 @@ async def run(
             profiler = procs.Profiler(worker.pid, profile) if profile and port else None
             steps_before = metric_steps(port)
             loop_before = procs.loop_seconds(port) if port else {}
+            waited_before = worker.waited_s() if port else 0.0
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
+            waited = worker.waited_s() - waited_before if port else 0.0
             steps = metric_steps(port) - steps_before
             loop: dict[str, float] = {}
             if port:
@@ -306,6 +313,7 @@ async def run(
     cores = dict(zip(names, (u / wall for u in used), strict=True))
     lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     lat.steps_per_s = steps_per_s
+    lat.waited = waited / wall
     lat.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return lat
 
@@ -410,6 +418,7 @@ def show(r: Latency) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
         + f" (of {os.cpu_count()})"
         + (f"; the worker's steps {r.steps_per_s:,.0f}/s" if r.steps_per_s else "")
+        + (f"; its loop waited for a core {1000 * r.waited:.0f} ms/s" if r.waited else "")
         + loop_split(r)
         + slow_split(r)
     )

@@ -4,7 +4,9 @@ how it reports the tail; no broker."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,29 @@ async def test_wait_logged_gives_up_after_its_timeout(tmp_path: Path) -> None:
             await latency.wait_logged(proc, latency.STREAMS_RUNNING, timeout_s=1)
     finally:
         proc.stop()
+
+
+async def test_waited_counts_the_time_a_process_waits_for_a_core(tmp_path: Path) -> None:
+    """Three busy processes on one core: each waits for it about two thirds of the time
+    (and runs one third), and ``waited_s`` (the run delay of its main thread) says so;
+    ``show`` prints the share."""
+    spin = (
+        "import os, time; os.sched_setaffinity(0, {0}); t = time.time() + 30\n"
+        "while time.time() < t: pass"
+    )
+    procs_ = [procs.Process(["-c", spin], tmp_path / f"{i}.log").start() for i in range(3)]
+    try:
+        await asyncio.sleep(0.3)  # both pinned and spinning
+        before, t0 = procs_[0].waited_s(), time.monotonic()
+        await asyncio.sleep(1.0)
+        waited = (procs_[0].waited_s() - before) / (time.monotonic() - t0)
+    finally:
+        for proc in procs_:
+            proc.stop()
+    assert 0.5 < waited <= 1.0
+    lat = latency.figures(1.0, 1.0, {}, kit.Output(timestamps={}, latency_ms={}), since_ms=0)
+    lat.waited = waited
+    assert f"its loop waited for a core {1000 * waited:.0f} ms/s" in latency.show(lat)
 
 
 def test_no_metrics_port_means_no_steps() -> None:
