@@ -132,6 +132,10 @@ def main() -> None:
         f"passthrough's run, {alo.stolen_share:.1%} at-least-once's, {eo.stolen_share:.1%} "
         f"exactly-once's, {stolen:.1%} in the latency run)"
     )
+    # The half-load p99 followed this wait (docs/benchmarks.md, "twenty-third round").
+    print(
+        f"  (in the latency run the worker's loop waited for a core {1000 * lat.waited:.0f} ms/s)"
+    )
     also = by_mode.get("passthrough-record")
     if also is not None and also is not base:
         print(
