@@ -101,8 +101,9 @@ class Latency:
     missing: int  # requests without a result
     steps_per_s: float = 0.0  # the worker's non-empty fetches per second while publishing
     # Seconds per second the worker's loop was ready to run but waited for a core while
-    # publishing: its share of the tail that is the machine's, not the worker's work.
-    waited: float = 0.0
+    # publishing: its share of the tail that is the machine's, not the worker's work
+    # (None: not measured, for Kafka Streams or without /proc/PID/schedstat).
+    waited: float | None = None
     # Seconds per second of the worker's loop by phase while publishing
     # (fusion_loop_seconds_total: fetch, process, clients, commit).
     loop: dict[str, float] = field(default_factory=dict)
@@ -286,13 +287,13 @@ async def run(
             profiler = procs.Profiler(worker.pid, profile) if profile and port else None
             steps_before = metric_steps(port)
             loop_before = procs.loop_seconds(port) if port else {}
-            waited_before = worker.waited_s() if port else 0.0
+            waited_before = worker.waited_s() if port else None
             before = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
             after = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
-            waited = worker.waited_s() - waited_before if port else 0.0
+            waited_after = worker.waited_s() if port else None
             steps = metric_steps(port) - steps_before
             loop: dict[str, float] = {}
             if port:
@@ -313,7 +314,8 @@ async def run(
     cores = dict(zip(names, (u / wall for u in used), strict=True))
     lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     lat.steps_per_s = steps_per_s
-    lat.waited = waited / wall
+    if waited_before is not None and waited_after is not None:
+        lat.waited = (waited_after - waited_before) / wall
     lat.loop = {phase: seconds / wall for phase, seconds in loop.items()}
     return lat
 
@@ -418,7 +420,11 @@ def show(r: Latency) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cores.items())
         + f" (of {os.cpu_count()})"
         + (f"; the worker's steps {r.steps_per_s:,.0f}/s" if r.steps_per_s else "")
-        + (f"; its loop waited for a core {1000 * r.waited:.0f} ms/s" if r.waited else "")
+        + (
+            f"; its loop waited for a core {1000 * r.waited:.0f} ms/s"
+            if r.waited is not None
+            else ""
+        )
         + loop_split(r)
         + slow_split(r)
     )

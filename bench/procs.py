@@ -117,10 +117,14 @@ class Process:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
-    def waited_s(self) -> float:
+    def waited_s(self) -> float | None:
         """Seconds its main thread was ready to run but waited for a core, so far
-        (/proc/PID/schedstat's run delay; the worker's event loop is that thread)."""
-        return int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
+        (/proc/PID/schedstat's run delay; the worker's event loop is that thread), or
+        None where the kernel keeps no such figure."""
+        try:
+            return int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return None
 
     def rss_bytes(self) -> int:
         pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])

@@ -133,9 +133,9 @@ def main() -> None:
         f"exactly-once's, {stolen:.1%} in the latency run)"
     )
     # The half-load p99 followed this wait (docs/benchmarks.md, "twenty-third round").
-    print(
-        f"  (in the latency run the worker's loop waited for a core {1000 * lat.waited:.0f} ms/s)"
-    )
+    if lat.waited is not None:
+        waited_ms = lat.waited * 1000
+        print(f"  (in the latency run the worker's loop waited for a core {waited_ms:.0f} ms/s)")
     also = by_mode.get("passthrough-record")
     if also is not None and also is not base:
         print(

@@ -163,15 +163,18 @@ async def test_waited_counts_the_time_a_process_waits_for_a_core(tmp_path: Path)
     (and runs one third), and ``waited_s`` (the run delay of its main thread) says so;
     ``show`` prints the share."""
     spin = (
-        "import os, time; os.sched_setaffinity(0, {0}); t = time.time() + 30\n"
-        "while time.time() < t: pass"
+        "import os, time; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "t = time.time() + 30\nwhile time.time() < t: pass"
     )
     procs_ = [procs.Process(["-c", spin], tmp_path / f"{i}.log").start() for i in range(3)]
     try:
-        await asyncio.sleep(0.3)  # both pinned and spinning
+        await asyncio.sleep(0.5)  # all three pinned and spinning
         before, t0 = procs_[0].waited_s(), time.monotonic()
         await asyncio.sleep(1.0)
-        waited = (procs_[0].waited_s() - before) / (time.monotonic() - t0)
+        after, t1 = procs_[0].waited_s(), time.monotonic()
+        assert before is not None
+        assert after is not None
+        waited = (after - before) / (t1 - t0)
     finally:
         for proc in procs_:
             proc.stop()
@@ -179,6 +182,16 @@ async def test_waited_counts_the_time_a_process_waits_for_a_core(tmp_path: Path)
     lat = latency.figures(1.0, 1.0, {}, kit.Output(timestamps={}, latency_ms={}), since_ms=0)
     lat.waited = waited
     assert f"its loop waited for a core {1000 * waited:.0f} ms/s" in latency.show(lat)
+
+
+def test_no_wait_figure_means_no_wait_in_the_line(tmp_path: Path) -> None:
+    """Where the kernel keeps no run delay (no /proc/PID/schedstat: here, a process that
+    has ended) ``waited_s`` is None, and the latency line says nothing of a wait."""
+    proc = procs.Process(["-c", "pass"], tmp_path / "c.log").start()
+    proc.stop()
+    assert proc.waited_s() is None
+    lat = latency.figures(1.0, 1.0, {}, kit.Output(timestamps={}, latency_ms={}), since_ms=0)
+    assert "waited for a core" not in latency.show(lat)
 
 
 def test_no_metrics_port_means_no_steps() -> None:
