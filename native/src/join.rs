@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use hashbrown::HashTable;
 use pyo3::exceptions::PyValueError;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
@@ -205,10 +204,10 @@ impl JoinCore {
                 }
             }
         }
-        let rid_obj = event.getattr(intern!(py, "request_id"))?;
+        let rid_obj = attr!(&event, "request_id")?;
         let rid = rid_obj.downcast::<PyString>()?;
         let hash = rid.hash()? as u64;
-        let i = self.position(py, &event.getattr(intern!(py, "model"))?)?;
+        let i = self.position(py, &attr!(&event, "model")?)?;
         let existing = self
             .pending
             .find_entry(hash, |p| p.hash == hash && same(py, &p.rid, rid))
@@ -336,7 +335,7 @@ impl JoinCore {
         event: &Bound<'_, PyAny>,
         i: usize,
     ) -> PyResult<()> {
-        let version = event.getattr(intern!(py, "model_version"))?;
+        let version = attr!(&event, "model_version")?;
         if version.is_none() {
             return Ok(());
         }
@@ -344,7 +343,7 @@ impl JoinCore {
         match &self.versions[i] {
             Some(known) if known.as_ptr() == version.as_ptr() => {}
             Some(known) if known.bind(py).as_any().eq(&version)? => {
-                event.setattr(intern!(py, "model_version"), known.bind(py))?;
+                set_attr!(event, "model_version", known.bind(py).as_any())?;
             }
             _ => self.versions[i] = Some(version.unbind()),
         }
@@ -373,7 +372,7 @@ impl JoinCore {
             let first = p.members[order[0]]
                 .as_ref()
                 .expect("a member of its arrival code");
-            first.bind(py).getattr(intern!(py, "ts"))?.unbind()
+            attr!(first.bind(py), "ts")?.unbind()
         } else {
             p.first_ts.into_pyobject(py)?.into_any().unbind()
         };
@@ -507,7 +506,7 @@ impl JoinCore {
 /// request_id becomes the first earlier member's string object, its `ts` an earlier
 /// member's equal int, and its `trace_id` is dropped when an earlier member has one.
 fn share(py: Python<'_>, event: &Bound<'_, PyAny>, p: &Pending) -> PyResult<()> {
-    let ts = event.getattr(intern!(py, "ts"))?;
+    let ts = attr!(&event, "ts")?;
     let mut first: Option<&PyObject> = None;
     let mut traced = false;
     let mut shared_ts: Option<Bound<'_, PyAny>> = None;
@@ -517,28 +516,25 @@ fn share(py: Python<'_>, event: &Bound<'_, PyAny>, p: &Pending) -> PyResult<()> 
             first = Some(other);
         }
         let other = other.bind(py);
-        if !other.getattr(intern!(py, "trace_id"))?.is_none() {
+        if !attr!(&other, "trace_id")?.is_none() {
             traced = true;
         }
         if shared_ts.is_none() {
-            let other_ts = other.getattr(intern!(py, "ts"))?;
+            let other_ts = attr!(&other, "ts")?;
             if other_ts.eq(&ts)? {
                 shared_ts = Some(other_ts);
             }
         }
     }
     if let Some(first) = first {
-        event.setattr(
-            intern!(py, "request_id"),
-            first.bind(py).getattr(intern!(py, "request_id"))?,
-        )?;
+        set_attr!(event, "request_id", &attr!(first.bind(py), "request_id")?)?;
     }
-    if traced && !event.getattr(intern!(py, "trace_id"))?.is_none() {
-        event.setattr(intern!(py, "trace_id"), py.None())?;
+    if traced && !attr!(&event, "trace_id")?.is_none() {
+        set_attr!(event, "trace_id", py.None().bind(py))?;
     }
     if let Some(shared) = shared_ts {
         if !shared.is(&ts) {
-            event.setattr(intern!(py, "ts"), shared)?;
+            set_attr!(event, "ts", &shared)?;
         }
     }
     Ok(())
@@ -644,8 +640,8 @@ impl JoinCore {
                 Some(recs) => (recs[k].headers > 0, recs[k].offset),
                 None => {
                     let record = records.get_item(k)?;
-                    let headers = record.getattr(intern!(py, "headers"))?.is_truthy()?;
-                    (headers, record.getattr(intern!(py, "offset"))?.extract()?)
+                    let headers = attr!(&record, "headers")?.is_truthy()?;
+                    (headers, attr!(&record, "offset")?.extract()?)
                 }
             };
             if headers {
@@ -657,7 +653,7 @@ impl JoinCore {
             }
             self.accepted[i] += 1;
             if let Some(touched) = touched {
-                touched.append(event.getattr(intern!(py, "request_id"))?)?;
+                touched.append(attr!(&event, "request_id")?)?;
             }
         }
         Ok((n, ACCEPTED))
@@ -827,7 +823,7 @@ impl JoinCore {
             .map(|i| (i, p.members[i].as_ref().expect("a member").clone_ref(py)))
             .collect();
         let first_ts = if p.first_ts == FIRST_MEMBER {
-            arrived[0].1.bind(py).getattr(intern!(py, "ts"))?.unbind()
+            attr!(arrived[0].1.bind(py), "ts")?.unbind()
         } else {
             p.first_ts.into_pyobject(py)?.into_any().unbind()
         };

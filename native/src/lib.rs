@@ -13,6 +13,8 @@
 //! strings with the same escapes. A batch this does not cover (a string that is not
 //! valid UTF-8, a time that is not an i64) returns None and Python builds it instead.
 
+#[macro_use]
+mod attr;
 mod batch;
 mod decode;
 mod fetched;
@@ -25,7 +27,6 @@ mod runs;
 mod state;
 
 use pyo3::exceptions::PyValueError;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
@@ -312,13 +313,13 @@ fn write_batch<'py>(
     for (i, req) in finished.iter().enumerate() {
         buf.clear();
         present.clear();
-        let request_id = req.getattr(intern!(py, "request_id"))?;
-        let members_obj = req.getattr(intern!(py, "members"))?;
+        let request_id = attr!(&req, "request_id")?;
+        let members_obj = attr!(&req, "members")?;
         let members = members_obj.downcast::<PyDict>()?;
-        let first_ts: i64 = req.getattr(intern!(py, "first_ts"))?.extract()?;
-        let fused_ts: i64 = req.getattr(intern!(py, "fused_ts"))?.extract()?;
-        let opened_ms: i64 = req.getattr(intern!(py, "opened_ms"))?.extract()?;
-        let decided: bool = req.getattr(intern!(py, "decided"))?.extract()?;
+        let first_ts: i64 = attr!(&req, "first_ts")?.extract()?;
+        let fused_ts: i64 = attr!(&req, "fused_ts")?.extract()?;
+        let opened_ms: i64 = attr!(&req, "opened_ms")?.extract()?;
+        let decided: bool = attr!(&req, "decided")?.extract()?;
         let latency = fused_ts
             .checked_sub(opened_ms)
             .ok_or_else(|| PyValueError::new_err("latency beyond i64"))?;
@@ -382,7 +383,7 @@ fn write_batch<'py>(
             } else {
                 buf.extend_from_slice(b"null");
             }
-            if !ev.getattr(intern!(py, "probs"))?.is_none() {
+            if !attr!(&ev, "probs")?.is_none() {
                 buf.extend_from_slice(b",\"probs\":");
                 write_floats(&mut buf, &a.member_probs[ij * k..(ij + 1) * k]);
             }
@@ -390,12 +391,12 @@ fn write_batch<'py>(
                 buf.extend_from_slice(b",\"contribution\":");
                 write_f64(&mut buf, a.contribution[ij]);
             }
-            let ts: i64 = ev.getattr(intern!(py, "ts"))?.extract()?;
+            let ts: i64 = attr!(&ev, "ts")?.extract()?;
             let delay = ts
                 .checked_sub(first_ts)
                 .ok_or_else(|| PyValueError::new_err("delay beyond i64"))?;
             arrivals[j].extend_from_slice(&delay.to_ne_bytes());
-            let traceparent = ev.getattr(intern!(py, "traceparent"))?;
+            let traceparent = attr!(&ev, "traceparent")?;
             if let Some(tp) = opt_str(&traceparent)? {
                 traced = true;
                 let id = tp
@@ -434,7 +435,7 @@ fn write_batch<'py>(
         let mut first = true;
         for (j, ev) in present.iter().enumerate() {
             let Some(ev) = ev else { continue };
-            let version = ev.getattr(intern!(py, "model_version"))?;
+            let version = attr!(&ev, "model_version")?;
             if let Some(v) = opt_str(&version)? {
                 if !first {
                     buf.push(b',');
@@ -448,7 +449,7 @@ fn write_batch<'py>(
         // The first member by arrival (the dict's order) that sent one.
         let mut trace_id = None;
         for ev in members.values().iter() {
-            let t = ev.getattr(intern!(py, "trace_id"))?;
+            let t = attr!(&ev, "trace_id")?;
             if !t.is_none() {
                 trace_id = Some(t);
                 break;
@@ -496,5 +497,7 @@ fn fusion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runs::Fetched>()?;
     m.add_class::<runs::Run>()?;
     m.add_class::<runs::FetchedRecord>()?;
+    m.add_function(wrap_pyfunction!(attr::slot_get, m)?)?;
+    m.add_function(wrap_pyfunction!(attr::slot_set, m)?)?;
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! (a member with neither, a vector of another length, a label index out of range,
 //! members not in a dict) gives None, and Python builds the batch and raises its own error.
 
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyString};
 
@@ -24,7 +23,7 @@ pub fn pack_members<'py>(
     let mut rows: Vec<u8> = Vec::with_capacity(n * models.len() * row_bytes);
     let mut present: Vec<u8> = Vec::with_capacity(n * models.len());
     for req in finished.try_iter()? {
-        let members = req?.getattr(intern!(py, "members"))?;
+        let members = attr!(&req?, "members")?;
         let Ok(members) = members.downcast::<PyDict>() else {
             return Ok(None);
         };
@@ -34,7 +33,7 @@ pub fn pack_members<'py>(
                 present.push(0);
                 continue;
             };
-            let probs = ev.getattr(intern!(py, "probs"))?;
+            let probs = attr!(&ev, "probs")?;
             if let Ok(packed) = probs.downcast::<PyBytes>() {
                 let packed = packed.as_bytes();
                 if packed.len() != row_bytes {
@@ -42,7 +41,7 @@ pub fn pack_members<'py>(
                 }
                 rows.extend_from_slice(packed);
             } else if probs.is_none() {
-                let label = ev.getattr(intern!(py, "label"))?;
+                let label = attr!(&ev, "label")?;
                 let Ok(label) = label.downcast::<PyInt>() else {
                     return Ok(None);
                 };
