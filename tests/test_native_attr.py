@@ -167,6 +167,20 @@ def test_a_metaclass_attribute_is_not_taken_for_the_slot() -> None:
         assert slot_get(obj, "ts") == "own slot"
 
 
+def test_a_class_changed_after_a_read_is_read_as_changed() -> None:
+    """A type whose attribute is replaced after the site remembered its slot is read
+    as getattr reads it then (through the new attribute)."""
+
+    class Patched:
+        __slots__ = ("ts",)
+
+    obj = Patched()
+    obj.ts = "in the slot"
+    assert slot_get(obj, "ts") == "in the slot"
+    Patched.ts = property(lambda self: "patched")  # type: ignore[assignment,method-assign]
+    assert slot_get(obj, "ts") == "patched"
+
+
 def test_a_finished_request_reads_its_fields() -> None:
     """The finished request's fields, as the result writer reads them."""
     members = {"a": PredictionEvent("r", "a", 1, probs=[0.5, 0.5])}

@@ -12,7 +12,7 @@
 //! An empty slot, a type of any other kind and an attribute of any other kind go
 //! through `getattr` / `setattr` as before, errors included.
 
-use std::sync::atomic::{AtomicIsize, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -34,6 +34,10 @@ const T_OBJECT: i32 = 6;
 /// so the atomics are plain cells that statics may hold.
 pub struct Site {
     types: [AtomicPtr<ffi::PyTypeObject>; WAYS],
+    // The type's version tag when its entry was made: CPython gives a type a new one
+    // (or none, 0) whenever it or a base changes, so an entry is used only while its
+    // type's attributes are as they were (the same rule as CPython's own lookup cache).
+    tags: [AtomicU32; WAYS],
     offsets: [AtomicIsize; WAYS],
     next: AtomicUsize,
 }
@@ -43,6 +47,7 @@ impl Site {
     pub const fn new() -> Self {
         Site {
             types: [const { AtomicPtr::new(std::ptr::null_mut()) }; WAYS],
+            tags: [const { AtomicU32::new(0) }; WAYS],
             offsets: [const { AtomicIsize::new(GENERIC) }; WAYS],
             next: AtomicUsize::new(0),
         }
@@ -53,23 +58,40 @@ impl Site {
     fn offset(&self, obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, write: bool) -> isize {
         // SAFETY: `obj` is a live object; its type pointer is valid while it lives.
         let ty = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
-        for (t, o) in self.types.iter().zip(&self.offsets) {
+        // SAFETY: the live type's field.
+        let tag = unsafe { (*ty).tp_version_tag };
+        let mut way = None;
+        for (i, t) in self.types.iter().enumerate() {
             if t.load(Relaxed) == ty {
-                return o.load(Relaxed);
+                if tag != 0 && self.tags[i].load(Relaxed) == tag {
+                    return self.offsets[i].load(Relaxed);
+                }
+                way = Some(i); // the type changed since: looked up again in its place
+                break;
             }
         }
         let offset = slot_offset(obj, ty, name, write);
-        let way = self.next.load(Relaxed) % WAYS;
-        self.next.store(way + 1, Relaxed);
+        // The lookup gives the type a tag if it had none.
+        // SAFETY: as above.
+        let tag = unsafe { (*ty).tp_version_tag };
+        let way = way.unwrap_or_else(|| {
+            let way = self.next.load(Relaxed) % WAYS;
+            self.next.store(way + 1, Relaxed);
+            way
+        });
         // The entry holds a reference to its type, so that the address stays the type's
-        // (a freed type's address could be another's); the one it replaces lets go.
+        // (a freed type's address could be another's); the one it replaces lets go, last,
+        // as that may run Python code.
         // SAFETY: `ty` is live (see above); the old entry's reference is the one it took.
         unsafe {
-            ffi::Py_INCREF(ty.cast());
-            let old = self.types[way].swap(ty, Relaxed);
+            self.tags[way].store(tag, Relaxed);
             self.offsets[way].store(offset, Relaxed);
-            if !old.is_null() {
-                ffi::Py_DECREF(old.cast());
+            if self.types[way].load(Relaxed) != ty {
+                ffi::Py_INCREF(ty.cast());
+                let old = self.types[way].swap(ty, Relaxed);
+                if !old.is_null() {
+                    ffi::Py_DECREF(old.cast());
+                }
             }
         }
         offset
