@@ -4,8 +4,9 @@
 //! members packed for the fusion (`pack.rs`), output keys partitioned (`partition.rs`),
 //! output record batches filled (`batch.rs`), fetched record batches checked
 //! (`fetched.rs`) and parsed (`runs.rs`), the exactly-once changelog's states written
-//! (`state.rs`, for the live join of `join.rs`). They read and write the structs' fields
-//! through `attr.rs` (from the slot where `getattr` would read it).
+//! (`state.rs`, for the live join of `join.rs`). The result writer, the join and the
+//! packing read and write the structs' fields through `attr.rs` (from the slot where
+//! `getattr` would read it).
 //!
 //! The Python builder (`worker/fusion/result.py`, `classification_results` then
 //! `result_json`) makes a dict per request and per member and encodes them; this writes
