@@ -38,6 +38,13 @@ class Shadowed(Slotted):
         return "from the property"
 
 
+def shadowed() -> Shadowed:
+    """A ``Shadowed`` whose base slot holds a value, which a read of the slot would give."""
+    s = Shadowed()
+    Slotted.__dict__["ts"].__set__(s, "hidden in the slot")
+    return s
+
+
 CUSTOM = {"ts": "custom ts", "probs": "custom probs", "label": "custom label"}
 
 
@@ -107,7 +114,7 @@ def objects() -> list[Any]:
         PredictionEvent("r", "a", 4, probs=[0.25, 0.75], traceparent=traceparent("2")),
         PredictionEvent("r", "a", 5, text="yes"),
         slotted(6, b"slot"),
-        Shadowed(),
+        shadowed(),
         custom(),
         Plain(),
     ]
@@ -154,7 +161,7 @@ def test_a_property_of_a_subclass_wins_over_the_base_slot() -> None:
     """After reading the base type's slot, a subclass whose attribute is a property is
     read through the property."""
     assert slot_get(slotted(7), "ts") == 7
-    assert slot_get(Shadowed(), "ts") == "from the property"
+    assert slot_get(shadowed(), "ts") == "from the property"
 
 
 def test_a_metaclass_attribute_is_not_taken_for_the_slot() -> None:

@@ -70,7 +70,7 @@ impl Site {
                 break;
             }
         }
-        let offset = slot_offset(obj, ty, name, write);
+        let offset = slot_offset(ty, name, write);
         // The lookup gives the type a tag if it had none.
         // SAFETY: as above.
         let tag = unsafe { (*ty).tp_version_tag };
@@ -151,15 +151,10 @@ impl Site {
 
 /// The offset of `name`'s slot in instances of `ty` (`obj`'s type), or `GENERIC`;
 /// `write`: for `setattr`, which must be Python's own too.
-fn slot_offset(
-    obj: &Bound<'_, PyAny>,
-    ty: *mut ffi::PyTypeObject,
-    name: &Bound<'_, PyString>,
-    write: bool,
-) -> isize {
-    // SAFETY: `ty` is `obj`'s live type; `descr` is a new reference (dropped by its
-    // Bound) and its fields are read only once its type is known to be a member
-    // descriptor's.
+fn slot_offset(ty: *mut ffi::PyTypeObject, name: &Bound<'_, PyString>, write: bool) -> isize {
+    // SAFETY: `ty` is a live type; its MRO tuple, the dicts of its bases and what they
+    // hold are borrowed while nothing else runs (a str key's lookup runs no Python
+    // code), and a descriptor's fields are read only once its type is known.
     unsafe {
         // Compared as addresses: libpython's functions, each of one address.
         let getattro = (*ty).tp_getattro.map(|f| f as *const () as usize);
@@ -169,27 +164,40 @@ fn slot_offset(
         {
             return GENERIC;
         }
-        // The type's own attribute: a member descriptor comes back as itself. A
-        // metaclass's attribute of that name would come first; it is not one of `ty`'s
-        // bases' members, so the checks below refuse it.
-        let Ok(descr) = obj.get_type().as_any().getattr(name) else {
-            return GENERIC;
-        };
-        if ffi::Py_TYPE(descr.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+        // What `PyObject_GenericGetAttr` finds: the first attribute of that name along
+        // the MRO (a member descriptor, a data descriptor, wins over any instance dict).
+        let mro = (*ty).tp_mro;
+        if mro.is_null() {
             return GENERIC;
         }
-        let member = descr.as_ptr().cast::<ffi::PyMemberDescrObject>();
-        if ffi::PyType_IsSubtype(ty, (*member).d_common.d_type) == 0 {
+        let mut descr = std::ptr::null_mut();
+        for i in 0..ffi::PyTuple_GET_SIZE(mro) {
+            let base = ffi::PyTuple_GET_ITEM(mro, i).cast::<ffi::PyTypeObject>();
+            let dict = (*base).tp_dict;
+            if dict.is_null() {
+                continue;
+            }
+            descr = ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+            if !descr.is_null() {
+                break;
+            }
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                return GENERIC;
+            }
+        }
+        if descr.is_null() || ffi::Py_TYPE(descr) != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type)
+        {
             return GENERIC;
         }
         // pyo3 types the field as a PyGetSetDef; CPython's is a PyMemberDef.
-        let def = (*member).d_member.cast::<ffi::PyMemberDef>();
+        let def = (*descr.cast::<ffi::PyMemberDescrObject>())
+            .d_member
+            .cast::<ffi::PyMemberDef>();
         let object = (*def).type_code == ffi::Py_T_OBJECT_EX || (*def).type_code == T_OBJECT;
         if !object || (*def).flags & (READONLY | AUDIT_READ) != 0 {
             return GENERIC;
         }
-        // Only the first of that name along the MRO is what `getattr` reads: the type's
-        // attribute above is that one unless a metaclass's came first (refused above).
         (*def).offset
     }
 }
