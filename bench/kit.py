@@ -288,6 +288,7 @@ class Filled:
     done: float | None  # the end offsets reached their final value
     end: int  # that value
     first_sample: float = float("nan")  # sample() when the first result was seen
+    last_sample: float = float("nan")  # sample() when the end offsets last moved (done)
 
 
 async def wait_filled(
@@ -301,7 +302,8 @@ async def wait_filled(
 ) -> Filled:
     """Poll the topic's (last stable) end offsets until they reach ``expected`` records
     and stop moving for ``settle_s``. ``sample`` (e.g. the process's CPU time) is
-    taken when the first result is seen.
+    taken when the first result is seen and whenever the end offsets move: the first
+    and the last of those (the one at ``done``) are kept.
 
     Under exactly-once the end offsets also count one commit marker per transaction and
     partition, so they pass ``expected`` a little before every result is readable; the
@@ -315,7 +317,7 @@ async def wait_filled(
         deadline = time.monotonic() + timeout_s
         value, since = -1, time.monotonic()
         first: float | None = None
-        first_sample = float("nan")
+        first_sample = last_sample = float("nan")
         while time.monotonic() < deadline:
             now = time.monotonic()
             current = await end_offsets(consumer, tps)
@@ -324,10 +326,12 @@ async def wait_filled(
                 first_sample = sample() if sample is not None else float("nan")
             if current != value:
                 value, since = current, now
+                if first is not None and sample is not None:
+                    last_sample = sample()
             elif value >= expected and now - since >= settle_s:
-                return Filled(first, since, value, first_sample)
+                return Filled(first, since, value, first_sample, last_sample)
             await asyncio.sleep(poll_s)
-        return Filled(first, None, value, first_sample)
+        return Filled(first, None, value, first_sample, last_sample)
     finally:
         await consumer.stop()
 

@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,42 @@ from worker.metrics import LOOP_PHASES
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pid_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def local_broker_pid(bootstrap: str) -> int | None:
+    """The pid of the local broker (deploy/kafka-dev/kafka.sh) listening on
+    ``bootstrap``'s port, from its pid file; None for any other broker (one elsewhere, or
+    in a container), whose CPU this machine does not see."""
+    port = bootstrap.rsplit(":", 1)[-1]
+    home = Path(os.environ.get("KAFKA_DEV_HOME") or REPO / ".cache" / "kafka-dev")
+    try:
+        pid = int((home / f"run-{port}" / "kafka.pid").read_text())
+        # A stale file's pid may have been reused: it must be the broker's java.
+        if b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a contestant's process and the local broker have used so far: the process's
+    CPU seconds; its main thread's seconds on a core and ready to run but waiting for one
+    (None where the kernel keeps no such figures); the broker's CPU seconds (None: not a
+    local broker)."""
+
+    cpu_s: float
+    on_core_s: float | None
+    waited_s: float | None
+    broker_cpu_s: float | None
 
 
 def free_port() -> int:
@@ -114,17 +151,36 @@ class Process:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return pid_cpu_s(self.pid)
+
+    def schedstat(self) -> tuple[float, float] | None:
+        """Seconds its main thread (the worker's event loop) spent on a core, and ready
+        to run but waiting for one, so far (/proc/PID/schedstat), or None where the
+        kernel keeps no such figures."""
+        try:
+            on_core, waited = Path(f"/proc/{self.pid}/schedstat").read_text().split()[:2]
+            return int(on_core) / 1e9, int(waited) / 1e9
+        except (OSError, ValueError):
+            return None
 
     def waited_s(self) -> float | None:
-        """Seconds its main thread was ready to run but waited for a core, so far
-        (/proc/PID/schedstat's run delay; the worker's event loop is that thread), or
-        None where the kernel keeps no such figure."""
-        try:
-            return int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            return None
+        """Seconds its main thread was ready to run but waited for a core, so far."""
+        stat = self.schedstat()
+        return stat[1] if stat is not None else None
+
+    def usage(self, broker_pid: int | None) -> Usage:
+        """A snapshot of what it and the local broker (``broker_pid``) used so far."""
+        stat = self.schedstat()
+        broker: float | None = None
+        if broker_pid is not None:
+            with contextlib.suppress(OSError):
+                broker = pid_cpu_s(broker_pid)
+        return Usage(
+            self.cpu_s(),
+            stat[0] if stat is not None else None,
+            stat[1] if stat is not None else None,
+            broker,
+        )
 
     def rss_bytes(self) -> int:
         pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])

@@ -58,6 +58,13 @@ class Run:
     # The machine's CPU seconds stolen by the hypervisor from spawn to the last result
     # (procs.machine_stolen_s): the figures of a run with much of it are the machine's.
     stolen_s: float = 0.0
+    # While results flowed (first result -> last): the seconds the process's main thread
+    # (the worker's and the passthrough's event loop) was on a core and was ready to run
+    # but waited for one, and the local broker's CPU seconds; None where not measured
+    # (a JVM contestant's main thread is not its stream thread; a broker elsewhere).
+    on_core_s: float | None = None
+    waited_s: float | None = None
+    broker_cpu_s: float | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -72,6 +79,10 @@ class Run:
     def stolen_share(self) -> float:
         """Of the machine's cores over the run, the share the hypervisor stole."""
         return self.stolen_s / (self.seconds * (os.cpu_count() or 1))
+
+    def share(self, seconds: float | None) -> float | None:
+        """``seconds`` per second of the time results flowed."""
+        return None if seconds is None else seconds / max(1e-9, self.seconds - self.first_s)
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -155,13 +166,22 @@ async def measure(
     group = kit.unique(f"group-{mode}")
     port = procs.free_port()
     stolen_before = procs.machine_stolen_s()
+    broker = procs.local_broker_pid(bootstrap)
     proc = contestant(mode, bootstrap, inputs, output, dlq, group, workdir, port).start()
+    # What the process and the broker used, at the first result and at each later one:
+    # the first and the last bound the time results flowed (kit.wait_filled).
+    usages: list[procs.Usage] = []
+
+    def sample() -> float:
+        usages.append(proc.usage(broker))
+        return usages[-1].cpu_s
+
     profiler = None
     if profile is not None and mode not in JVM_MODES:  # py-spy samples Python only
         profiler = procs.Profiler(proc.pid, profile / f"{mode}.txt")
     measured = False
     try:
-        filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=proc.cpu_s)
+        filled = await kit.wait_filled(bootstrap, output, requests, timeout_s, sample=sample)
         cpu = proc.cpu_s() if proc.alive() else float("nan")
         stolen_s = procs.machine_stolen_s() - stolen_before
         changelog = transactions = None
@@ -191,6 +211,8 @@ async def measure(
                 await kit.delete_topics(bootstrap, [changelog_topic(group)])
     assert filled.first is not None
     out = await kit.read_output(bootstrap, output) if not mode.startswith("pass") else None
+    first, last = usages[0], usages[-1]
+    thread = mode not in JVM_MODES
     return Run(
         mode=mode,
         events=events,
@@ -205,7 +227,14 @@ async def measure(
         transactions=int(transactions) if transactions is not None else None,
         loop=loop,
         stolen_s=stolen_s,
+        on_core_s=_delta(first.on_core_s, last.on_core_s) if thread else None,
+        waited_s=_delta(first.waited_s, last.waited_s) if thread else None,
+        broker_cpu_s=_delta(first.broker_cpu_s, last.broker_cpu_s),
     )
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 async def count_records(bootstrap: str, topic: str) -> int:
@@ -320,9 +349,23 @@ def line(r: Run, before: list[Run]) -> str:
         f"(first result after {r.first_s:.1f}s; {r.steady_events_per_s:,.0f} events/s after "
         f"it) | CPU {r.cpu_us_per_event:.1f} us/event after start-up "
         f"({r.startup_cpu_s:.1f}s before) | {r.results:,} results, "
-        f"{r.duplicates} duplicates{check}{changelog}{loop} | "
+        f"{r.duplicates} duplicates{check}{changelog}{loop}{cores(r)} | "
         f"stolen {r.stolen_share:.1%} of the machine"
     )
+
+
+def cores(r: Run) -> str:
+    """Where the time went while results flowed: the main thread on a core, waiting for
+    one, and neither (waiting for the broker, or nothing to do), and the local broker's
+    cores; empty where not measured."""
+    on, waited, broker = r.share(r.on_core_s), r.share(r.waited_s), r.share(r.broker_cpu_s)
+    out = ""
+    if on is not None and waited is not None:
+        idle = max(0.0, 1.0 - on - waited)
+        out += f" | main thread on a core {on:.0%}, waiting for one {waited:.0%}, idle {idle:.0%}"
+    if broker is not None:
+        out += f" | broker {broker:.2f} cores"
+    return out
 
 
 def main() -> None:
