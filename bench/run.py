@@ -25,7 +25,6 @@ from typing import Any
 
 from bench import kit, latency, memory, procs, throughput
 
-REPO = Path(__file__).resolve().parent.parent
 # The goals of the performance work (docs/benchmarks.md, "Goals"): a ratio is met at or
 # above its goal, anything else at or below.
 GOALS = {
@@ -45,7 +44,7 @@ GOAL_MACHINE_PASSTHROUGH_US = 3.5
 
 def kafka_version() -> str:
     """The broker's version, from the jar the local broker runs (deploy/kafka-dev)."""
-    jars = sorted((REPO / ".cache" / "kafka-dev" / "libs").glob("kafka_2.13-*.jar"))
+    jars = sorted((procs.REPO / ".cache" / "kafka-dev" / "libs").glob("kafka_2.13-*.jar"))
     return jars[-1].name.removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "unknown"
 
 
