@@ -70,10 +70,11 @@ impl Site {
                 break;
             }
         }
+        // A type without a tag (0) is looked up again at each access, which is right if
+        // slow: CPython tags a type at its own first lookup of one of its attributes,
+        // which the worker's Python code makes for these types. The walk below runs no
+        // Python code, so the tag read above is still the type's.
         let offset = slot_offset(ty, name, write);
-        // The lookup gives the type a tag if it had none.
-        // SAFETY: as above.
-        let tag = unsafe { (*ty).tp_version_tag };
         let way = way.unwrap_or_else(|| {
             let way = self.next.load(Relaxed) % WAYS;
             self.next.store(way + 1, Relaxed);
