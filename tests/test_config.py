@@ -213,6 +213,7 @@ def test_environment_value_of_the_wrong_type_names_the_key(tmp_path: Path) -> No
         ("kafka", "auto_offset_reset", "newest", ["earliest", "latest"]),
         ("kafka", "security_protocol", "TLS", ["PLAINTEXT", "SASL_SSL"]),
         ("log", "format", "xml", ["text", "json"]),
+        ("runtime", "event_loop", "libuv", ["auto", "uvloop", "asyncio"]),
     ],
 )
 def test_enumeration_errors_name_key_value_and_choices(

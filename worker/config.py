@@ -192,6 +192,12 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: Literal["text", "json"] = "text"
 
 
+class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The streaming worker's event loop (worker/runtime/event_loop.py): "auto" is uvloop
+    # where it is installed, else asyncio's own; "uvloop" refuses to start without it.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     kafka: KafkaConfig = KafkaConfig()
     join: JoinConfig = JoinConfig()
@@ -200,6 +206,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     models: Annotated[tuple[ModelConfig, ...], Meta(min_length=1)]
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     # Where the config came from; set by load_config, not a key of the file.
     source: str = "<defaults>"
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from worker.errors import ConfigError
 from worker.fusion import registry
 from worker.fusion.early import EARLY_STRATEGIES
+from worker.runtime.event_loop import uvloop_installed
 
 if TYPE_CHECKING:
     # Only types: worker.config imports this module to run the checks.
@@ -32,6 +33,10 @@ def validate(cfg: Config) -> None:
     _validate_vocabularies(cfg)
     _validate_early_decision(cfg)
     _validate_feedback(cfg)
+    if cfg.runtime.event_loop == "uvloop" and not uvloop_installed():
+        raise ConfigError(
+            "runtime.event_loop", "uvloop", 'uvloop is not installed; use "auto" or "asyncio"'
+        )
     if cfg.log.level.upper() not in LOG_LEVELS:
         raise ConfigError("log.level", cfg.log.level, f"must be one of {', '.join(LOG_LEVELS)}")
 

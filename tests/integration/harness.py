@@ -58,6 +58,7 @@ def write_config(
     kafka: dict[str, Any] | None = None,
     fusion: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> Path:
     """A TOML config for one test: its own topics, group and metrics port."""
     kafka_table = {
@@ -78,6 +79,8 @@ def write_config(
         lines += ["[[models]]", f'name = "{m}"', f"weight = {w}"]
     lines += ["[metrics]", 'host = "127.0.0.1"', f"port = {metrics_port}"]
     lines += [f"{k} = {toml_value(v)}" for k, v in (metrics or {}).items()]
+    if runtime:  # last only when given: some tests append keys to [metrics]
+        lines += ["[runtime]", *(f"{k} = {toml_value(v)}" for k, v in runtime.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 

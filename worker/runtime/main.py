@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from worker.config import Config
 from worker.errors import KafkaSetupError
 from worker.runtime.at_least_once import AtLeastOnce
+from worker.runtime.event_loop import loop_factory, loop_name
 from worker.runtime.exactly_once import ExactlyOnce
 from worker.runtime.loop import Loop
 
@@ -26,8 +27,9 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def run(config: Config) -> int:
-    """The body of `fusion-worker run`."""
-    return asyncio.run(_main(config))
+    """The body of `fusion-worker run`, on the configured event loop."""
+    with asyncio.Runner(loop_factory=loop_factory(config.runtime.event_loop)) as runner:
+        return runner.run(_main(config))
 
 
 def make_worker(config: Config, registry: CollectorRegistry | None = None) -> Loop:
@@ -40,6 +42,7 @@ def make_worker(config: Config, registry: CollectorRegistry | None = None) -> Lo
 async def _main(config: Config) -> int:
     worker = make_worker(config)
     loop = asyncio.get_running_loop()
+    log.info("event loop %s", loop_name(loop))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     try:
