@@ -16,6 +16,7 @@ import signal
 import sys
 
 from worker.config import Config, load_config
+from worker.runtime.event_loop import run_on
 from worker.runtime.main import make_worker, tune_gc
 
 
@@ -38,7 +39,8 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(_main(load_config(args.config)))
+    config = load_config(args.config)
+    return run_on(config.runtime.event_loop, _main(config))
 
 
 if __name__ == "__main__":

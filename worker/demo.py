@@ -19,8 +19,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from worker.config import Config, build_config
+from worker.config import Config, RuntimeConfig, build_config
 from worker.runtime.connect import client_options
+from worker.runtime.event_loop import loop_name, run_on
 from worker.runtime.main import make_worker
 from worker.simulate import publish
 
@@ -98,7 +99,8 @@ async def _demo(requests: int, rate: float) -> int:
     port = 9400 if _free(9400) else 9401
     config = demo_config(bootstrap, port)
     print(
-        f"demo: broker {bootstrap}; topics demo-predictions ({PARTITIONS} partitions) -> demo-fused"
+        f"demo: broker {bootstrap}; topics demo-predictions ({PARTITIONS} partitions) -> "
+        f"demo-fused; event loop {loop_name(asyncio.get_running_loop())}"
     )
     await _fresh_topics(config)
     worker = make_worker(config)
@@ -169,4 +171,5 @@ def _summary(results: list[dict[str, Any]], requests: int, config: Config) -> No
 
 
 def run_demo(requests: int = 300, rate: float = 100.0) -> int:
-    return asyncio.run(_demo(requests, rate))
+    # The worker on the loop `fusion-worker run` takes by default.
+    return run_on(RuntimeConfig().event_loop, _demo(requests, rate))

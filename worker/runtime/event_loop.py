@@ -14,17 +14,20 @@ not change what the worker computes: the step, its clock and its outputs are the
 - ``uvloop``: uvloop, and a configuration error at start where it is missing;
 - ``asyncio``: asyncio's own loop, e.g. to rule the loop out when chasing a problem.
 
-Only ``fusion-worker run`` takes it; the batch commands (replay, backtest, fuse) keep
-asyncio's loop, their time is not in round trips.
+``fusion-worker run`` takes it, and ``fusion-worker demo`` runs its worker on the
+default's; the batch commands (replay, backtest, fuse) keep asyncio's loop, their time
+is not in round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+T = TypeVar("T")
 
 
 def uvloop_installed() -> bool:
@@ -39,6 +42,12 @@ def loop_factory(choice: str) -> LoopFactory | None:
     import uvloop
 
     return uvloop.new_event_loop
+
+
+def run_on(choice: str, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the loop ``choice`` gives."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(main)
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:

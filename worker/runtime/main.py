@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from worker.config import Config
 from worker.errors import KafkaSetupError
 from worker.runtime.at_least_once import AtLeastOnce
-from worker.runtime.event_loop import loop_factory, loop_name
+from worker.runtime.event_loop import loop_name, run_on
 from worker.runtime.exactly_once import ExactlyOnce
 from worker.runtime.loop import Loop
 
@@ -28,8 +28,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def run(config: Config) -> int:
     """The body of `fusion-worker run`, on the configured event loop."""
-    with asyncio.Runner(loop_factory=loop_factory(config.runtime.event_loop)) as runner:
-        return runner.run(_main(config))
+    return run_on(config.runtime.event_loop, _main(config))
 
 
 def make_worker(config: Config, registry: CollectorRegistry | None = None) -> Loop:
