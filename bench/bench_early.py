@@ -163,7 +163,7 @@ async def one_run(
             path = procs.write_config(Path(tmp) / "worker.toml", sections)
             config = load_config(path)
             worker = procs.Process(
-                ["-m", "bench.early_worker", "--config", str(path)], Path(tmp) / "worker.log"
+                ["-m", "worker.cli", "run", "--config", str(path)], Path(tmp) / "worker.log"
             ).start()
             try:
                 await procs.wait_ready(port, worker)
