@@ -128,11 +128,13 @@ share.coordinator.state.topic.min.isr=1
 auto.create.topics.enable=false
 delete.topic.enable=true
 log.retention.hours=24
-# Delete a deleted topic's files at once, not a minute later (the default, 60000): the
-# tests and benchmarks delete each run's topics, and the broker unlinking a run's few
+# Delete a deleted topic's files a second later, not a minute later (the default, 60000):
+# the tests and benchmarks delete each run's topics, and the broker unlinking a run's few
 # hundred MB a minute later stalled whichever run was going then for about a quarter of
-# a second (docs/benchmarks.md, thirteenth round). Production brokers keep the default.
-log.segment.delete.delay.ms=0
+# a second (docs/benchmarks.md, thirteenth round). Not 0: the broker then re-runs its
+# delete task at once, over and over, and its scheduler threads kept 0.06-0.08 of a core
+# busy even idle (twenty-seventh round). Production brokers keep the default.
+log.segment.delete.delay.ms=1000
 # Kafka's default segment size: with 64 MiB ones, each benchmark run rolled every input
 # and output partition at once, and the rolls (the old segments flushed) stalled the
 # shared cores for 0.1-0.3 s (docs/benchmarks.md, thirteenth round).
