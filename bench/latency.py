@@ -93,8 +93,9 @@ class Latency:
     last_to_fused: dict[str, float]  # percentile -> ms
     first_to_fused: dict[str, float]
     result_latency: dict[str, float]  # the results' latency_ms
-    # Cores busy while publishing: worker, load generator, machine, and of the machine's
-    # the part the hypervisor stole (procs.machine_stolen_s).
+    # Cores busy while publishing: worker, load generator, the local broker (where its pid
+    # is known: cpu_counters), machine, and of the machine's the part the hypervisor stole
+    # (procs.machine_stolen_s).
     cores: dict[str, float]
     last_to_appended: dict[str, float]  # last member: published -> appended at the broker
     appended_to_fused: dict[str, float]  # last member: appended at the broker -> fused
@@ -288,11 +289,15 @@ async def run(
             steps_before = metric_steps(port)
             loop_before = procs.loop_seconds(port) if port else {}
             waited_before = worker.waited_s() if port else None
-            before = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
+            broker = procs.local_broker_pid(bootstrap)
+            who = "kafka streams" if contestant in throughput.JVM_MODES else "worker"
+            started_at = time.monotonic()
+            before = cpu_counters(who, worker, broker)
             stamps, achieved, started = await publish(
                 bootstrap, inp, partitions, rate, seconds, name
             )
-            after = (time.monotonic(), worker.cpu_s(), time.process_time(), *machine())
+            after = cpu_counters(who, worker, broker)
+            wall = time.monotonic() - started_at
             waited_after = worker.waited_s() if port else None
             steps = metric_steps(port) - steps_before
             loop: dict[str, float] = {}
@@ -305,13 +310,10 @@ async def run(
                 print(f"only {filled.end} of {len(stamps)} results arrived")
         output = await kit.read_output(bootstrap, out)
         appended = await last_appended(bootstrap, inp)
-    wall, *used = (b - a for a, b in zip(before, after, strict=True))
     # The worker's steps (non-empty fetches) per second while publishing: the fewer, the
     # larger each batch and the less the fixed cost of a step counts.
     steps_per_s = steps / wall
-    who = "kafka streams" if contestant in throughput.JVM_MODES else "worker"
-    names = (who, "load generator", "machine", "stolen from it")
-    cores = dict(zip(names, (u / wall for u in used), strict=True))
+    cores = {name: (after[name] - before[name]) / wall for name in before}
     lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
     lat.steps_per_s = steps_per_s
     if waited_before is not None and waited_after is not None:
@@ -320,9 +322,17 @@ async def run(
     return lat
 
 
-def machine() -> tuple[float, float]:
-    """The machine's CPU seconds busy and stolen so far (the second is within the first)."""
-    return procs.machine_busy_s(), procs.machine_stolen_s()
+def cpu_counters(who: str, contestant: procs.Process, broker: int | None) -> dict[str, float]:
+    """CPU seconds so far, by name in the order printed: the contestant's (``who``), this
+    process's (the load generator), the local broker's (where ``broker``, its pid, is
+    known: the three share the machine's cores), the machine's busy and, within that,
+    stolen by the hypervisor."""
+    counters = {who: contestant.cpu_s(), "load generator": time.process_time()}
+    if broker is not None:
+        counters["local broker"] = procs.pid_cpu_s(broker)
+    counters["machine"] = procs.machine_busy_s()
+    counters["stolen from it"] = procs.machine_stolen_s()
+    return counters
 
 
 def metric_steps(port: int | None) -> float:

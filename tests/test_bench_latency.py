@@ -198,3 +198,31 @@ def test_no_metrics_port_means_no_steps() -> None:
     """Without the worker's metrics (the Kafka Streams contestant) the steps are 0, so the
     report leaves the worker's step line out."""
     assert latency.metric_steps(None) == 0.0
+
+
+def test_cpu_counters_add_the_local_broker_only_where_its_pid_is_known(tmp_path: Path) -> None:
+    """The cores printed while publishing are the contestant's, the generator's, the local
+    broker's where its pid is known (it shares the cores: a broker elsewhere does not),
+    the machine's and the stolen part, in that order; the broker's is its process's CPU."""
+    proc = procs.Process(["-c", "import time; time.sleep(30)"], tmp_path / "c.log").start()
+    try:
+        spinner = procs.Process(
+            ["-c", "import time\nt = time.time() + 30\nwhile time.time() < t: pass"],
+            tmp_path / "s.log",
+        ).start()
+        try:
+            time.sleep(0.3)
+            before = latency.cpu_counters("worker", proc, spinner.pid)
+            time.sleep(0.5)
+            after = latency.cpu_counters("worker", proc, spinner.pid)
+        finally:
+            spinner.stop()
+        without = latency.cpu_counters("worker", proc, None)
+    finally:
+        proc.stop()
+    names = ["worker", "load generator", "local broker", "machine", "stolen from it"]
+    assert list(before) == names
+    assert list(without) == [n for n in names if n != "local broker"]
+    # The stand-in broker spun the whole half second; the sleeping contestant did not.
+    assert after["local broker"] - before["local broker"] > 0.25
+    assert after["worker"] - before["worker"] < 0.05
