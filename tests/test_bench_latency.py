@@ -223,6 +223,7 @@ def test_cpu_counters_add_the_local_broker_only_where_its_pid_is_known(tmp_path:
     names = ["worker", "load generator", "local broker", "machine", "stolen from it"]
     assert list(before) == names
     assert list(without) == [n for n in names if n != "local broker"]
-    # The stand-in broker spun the whole half second; the sleeping contestant did not.
-    assert after["local broker"] - before["local broker"] > 0.25
+    # The stand-in broker spun through the half second (a busy machine may give it less
+    # than all of it); the sleeping contestant used next to nothing.
+    assert after["local broker"] - before["local broker"] > 0.1
     assert after["worker"] - before["worker"] < 0.05
