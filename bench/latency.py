@@ -327,9 +327,10 @@ def cpu_counters(who: str, contestant: procs.Process, broker: int | None) -> dic
     process's (the load generator), the local broker's (where ``broker``, its pid, is
     known: the three share the machine's cores), the machine's busy and, within that,
     stolen by the hypervisor."""
-    counters = {who: contestant.cpu_s(), "load generator": time.process_time()}
-    if broker is not None:
-        counters["local broker"] = procs.pid_cpu_s(broker)
+    used = contestant.usage(broker)
+    counters = {who: used.cpu_s, "load generator": time.process_time()}
+    if used.broker_cpu_s is not None:
+        counters["local broker"] = used.broker_cpu_s
     counters["machine"] = procs.machine_busy_s()
     counters["stolen from it"] = procs.machine_stolen_s()
     return counters
