@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.murmur2 import partition_for
-from worker.runtime.record_batch import batch_factory
 
 MODELS = ("bert-base", "roberta-large", "distilbert")
 LABELS = ("negative", "neutral", "positive")
@@ -161,16 +160,13 @@ class BatchWriter:
     """Records into per-partition batches (``create_batch``/``send_batch``), partitioned
     as Kafka's default partitioner does (murmur2 of the key): no coroutine per record."""
 
-    def __init__(
-        self, producer: AIOKafkaProducer, topic: str, partitions: int, compiled: bool = False
-    ) -> None:
-        """``compiled``: fill the worker's compiled batches where they stand in for
-        aiokafka's (the latency generator); by default aiokafka's own, so that the
-        passthrough baseline stays a plain aiokafka client."""
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int) -> None:
+        """aiokafka's own batches, so that the passthrough baseline stays a plain aiokafka
+        client."""
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
-        self._new_batch = batch_factory(producer) if compiled else producer.create_batch
+        self._new_batch = producer.create_batch
         self._builders: dict[int, Any] = {}
         self._futures: list[asyncio.Future[Any]] = []
         self.count = 0
@@ -191,27 +187,6 @@ class BatchWriter:
             builder = self._builders[p] = self._new_batch()
             builder.append(key=key, value=value, timestamp=timestamp_ms)
         self.count += 1
-
-    async def append_many(
-        self, p: int, keys: list[bytes], values: list[bytes], timestamp_ms: int
-    ) -> None:
-        """``add_to`` partition ``p`` for each key and value, in one call into the
-        compiled batch per batch they fill (aiokafka's builder: one by one)."""
-        start, end = 0, len(keys)
-        while start < end:
-            builder = self._builders.get(p)
-            if builder is None:
-                builder = self._builders[p] = self._new_batch()
-            if not hasattr(builder, "append_many"):
-                for key, value in zip(keys[start:], values[start:], strict=True):
-                    await self.add_to(p, key, value, timestamp_ms)
-                return
-            stop: int = builder.append_many(keys, values, start, timestamp_ms)
-            self.count += stop - start
-            if stop < end:  # full, and closed: sent; the next batch takes the rest
-                del self._builders[p]
-                await self._send(p, builder)
-            start = stop
 
     async def _send(self, p: int, builder: Any) -> None:
         self._futures.append(await self.producer.send_batch(builder, self.topic, partition=p))

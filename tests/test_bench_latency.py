@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -17,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import kit, latency, procs
-from worker import native
 
 
 @given(rate=st.floats(50.0, 5_000.0), seconds=st.floats(0.01, 0.5), seed=st.integers(0, 99))
@@ -62,34 +60,6 @@ def test_event_bytes_are_kit_event_value(i: int, model: str, ts: int, seed: int)
     rid = kit.request_id("lat-0a1b2c", i)
     got = latency.event_bytes(rid.encode(), model.encode(), ts, orjson.dumps(probs))
     assert got == kit.event_value(rid, model, ts, probs)
-
-
-class _Compiled:
-    """A producer making the compiled batches, noting what is handed to it."""
-
-    def __init__(self) -> None:
-        assert native.RecordBatch is not None, "build native/ (make .venv)"
-        self.handed: list[tuple[int, int]] = []  # partition, records
-
-    def create_batch(self) -> object:
-        assert native.RecordBatch is not None
-        return native.RecordBatch(1024, False)
-
-    async def send_batch(self, builder: Any, topic: str, partition: int) -> None:
-        self.handed.append((partition, builder.record_count()))
-
-
-async def test_append_many_sends_each_batch_it_fills() -> None:
-    """``BatchWriter.append_many`` queues a partition's run a batch at a time: each
-    batch that fills is sent, the rest stays open, and every record is counted once."""
-    producer = _Compiled()
-    writer = kit.BatchWriter(producer, "t", 2, compiled=True)  # type: ignore[arg-type]
-    keys = [b"k%d" % i for i in range(50)]
-    await writer.append_many(1, keys, [b"v" * 100] * 50, 1)
-    assert writer.count == 50
-    assert len(producer.handed) >= 4  # about 8 records of 100 bytes fill 1 KiB
-    assert {p for p, _ in producer.handed} == {1}
-    assert sum(n for _, n in producer.handed) + writer._builders[1].record_count() == 50
 
 
 def test_stretches_cut_where_results_are_far_apart() -> None:
