@@ -144,19 +144,30 @@ def schedule(
     return due_list, order_list
 
 
-async def publish(
-    bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, run: str
-) -> tuple[dict[str, tuple[int, int]], float, float]:
-    """Publish requests x 3 events at ``rate`` events/s for ``seconds``. Returns
-    {request_id: (first, last) record timestamp ms}, events/s achieved, start time (s)."""
+@dataclass
+class Plan:
+    """A run's events, made before the start (see ``prepare``): when each is due, its
+    request, and per partition each event's place in ``due``, key and bytes around its
+    ts (in lists of their own: no tuple per event for the garbage collector to walk)."""
+
+    topic: str
+    partitions: int
+    due: list[float]  # seconds after the start, in order
+    order: list[int]  # request index * models + model index, by place in ``due``
+    rids: list[str]
+    places: list[list[int]]
+    keys: list[list[bytes]]
+    heads: list[list[bytes]]
+    tails: list[list[bytes]]
+
+
+def prepare(topic: str, partitions: int, rate: float, seconds: float, run: str) -> Plan:
+    """Everything about requests x 3 events at ``rate`` events/s for ``seconds`` that
+    does not depend on the clock. This process shares the cores with the worker and the
+    broker, so it is made before the start (and before the cores are counted)."""
     rng = np.random.default_rng(11)
     pool = kit.random_probs(rng, 10_007)
     per_request = len(kit.MODELS)
-    # This process shares the cores with the worker and the broker, so everything that
-    # does not depend on the clock is made before the start: the schedule, and each
-    # event's partition, key and bytes around its ts. Per tick the loop takes the time
-    # once (the events due are handed over at once), joins each due event's bytes with
-    # it, and writes them a partition at a time.
     due, order = schedule(rate / per_request, seconds, rng)
     n = len(order) // per_request
     rids = [kit.request_id(run, i) for i in range(n)]
@@ -164,25 +175,32 @@ async def publish(
     parts = partitions_for(keys, partitions)
     probs = [orjson.dumps(p) for p in pool]
     models = [m.encode() for m in kit.MODELS]
-    # Per partition, its events in due order: their places in ``order``, keys, and bytes
-    # before and after the ts (in lists of their own: no tuple per event for the garbage
-    # collector to walk).
-    places: list[list[int]] = [[] for _ in range(partitions)]
-    part_keys: list[list[bytes]] = [[] for _ in range(partitions)]
-    heads: list[list[bytes]] = [[] for _ in range(partitions)]
-    tails: list[list[bytes]] = [[] for _ in range(partitions)]
+    plan = Plan(topic, partitions, due, order, rids, [], [], [], [])
+    for lists in (plan.places, plan.keys, plan.heads, plan.tails):
+        lists.extend([] for _ in range(partitions))
     for j, event in enumerate(order):
         r, m = divmod(event, per_request)
         p = parts[r]
-        places[p].append(j)
-        part_keys[p].append(keys[r])
+        plan.places[p].append(j)
+        plan.keys[p].append(keys[r])
         head, tail = event_parts(keys[r], models[m], probs[j % len(probs)])
-        heads[p].append(head)
-        tails[p].append(tail)
+        plan.heads[p].append(head)
+        plan.tails[p].append(tail)
+    return plan
+
+
+async def publish(bootstrap: str, plan: Plan) -> tuple[list[int], float, float]:
+    """Publish ``plan``'s events, each when due. Returns each event's record timestamp
+    (ms, by its place in ``plan.due``; ``stamps`` makes them per request), events/s
+    achieved, start time (s). Per tick the loop takes the
+    time once (the events due are handed over at once), joins each due event's bytes
+    with it, and writes them a partition at a time."""
+    due, order, places = plan.due, plan.order, plan.places
+    part_keys, heads, tails = plan.keys, plan.heads, plan.tails
     sent = [0] * len(order)  # each event's record timestamp, by its place in ``order``
     # Produce requests of its own (bench/raw_produce.py): aiokafka's producer cost about
     # 0.4 ms of CPU a tick whatever it sent, CPU the worker on the same cores then lacked.
-    producer = await RawProducer.connect(bootstrap, topic)
+    producer = await RawProducer.connect(bootstrap, plan.topic)
     # No collection while publishing: a full one walks everything made above (0.2 s
     # for a 15 s run at 75,000 events/s) and holds the events stamped meanwhile, which
     # then reach the worker late and all at once. The loop makes no reference cycles.
@@ -191,14 +209,14 @@ async def publish(
     gc.disable()
     started = time.time()
     k = 0
-    done = [0] * partitions  # per partition, how many of its events were written
+    done = [0] * plan.partitions  # per partition, how many of its events were written
     try:
         while k < len(order):
             until = bisect.bisect_right(due, time.time() - started, lo=k)
             if until > k:
                 ts = int(time.time() * 1000)
                 digits = b"%d" % ts
-                for p in range(partitions):
+                for p in range(plan.partitions):
                     lo = done[p]
                     hi = bisect.bisect_left(places[p], until, lo)
                     if hi > lo:
@@ -219,7 +237,7 @@ async def publish(
         gc.enable()
         gc.unfreeze()
         producer.close()
-    return stamps(rids, order, sent), achieved, started
+    return sent, achieved, started
 
 
 def stamps(
@@ -283,6 +301,7 @@ async def run(
     topics = (f"{name}-in", f"{name}-out", f"{name}-dlq")
     inp, out, _ = topics
     append_time = {inp: {"message.timestamp.type": "LogAppendTime"}}
+    plan = prepare(inp, partitions, rate, seconds, name)  # before the worker starts
     async with kit.topics(bootstrap, dict.fromkeys(topics, partitions), append_time):
         async with running(contestant, bootstrap, topics) as (worker, port):
             profiler = procs.Profiler(worker.pid, profile) if profile and port else None
@@ -293,10 +312,9 @@ async def run(
             who = "kafka streams" if contestant in throughput.JVM_MODES else "worker"
             started_at = time.monotonic()
             before = cpu_counters(who, worker, broker)
-            stamps, achieved, started = await publish(
-                bootstrap, inp, partitions, rate, seconds, name
-            )
+            sent, achieved, started = await publish(bootstrap, plan)
             after = cpu_counters(who, worker, broker)
+            by_request = stamps(plan.rids, plan.order, sent)
             wall = time.monotonic() - started_at
             waited_after = worker.waited_s() if port else None
             steps = metric_steps(port) - steps_before
@@ -305,16 +323,17 @@ async def run(
                 loop = {k: v - loop_before[k] for k, v in procs.loop_seconds(port).items()}
             if profiler is not None:
                 profiler.stop()
-            filled = await kit.wait_filled(bootstrap, out, len(stamps), timeout_s=60)
+            filled = await kit.wait_filled(bootstrap, out, len(by_request), timeout_s=60)
             if filled.done is None:
-                print(f"only {filled.end} of {len(stamps)} results arrived")
+                print(f"only {filled.end} of {len(by_request)} results arrived")
         output = await kit.read_output(bootstrap, out)
         appended = await last_appended(bootstrap, inp)
     # The worker's steps (non-empty fetches) per second while publishing: the fewer, the
     # larger each batch and the less the fixed cost of a step counts.
     steps_per_s = steps / wall
     cores = {name: (after[name] - before[name]) / wall for name in before}
-    lat = figures(rate, achieved, stamps, output, (started + warmup_s) * 1000, appended, cores)
+    since_ms = (started + warmup_s) * 1000
+    lat = figures(rate, achieved, by_request, output, since_ms, appended, cores)
     lat.steps_per_s = steps_per_s
     if waited_before is not None and waited_after is not None:
         lat.waited = (waited_after - waited_before) / wall
