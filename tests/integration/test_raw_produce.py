@@ -1,7 +1,8 @@
 """Through the real broker: the latency generator's own produce requests
 (bench/raw_produce.py) put each record in its partition with its key, value and
 timestamp, in order, a batch too large for one request split over several; and a
-partition the broker refuses raises instead of losing the records."""
+partition the broker refuses, or the topic does not have, raises instead of losing the
+records."""
 
 from __future__ import annotations
 
@@ -52,5 +53,19 @@ async def test_a_refused_partition_raises(kafka_bootstrap: str, make_topics: Top
         producer.add(0, [b"k"], [b"v" * 2_000], 1_764_000_000_000)
         with pytest.raises(raw_produce.ProduceFailed, match=rf"{topic}\[0\]: .*TooLarge"):
             producer.flush()
+    finally:
+        producer.close()
+
+
+async def test_a_partition_the_topic_lacks_raises(
+    kafka_bootstrap: str, make_topics: TopicFactory
+) -> None:
+    """Records for a partition the topic does not have are refused when queued, not
+    dropped when sent."""
+    (topic,) = await make_topics(partitions=2)
+    producer = await raw_produce.RawProducer.connect(kafka_bootstrap, topic)
+    try:
+        with pytest.raises(raw_produce.ProduceFailed, match=rf"{topic} has no partition 2"):
+            producer.add(2, [b"k"], [b"v"], 1_764_000_000_000)
     finally:
         producer.close()
