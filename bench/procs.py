@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -67,11 +68,43 @@ class Usage:
     broker_cpu_s: float | None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+# Where free_port looks when the kernel does not say its ephemeral range: Linux's default.
+EPHEMERAL = (32768, 60999)
+# The lowest port free_port gives: above the local brokers' (9092, 19900 and their
+# controllers) and the usual services'.
+LOWEST_PORT = 20000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return EPHEMERAL
+
+
+def free_port(rng: random.Random | None = None) -> int:
+    """A port on 127.0.0.1 nothing listens on, for a process started next to listen on.
+
+    Not one the kernel gives out (``bind`` to port 0): that comes from the ephemeral
+    range, from which every outgoing connection takes its local port too, so one of the
+    many connections made before the process binds could take it (a test's third worker
+    once failed "address already in use" so). A random port outside that range that
+    binds now is one only another caller of this could pick."""
+    rng = rng or random.Random()
+    low, high = ephemeral_ports()
+    # Below the ephemeral range; above it where the range starts too low for that.
+    bottom, top = (LOWEST_PORT, low - 1) if low - 1 >= LOWEST_PORT else (high + 1, 65535)
+    for _ in range(100):
+        port = rng.randint(bottom, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {bottom}-{top} after 100 tries")
 
 
 # -- the worker process ----------------------------------------------------------------

@@ -19,17 +19,11 @@ from typing import Any
 import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.procs import free_port
 from tests.kafka_fixtures import KAFKA_SH, consume, wait_for_topics
 
 LABELS = ("negative", "neutral", "positive")
 MODELS = ("bert-base", "roberta", "distilbert")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def toml_value(value: Any) -> str:
