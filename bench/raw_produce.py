@@ -19,6 +19,13 @@ worker see the same input.
 
 Kafka takes one record batch per partition in a produce request (v3 and later): a
 tick whose records fill a batch sends the rest in a request of its own.
+
+A retriable error (a partition whose leader is not ready yet, as on a topic created a
+moment before) sends that partition's batch again with the next requests, up to
+RETRIES times; so, as with any Kafka producer that has several requests in flight and
+no idempotence, a retried batch may land after later ones of its partition. The
+benchmark matches events by request id, not by offset. Leaders are looked up once:
+one that moves shows as the same error until the retries run out.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ CLIENT_ID = b"fusion-bench-generator"
 BATCH_BYTES = 512 * 1024
 # How long ``flush`` waits for the last responses.
 FLUSH_TIMEOUT_S = 30.0
+# A batch refused with a retriable error is sent again this many times at most; ``flush``
+# waits this long before sending one again (between ticks the tick is the wait).
+RETRIES = 100
+RETRY_BACKOFF_S = 0.05
 
 _head = struct.Struct(">ihhih")  # size, api key, version, correlation id, client id length
 _int = struct.Struct(">i")
@@ -138,7 +149,8 @@ def build(batch: Any) -> bytes:
 class _Leader:
     sock: socket.socket
     partitions: list[int]
-    waiting: set[int] = field(default_factory=set)  # correlation ids not answered yet
+    # Per request not answered yet (by correlation id): its batch per partition.
+    waiting: dict[int, dict[int, bytes]] = field(default_factory=dict)
     buffer: bytearray = field(default_factory=bytearray)
 
 
@@ -154,6 +166,8 @@ class RawProducer:
         }
         self._owner = owner  # partition -> leader node
         self._pending: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        self._retries: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        self._attempts: dict[bytes, int] = {}  # a retried batch -> how often it failed
         self._correlation = 0
         self.count = 0  # records handed to ``add``
 
@@ -199,16 +213,19 @@ class RawProducer:
         self.count += len(keys)
 
     def send(self) -> None:
-        """Write what ``add`` queued: per leader, a request with each partition's next
-        batch, until every batch is written."""
+        """Write what ``add`` queued, batches to retry first: per leader, a request with
+        each partition's next batch, until every batch is written."""
+        retries, self._retries = self._retries, defaultdict(list)
         pending, self._pending = self._pending, defaultdict(list)
+        for p, batches in retries.items():
+            pending[p][:0] = batches
         for leader in self._leaders.values():
             queues = [pending[p] for p in leader.partitions if pending.get(p)]
             while queues:
                 batches = [q.pop(0) for q in queues]
                 self._correlation += 1
                 leader.sock.sendall(encode_request(self._correlation, self.topic, batches))
-                leader.waiting.add(self._correlation)
+                leader.waiting[self._correlation] = dict(batches)
                 queues = [q for q in queues if q]
 
     def poll(self) -> None:
@@ -220,13 +237,18 @@ class RawProducer:
         """Send what is queued and wait until every request is answered."""
         self.send()
         end = time.monotonic() + timeout_s
-        for leader in self._leaders.values():
-            while leader.waiting:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise ProduceFailed(f"{len(leader.waiting)} requests unanswered")
-                select.select([leader.sock], [], [], left)
-                self._read(leader)
+        while True:
+            for leader in self._leaders.values():
+                while leader.waiting:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise ProduceFailed(f"{len(leader.waiting)} requests unanswered")
+                    select.select([leader.sock], [], [], left)
+                    self._read(leader)
+            if not self._retries:
+                return
+            time.sleep(RETRY_BACKOFF_S)
+            self.send()
 
     def close(self) -> None:
         for leader in self._leaders.values():
@@ -248,7 +270,20 @@ class RawProducer:
                 break
             correlation_id, errors = decode_response(bytes(buffer[4 : 4 + size]))
             del buffer[: 4 + size]
-            leader.waiting.discard(correlation_id)
+            sent = leader.waiting.pop(correlation_id, {})
             for topic, partition, code in errors:
+                batch = sent.get(partition)
                 if code:
-                    raise ProduceFailed(f"{topic}[{partition}]: {for_code(code).__name__}")
+                    self._failed(topic, partition, code, batch)
+                elif batch is not None and self._attempts:  # retried before: done
+                    self._attempts.pop(batch, None)
+
+    def _failed(self, topic: str, partition: int, code: int, batch: bytes | None) -> None:
+        """Queue a batch refused with a retriable error to be sent again; raise on any
+        other error, or once it has failed RETRIES times."""
+        error = for_code(code)
+        attempts = self._attempts.get(batch, 0) + 1 if batch is not None else RETRIES
+        if not error.retriable or attempts >= RETRIES or batch is None:
+            raise ProduceFailed(f"{topic}[{partition}]: {error.__name__} ({attempts} tries)")
+        self._attempts[batch] = attempts
+        self._retries[partition].append((partition, batch))

@@ -3,8 +3,10 @@ aiokafka writes for the same request, and its responses' error codes read back."
 
 from __future__ import annotations
 
+import socket
 import struct
 
+import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.api import RequestHeader_v1
 from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
@@ -57,3 +59,54 @@ def test_the_compiled_batch_is_aiokafkas_bytes() -> None:
     assert raw_produce.fill(ours, keys, values, 0, 1_234) == 5
     assert raw_produce.fill(theirs, keys, values, 0, 1_234) == 5
     assert raw_produce.build(ours) == raw_produce.build(theirs)
+
+
+def _answer(broker: socket.socket, code: int, topic: str = "lat-in") -> bytes:
+    """Read one produce request of one partition from ``broker``'s end of the connection,
+    answer it with ``code`` for partition 0, and return the request's batch bytes."""
+    (size,) = struct.unpack(">i", broker.recv(4, socket.MSG_WAITALL))
+    request = broker.recv(size, socket.MSG_WAITALL)
+    (correlation_id,) = struct.unpack_from(">i", request, 4)
+    # api key, version, correlation id, client id, transactional id, acks, timeout, one
+    # topic (count, name), one partition (count, index), then the batch's length.
+    at = 8 + 2 + len(raw_produce.CLIENT_ID) + 2 + 2 + 4 + 4 + 2 + len(topic) + 4 + 4
+    (length,) = struct.unpack_from(">i", request, at)
+    response = ProduceResponse_v7([(topic, [(0, code, -1, -1, -1)])], 0).encode()
+    frame = struct.pack(">i", correlation_id) + response
+    broker.sendall(struct.pack(">i", len(frame)) + frame)
+    return request[at + 4 : at + 4 + length]
+
+
+def test_a_batch_refused_with_a_retriable_error_is_sent_again() -> None:
+    """A partition whose leader is not ready (NOT_LEADER_OR_FOLLOWER, 6) gets the same
+    batch again with the next requests; once it is taken ``flush`` returns. (The broker's
+    end is a socket pair: what a leader does is the integration tests'.)"""
+    ours, broker = socket.socketpair()
+    producer = raw_produce.RawProducer("lat-in", {1: ours}, {0: 1})
+    try:
+        producer.add(0, [b"k1", b"k2"], [b"v1", b"v2"], 1_764_000_000_000)
+        producer.send()
+        first = _answer(broker, 6)
+        producer.poll()
+        producer.send()
+        assert _answer(broker, 0) == first
+        producer.flush(timeout_s=5)
+    finally:
+        producer.close()
+        broker.close()
+
+
+def test_an_error_that_is_not_retriable_raises() -> None:
+    """A partition refused for good (CORRUPT_MESSAGE, 2) raises, naming it and the
+    error, instead of the records being dropped."""
+    ours, broker = socket.socketpair()
+    producer = raw_produce.RawProducer("lat-in", {1: ours}, {0: 1})
+    try:
+        producer.add(0, [b"k"], [b"v"], 1_764_000_000_000)
+        producer.send()
+        _answer(broker, 2)
+        with pytest.raises(raw_produce.ProduceFailed, match=r"lat-in\[0\]: Corrupt"):
+            producer.flush(timeout_s=5)
+    finally:
+        producer.close()
+        broker.close()
