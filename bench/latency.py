@@ -192,9 +192,9 @@ def prepare(topic: str, partitions: int, rate: float, seconds: float, run: str) 
 async def publish(bootstrap: str, plan: Plan) -> tuple[list[int], float, float]:
     """Publish ``plan``'s events, each when due. Returns each event's record timestamp
     (ms, by its place in ``plan.due``; ``stamps`` makes them per request), events/s
-    achieved, start time (s). Per tick the loop takes the
-    time once (the events due are handed over at once), joins each due event's bytes
-    with it, and writes them a partition at a time."""
+    achieved, start time (s). Per tick the loop takes the time once (the events due are
+    handed over at once), joins each due event's bytes with it, and writes them a
+    partition at a time."""
     due, order, places = plan.due, plan.order, plan.places
     part_keys, heads, tails = plan.keys, plan.heads, plan.tails
     sent = [0] * len(order)  # each event's record timestamp, by its place in ``order``

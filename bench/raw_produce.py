@@ -12,10 +12,10 @@ for the ticks; with this module 0.17 (docs/benchmarks.md, twenty-eighth round).
 Here a tick is what it has to be: one record batch per partition (the worker's
 compiled builder where the extension is there, else aiokafka's), one produce request
 (v7, acks=1) per leader, written with one ``sendall``; responses are read without
-waiting, each partition's error code checked (any error raises: nothing is lost
-silently). The bytes of the records are the ones aiokafka's producer writes for the
-same keys, values and timestamps (the builders are the same), so the broker and the
-worker see the same input.
+waiting, each partition's error code checked (nothing is lost silently: a batch is
+sent again or the producer raises, below). The bytes of the records are the ones
+aiokafka's producer writes for the same keys, values and timestamps (the builders are
+the same), so the broker and the worker see the same input.
 
 Kafka takes one record batch per partition in a produce request (v3 and later): a
 tick whose records fill a batch sends the rest in a request of its own.
@@ -282,8 +282,8 @@ class RawProducer:
         """Queue a batch refused with a retriable error to be sent again; raise on any
         other error, or once it has failed RETRIES times."""
         error = for_code(code)
-        attempts = self._attempts.get(batch, 0) + 1 if batch is not None else RETRIES
-        if not error.retriable or attempts >= RETRIES or batch is None:
+        attempts = 1 if batch is None else self._attempts.get(batch, 0) + 1
+        if batch is None or not error.retriable or attempts >= RETRIES:
             raise ProduceFailed(f"{topic}[{partition}]: {error.__name__} ({attempts} tries)")
         self._attempts[batch] = attempts
         self._retries[partition].append((partition, batch))
