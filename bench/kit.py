@@ -166,7 +166,6 @@ class BatchWriter:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
-        self._new_batch = producer.create_batch
         self._builders: dict[int, Any] = {}
         self._futures: list[asyncio.Future[Any]] = []
         self.count = 0
@@ -181,10 +180,10 @@ class BatchWriter:
         all the events of a request)."""
         builder = self._builders.get(p)
         if builder is None:
-            builder = self._builders[p] = self._new_batch()
+            builder = self._builders[p] = self.producer.create_batch()
         if builder.append(key=key, value=value, timestamp=timestamp_ms) is None:
             await self._send(p, builder)
-            builder = self._builders[p] = self._new_batch()
+            builder = self._builders[p] = self.producer.create_batch()
             builder.append(key=key, value=value, timestamp=timestamp_ms)
         self.count += 1
 

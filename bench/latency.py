@@ -175,18 +175,19 @@ def prepare(topic: str, partitions: int, rate: float, seconds: float, run: str) 
     parts = partitions_for(keys, partitions)
     probs = [orjson.dumps(p) for p in pool]
     models = [m.encode() for m in kit.MODELS]
-    plan = Plan(topic, partitions, due, order, rids, [], [], [], [])
-    for lists in (plan.places, plan.keys, plan.heads, plan.tails):
-        lists.extend([] for _ in range(partitions))
+    places: list[list[int]] = [[] for _ in range(partitions)]
+    part_keys: list[list[bytes]] = [[] for _ in range(partitions)]
+    heads: list[list[bytes]] = [[] for _ in range(partitions)]
+    tails: list[list[bytes]] = [[] for _ in range(partitions)]
     for j, event in enumerate(order):
         r, m = divmod(event, per_request)
         p = parts[r]
-        plan.places[p].append(j)
-        plan.keys[p].append(keys[r])
+        places[p].append(j)
+        part_keys[p].append(keys[r])
         head, tail = event_parts(keys[r], models[m], probs[j % len(probs)])
-        plan.heads[p].append(head)
-        plan.tails[p].append(tail)
-    return plan
+        heads[p].append(head)
+        tails[p].append(tail)
+    return Plan(topic, partitions, due, order, rids, places, part_keys, heads, tails)
 
 
 async def publish(bootstrap: str, plan: Plan) -> tuple[list[int], float, float]:

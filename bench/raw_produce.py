@@ -44,6 +44,7 @@ from aiokafka.errors import for_code
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from worker import native
+from worker.runtime.produce_encoding import encode_flat
 
 API_KEY = 0  # Produce
 API_VERSION = 7  # the layout aiokafka's producer writes too; Kafka 4 takes 3 and later
@@ -62,10 +63,18 @@ RETRY_BACKOFF_S = 0.05
 _head = struct.Struct(">ihhih")  # size, api key, version, correlation id, client id length
 _int = struct.Struct(">i")
 _short = struct.Struct(">h")
-_partition_head = struct.Struct(">ii")  # partition, record bytes length
-_acks_timeout = struct.Struct(">hi")
 _partition_error = struct.Struct(">ih")  # partition, error code
-_NULL_STRING = _short.pack(-1)
+
+
+@dataclass(slots=True)
+class _Request:
+    """What ``encode_flat`` reads of a produce request (aiokafka's struct costs more to
+    make, and a request is made every tick)."""
+
+    transactional_id: str | None
+    required_acks: int
+    timeout: int
+    topics: list[tuple[str, list[tuple[int, bytes]]]]
 
 
 class ProduceFailed(RuntimeError):
@@ -76,24 +85,12 @@ def encode_request(
     correlation_id: int, topic: str, batches: list[tuple[int, bytes]], acks: int = ACKS
 ) -> bytes:
     """One framed produce request (v7, no transactional id) of one record batch per
-    partition in ``batches``: the bytes aiokafka writes for the same request."""
-    name = topic.encode()
-    parts: list[bytes] = [
-        b"",  # the size and header, once the length is known
-        CLIENT_ID,
-        _NULL_STRING,
-        _acks_timeout.pack(acks, TIMEOUT_MS),
-        _int.pack(1),
-        _short.pack(len(name)),
-        name,
-        _int.pack(len(batches)),
-    ]
-    for partition, records in batches:
-        parts.append(_partition_head.pack(partition, len(records)))
-        parts.append(records)
-    size = sum(map(len, parts)) + _head.size - 4
-    parts[0] = _head.pack(size, API_KEY, API_VERSION, correlation_id, len(CLIENT_ID))
-    return b"".join(parts)
+    partition in ``batches``: the bytes aiokafka writes for the same request. The body
+    is the worker's flat encoding (one join, not one copy of the batches per level)."""
+    body = encode_flat(_Request(None, acks, TIMEOUT_MS, [(topic, batches)]))
+    size = _head.size - 4 + len(CLIENT_ID) + len(body)
+    head = _head.pack(size, API_KEY, API_VERSION, correlation_id, len(CLIENT_ID))
+    return b"".join((head, CLIENT_ID, body))
 
 
 def decode_response(frame: bytes) -> tuple[int, list[tuple[str, int, int]]]:
@@ -165,8 +162,9 @@ class RawProducer:
             for node, sock in leaders.items()
         }
         self._owner = owner  # partition -> leader node
-        self._pending: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
-        self._retries: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        # Per partition, record batches to write (``add``'s) and to write again first.
+        self._pending: dict[int, list[bytes]] = defaultdict(list)
+        self._retries: dict[int, list[bytes]] = defaultdict(list)
         self._attempts: dict[bytes, int] = {}  # a retried batch -> how often it failed
         self._correlation = 0
         self.count = 0  # records handed to ``add``
@@ -208,7 +206,7 @@ class RawProducer:
             stop = fill(batch, keys, values, start, ts)
             if stop == start:
                 raise ProduceFailed(f"a record of {len(values[start])} bytes fits no batch")
-            self._pending[partition].append((partition, build(batch)))
+            self._pending[partition].append(build(batch))
             start = stop
         self.count += len(keys)
 
@@ -220,13 +218,13 @@ class RawProducer:
         for p, batches in retries.items():
             pending[p][:0] = batches
         for leader in self._leaders.values():
-            queues = [pending[p] for p in leader.partitions if pending.get(p)]
+            queues = [(p, pending[p]) for p in leader.partitions if pending.get(p)]
             while queues:
-                batches = [q.pop(0) for q in queues]
+                batches = [(p, q.pop(0)) for p, q in queues]
                 self._correlation += 1
                 leader.sock.sendall(encode_request(self._correlation, self.topic, batches))
                 leader.waiting[self._correlation] = dict(batches)
-                queues = [q for q in queues if q]
+                queues = [(p, q) for p, q in queues if q]
 
     def poll(self) -> None:
         """Read the responses already there; raise on a partition's error."""
@@ -286,4 +284,4 @@ class RawProducer:
         if batch is None or not error.retriable or attempts >= RETRIES:
             raise ProduceFailed(f"{topic}[{partition}]: {error.__name__} ({attempts} tries)")
         self._attempts[batch] = attempts
-        self._retries[partition].append((partition, batch))
+        self._retries[partition].append(batch)
