@@ -91,19 +91,25 @@ def one_round(config: Any, data: list[tuple[int, bytes]], parse: Any, events: in
     return (time.process_time() - start) / events
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=40_000)
-    ap.add_argument("--rounds", type=int, default=6)
-    args = ap.parse_args()
+def soft_vote_config() -> Any:
+    """The benchmarks' weighted soft vote over ``kit``'s models and labels; exits when the
+    compiled extension these benchmarks measure is not built."""
     if native.Fetched is None:
         raise SystemExit("the compiled extension is not built (make .venv)")
-    config = build_config(
+    return build_config(
         {
             "fusion": {"strategy": "soft_vote", "labels": list(kit.LABELS)},
             "models": [{"name": m} for m in kit.MODELS],
         }
     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=40_000)
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+    config = soft_vote_config()
     data = fetches(args.requests)
     events = args.requests * len(kit.MODELS)
     tune_gc()

@@ -28,10 +28,8 @@ from typing import Any
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bench import kit, latency
-from bench.bench_fetched import compiled
-from worker import native
-from worker.config import build_config
+from bench import latency
+from bench.bench_fetched import compiled, soft_vote_config
 from worker.engine import Engine
 from worker.fusion import Fuser
 from worker.runtime.main import tune_gc
@@ -136,14 +134,7 @@ def main() -> None:
     ap.add_argument("--windows", default="5,40", help="ms between steps, comma separated")
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
-    if native.Fetched is None:
-        raise SystemExit("the compiled extension is not built (make .venv)")
-    config = build_config(
-        {
-            "fusion": {"strategy": "soft_vote", "labels": list(kit.LABELS)},
-            "models": [{"name": m} for m in kit.MODELS],
-        }
-    )
+    config = soft_vote_config()
     live = live_records(args.rate, args.seconds)
     inputs = {"live": live, "adjacent": adjacent(live)}
     events = sum(len(r) for r in live)
