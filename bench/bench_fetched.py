@@ -20,6 +20,7 @@ import itertools
 import statistics
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -48,17 +49,24 @@ def fetches(requests: int) -> list[tuple[int, bytes]]:
     for p, records in per.items():
         out = []
         for start in range(0, len(records), FETCH):
-            batches = []
-            for base in range(start, min(start + FETCH, len(records)), BATCH):
-                builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
-                for delta, (key, value) in enumerate(records[base : base + BATCH]):
-                    builder.append(delta, kit.TS0, key, value, [])
-                data = bytearray(builder.build())
-                data[0:8] = struct.pack(">q", base)  # outside what the CRC covers
-                batches.append(bytes(data))
+            batches = [
+                record_batch([(kit.TS0, k, v) for k, v in records[base : base + BATCH]], base)
+                for base in range(start, min(start + FETCH, len(records)), BATCH)
+            ]
             out.append((p, b"".join(batches)))
         by_partition.append(out)
     return [f for turn in itertools.zip_longest(*by_partition) for f in turn if f is not None]
+
+
+def record_batch(records: Sequence[tuple[int, bytes, bytes]], base_offset: int) -> bytes:
+    """One v2 record batch of (timestamp ms, key, value) records at ``base_offset``, as
+    a fetch carries it."""
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
+    for delta, (ts, key, value) in enumerate(records):
+        builder.append(delta, ts, key, value, [])
+    data = bytearray(builder.build())
+    data[0:8] = struct.pack(">q", base_offset)  # outside what the CRC covers
+    return bytes(data)
 
 
 def aiokafkas(data: bytes) -> list[Any]:

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import struct
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-
 from bench import latency
-from bench.bench_fetched import compiled, soft_vote_config
+from bench.bench_fetched import PARTITIONS, compiled, record_batch, soft_vote_config
 from worker.engine import Engine
 from worker.fusion import Fuser
 from worker.runtime.main import tune_gc
@@ -47,7 +44,7 @@ Step = tuple[int, list[tuple[int, bytes]]]
 def live_records(rate: float, seconds: float) -> list[Records]:
     """Per partition, the latency benchmark's events in the order it publishes them,
     each stamped with its due time (the generator's ts and record timestamp)."""
-    plan = latency.prepare("in", 4, rate, seconds, "steps")
+    plan = latency.prepare("in", PARTITIONS, rate, seconds, "steps")
     parts: list[Records] = []
     for p in range(plan.partitions):
         records: Records = []
@@ -75,16 +72,6 @@ def adjacent(parts: list[Records]) -> list[Records]:
     return out
 
 
-def batch(records: Records, base_offset: int) -> bytes:
-    """One v2 record batch of ``records`` at ``base_offset``, as a fetch carries it."""
-    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
-    for delta, (ts, key, value) in enumerate(records):
-        builder.append(delta, ts, key, value, [])
-    data = bytearray(builder.build())
-    data[0:8] = struct.pack(">q", base_offset)  # outside what the CRC covers
-    return bytes(data)
-
-
 def steps(parts: list[Records], window_ms: int, tick_ms: int = TICK_MS) -> list[Step]:
     """The fetches of a worker stepping every ``window_ms``: per window and partition,
     one batch per tick of the records stamped in it, joined as one fetch."""
@@ -107,7 +94,7 @@ def steps(parts: list[Records], window_ms: int, tick_ms: int = TICK_MS) -> list[
                 while hi < len(records) and records[hi][0] < tick:
                     hi += 1
                 if hi > taken[p]:
-                    batches.append(batch(records[taken[p] : hi], taken[p]))
+                    batches.append(record_batch(records[taken[p] : hi], taken[p]))
                     taken[p] = hi
             if batches:
                 fetched.append((p, b"".join(batches)))
@@ -118,7 +105,7 @@ def steps(parts: list[Records], window_ms: int, tick_ms: int = TICK_MS) -> list[
 def one_round(config: Any, data: Iterable[Step], events: int) -> float:
     """CPU seconds per event for parsing and stepping over every step once."""
     engine = Engine(config, Fuser(config), results=False)
-    for p in range(4):
+    for p in range(PARTITIONS):
         engine.open(p)
     start = time.process_time()
     for now, fetched in data:
