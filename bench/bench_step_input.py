@@ -4,15 +4,15 @@ publishes them, against the same events with each request's members side by side
 
 The latency benchmark's generator (``latency.prepare``, at ``--rate`` events/s for
 ``--seconds``) publishes each event when it is due: a request's three members reach a
-partition up to 40 ms apart, among some thousands of other requests' events, in one
-record batch per partition per 2 ms tick. Here those events are written as the fetches
-the worker would get if it took a step every ``--windows`` ms (each window's batches of
-a partition in one fetch) and run through ``Engine.step_runs`` (the compiled parser's
-runs, as the worker's), the two inputs in alternating order, with the worker's
-garbage-collector settings. ``adjacent`` is the same events of each partition sorted by
-request id, so that a request closes on the event after its first: fewer requests
-open at once, nothing else different. Prints the process CPU time per event of each
-round and the medians.
+partition up to 40 ms apart, among a thousand or so other events, in one record batch
+per partition per 2 ms tick. Here those events are written as the fetches the worker
+would get if it took a step every ``--windows`` ms (each window's batches of a
+partition in one fetch) and run through ``Engine.step_runs`` (the compiled parser's
+runs, as the worker's), every input and window in each round in alternating order,
+with the worker's garbage-collector settings. ``adjacent`` is the same events of each
+partition sorted by request id, so that a request closes on the event after its first:
+fewer requests open at once, nothing else different. Prints the process CPU time per
+event of each round and the medians.
 
 ``python -m bench.bench_step_input [--rate R] [--seconds S] [--windows 2,5,40] [--rounds N]``
 """
