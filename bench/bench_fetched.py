@@ -87,15 +87,20 @@ def compiled(data: bytes) -> Any:
     return fetched.take(None)[0]
 
 
-def one_round(config: Any, data: list[tuple[int, bytes]], parse: Any, events: int) -> float:
-    """CPU seconds per event for parsing and stepping over every fetch once."""
+# One step's input: (the step's clock in ms, [(partition, fetched bytes)]).
+Step = tuple[int, list[tuple[int, bytes]]]
+
+
+def one_round(config: Any, steps: Sequence[Step], parse: Any, events: int) -> float:
+    """CPU seconds per event for parsing (``parse``) and stepping over every fetch of
+    ``steps`` once, then closing what is left."""
     engine = Engine(config, Fuser(config), results=False)
     for p in range(PARTITIONS):
         engine.open(p)
     start = time.process_time()
-    for now, (p, fetched) in enumerate(data):
-        engine.step_runs([(("in", p), parse(fetched))], now)
-    engine.step_runs([], len(data) + 10**7)  # what is left closes
+    for now, fetched in steps:
+        engine.step_runs([(("in", p), parse(data)) for p, data in fetched], now)
+    engine.step_runs([], steps[-1][0] + 10**9 if steps else 0)  # what is left closes
     return (time.process_time() - start) / events
 
 
@@ -118,7 +123,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
     config = soft_vote_config()
-    data = fetches(args.requests)
+    data = [(now, [fetch]) for now, fetch in enumerate(fetches(args.requests))]
     events = args.requests * len(kit.MODELS)
     tune_gc()
     ways = {"aiokafka's records": aiokafkas, "compiled runs": compiled}

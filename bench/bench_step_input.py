@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Iterable
-from typing import Any
 
 from bench import latency
-from bench.bench_fetched import PARTITIONS, compiled, record_batch, soft_vote_config
-from worker.engine import Engine
-from worker.fusion import Fuser
+from bench.bench_fetched import (
+    PARTITIONS,
+    Step,
+    compiled,
+    one_round,
+    record_batch,
+    soft_vote_config,
+)
 from worker.runtime.main import tune_gc
 
 # The record timestamps' origin (ms): any wall-clock-like value.
@@ -37,8 +39,6 @@ TICK_MS = round(latency.TICK_S * 1000)
 
 # A partition's events: (record timestamp ms, key, value), in the order published.
 Records = list[tuple[int, bytes, bytes]]
-# One step's input: (the step's clock in ms, [(partition, fetched bytes)]).
-Step = tuple[int, list[tuple[int, bytes]]]
 
 
 def live_records(rate: float, seconds: float) -> list[Records]:
@@ -102,18 +102,6 @@ def steps(parts: list[Records], window_ms: int, tick_ms: int = TICK_MS) -> list[
     return out
 
 
-def one_round(config: Any, data: Iterable[Step], events: int) -> float:
-    """CPU seconds per event for parsing and stepping over every step once."""
-    engine = Engine(config, Fuser(config), results=False)
-    for p in range(PARTITIONS):
-        engine.open(p)
-    start = time.process_time()
-    for now, fetched in data:
-        engine.step_runs([(("in", p), compiled(f)) for p, f in fetched], now)
-    engine.step_runs([], T0 + 10**9)  # what is left closes
-    return (time.process_time() - start) / events
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=110_000.0, help="events/s published")
@@ -133,7 +121,7 @@ def main() -> None:
     figures: dict[tuple[str, int], list[float]] = {key: [] for key in data}
     for n in range(args.rounds):
         for key in list(data) if n % 2 == 0 else list(reversed(data)):
-            figures[key].append(one_round(config, data[key], events) * 1e6)
+            figures[key].append(one_round(config, data[key], compiled, events) * 1e6)
     for w in windows:
         print(f"steps every {w} ms ({events / max(1, len(data['live', w])):,.0f} events a step)")
         for name in inputs:

@@ -7,7 +7,8 @@ the benchmark's, not the worker's. Through aiokafka's producer each 2 ms tick co
 about 0.4 ms of the generator's CPU whatever it sent: a task hand-off to the sender,
 the request through aiokafka's schema, the response decoded field by field through
 it. At 110,000 events/s the generator used about 0.32 of a core to publish, 0.2 of it
-for the ticks; with this module 0.17 (docs/benchmarks.md, twenty-eighth round).
+for the ticks; with this module 0.19-0.24 of a core, the stamps included
+(docs/benchmarks.md, twenty-eighth round).
 
 Here a tick is what it has to be: one record batch per partition (the worker's
 compiled builder where the extension is there, else aiokafka's), one produce request
